@@ -1,0 +1,92 @@
+"""One frozen configuration for every architecture headscope builds.
+
+Architectures differ only by these fields: the model code reads the fields, never the architecture's
+name. The relations between fields are checked once, in `__post_init__`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Norm = Literal["layernorm", "rmsnorm", "none"]
+Positional = Literal["learned", "rotary", "none"]
+Activation = Literal["gelu_new", "gelu", "relu", "silu"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    d_model: int
+    n_layers: int
+    n_heads: int
+    d_head: int
+    d_vocab: int
+    n_ctx: int  # longest sequence the model accepts
+    architecture: str = "custom"  # a label for humans (gpt2, llama, bert, neox, attn-only); code never branches on it
+    n_kv_heads: int | None = None  # grouped-query attention: None means n_heads
+    d_mlp: int = 0  # 0 means no MLP (attention-only models)
+    act_fn: Activation = "gelu_new"
+    gated_mlp: bool = False  # SwiGLU: act(x W_gate) * (x W_in), Llama style
+    norm: Norm = "layernorm"
+    norm_eps: float = 1e-5
+    post_norm: bool = False  # BERT: x = norm(x + sublayer(x)) instead of x + sublayer(norm(x))
+    final_norm: bool = True  # ln_final before the unembedding (absent in BERT encoders)
+    embed_norm: bool = False  # BERT: a LayerNorm over the summed embeddings
+    positional: Positional = "learned"
+    rotary_dim: int | None = None  # partial rotary (GPT-NeoX): rotate only the first rotary_dim dims of a head
+    rotary_base: float = 10000.0
+    parallel_attn_mlp: bool = False  # GPT-NeoX: x + attn(ln1(x)) + mlp(ln2(x))
+    causal: bool = True  # False for encoders (bidirectional attention)
+    n_token_types: int = 0  # BERT segment embeddings
+    attn_bias: bool = False  # biases on Q, K, V
+    attn_out_bias: bool = False  # bias on the output projection
+    mlp_bias: bool = False
+    has_unembed: bool = True  # False for encoders: forward returns the last hidden state
+    tie_embeddings: bool = False  # unembedding is the transposed token embedding
+    unembed_bias: bool = False
+    attn_scale: float | None = None  # None means 1 / sqrt(d_head)
+
+    def __post_init__(self) -> None:
+        for name in ("d_model", "n_layers", "n_heads", "d_head", "d_vocab", "n_ctx"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.n_heads % self.kv_heads:
+            raise ValueError(f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.kv_heads})")
+        if self.positional == "rotary" and (self.rotary_dims % 2 or self.rotary_dims > self.d_head):
+            raise ValueError(f"rotary_dim ({self.rotary_dims}) must be even and at most d_head ({self.d_head})")
+        if self.gated_mlp and not self.d_mlp:
+            raise ValueError("gated_mlp needs d_mlp > 0")
+        if self.tie_embeddings and not self.has_unembed:
+            raise ValueError("tie_embeddings needs has_unembed")
+
+    @property
+    def kv_heads(self) -> int:
+        """Number of key/value heads (equal to n_heads without grouped-query attention)."""
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def rotary_dims(self) -> int:
+        """Number of dimensions of each head that RoPE rotates."""
+        return self.rotary_dim or self.d_head
+
+    @property
+    def scale(self) -> float:
+        """Factor on q . k before the softmax."""
+        return self.attn_scale if self.attn_scale is not None else self.d_head**-0.5
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        """Build from a dict, refusing keys this version does not know (they would be silently ignored)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown config fields: {', '.join(unknown)}")
+        return cls(**data)

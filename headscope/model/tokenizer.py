@@ -1,0 +1,67 @@
+"""A thin tokenizer over the `tokenizers` package, with the few conventions interpretability needs.
+
+Loaders build a `tokenizers.Tokenizer` (from tokenizer.json, or rebuilt from GGUF metadata) and say
+which ids are special. Whether a BOS token is prepended is the caller's choice; the default follows
+TransformerLens (prepend when the model has one), because analyses treat BOS as the attention sink.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tokenizers import Tokenizer as _RustTokenizer
+
+from headscope.errors import InputError
+
+
+@dataclass
+class Tokenizer:
+    backend: _RustTokenizer
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
+    # Encoders (BERT) add [CLS] ... [SEP] through the backend's post-processor; decoders prepend BOS here.
+    uses_post_processor: bool = False
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str, prepend_bos: bool | None = None) -> list[int]:
+        """Token ids of one text. `prepend_bos=None` prepends BOS when the model has one."""
+        if not isinstance(text, str):
+            raise InputError(f"expected a string to tokenize, got {type(text).__name__}")
+        ids = self.backend.encode(text, add_special_tokens=self.uses_post_processor).ids
+        if prepend_bos is None:
+            prepend_bos = self.bos_token_id is not None and not self.uses_post_processor
+        if prepend_bos:
+            if self.bos_token_id is None:
+                raise InputError("prepend_bos=True but this tokenizer has no BOS token")
+            ids = [self.bos_token_id, *ids]
+        return ids
+
+    def batch(self, texts: list[str], prepend_bos: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded `[batch, pos]` ids and the attention mask (1 = real token)."""
+        if not texts:
+            raise InputError("no texts to tokenize")
+        rows = [self.encode(t, prepend_bos) for t in texts]
+        width = max(len(r) for r in rows)
+        pad = self.pad_token_id if self.pad_token_id is not None else 0
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, : len(row)] = 1
+        return ids, mask
+
+    def decode(self, ids: list[int] | torch.Tensor) -> str:
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        return self.backend.decode(ids, skip_special_tokens=False)
+
+    def str_tokens(self, ids: list[int] | torch.Tensor) -> list[str]:
+        """Each token decoded on its own, for axis labels and graph nodes."""
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        return [self.backend.decode([i], skip_special_tokens=False) for i in ids]
