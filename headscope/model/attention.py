@@ -1,0 +1,156 @@
+"""Multi-head attention with grouped key/value heads, optional rotary positions, two equal paths.
+
+The explicit path computes scores, softmax and the pattern, and exposes them at `hook_attn_scores` and
+`hook_pattern`. The fused path calls PyTorch's `scaled_dot_product_attention` and never forms the
+pattern; it is taken whenever nothing hooks the scores or the pattern. Tests hold the two equal.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from headscope.model.config import ModelConfig
+from headscope.model.hooks import HookPoint
+
+
+class Rotary(nn.Module):
+    """RoPE in the "rotate half" convention of Hugging Face Llama and GPT-NeoX, on the first `dims` dims."""
+
+    def __init__(self, dims: int, base: float) -> None:
+        super().__init__()
+        self.dims = dims
+        self.base = base
+
+    def cos_sin(self, n_pos: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of every position's angles, (pos, dims), in float32."""
+        # This exact formula in float32, as in transformers, so the angles match bit for bit.
+        exponents = torch.arange(0, self.dims, 2, dtype=torch.int64, device=device).float() / self.dims
+        inv_freq = 1.0 / (self.base**exponents)
+        positions = torch.arange(n_pos, device=device, dtype=torch.float32)
+        angles = torch.outer(positions, inv_freq)  # (pos, dims/2)
+        angles = torch.cat((angles, angles), dim=-1)  # (pos, dims)
+        return angles.cos(), angles.sin()
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Rotate x of shape (batch, pos, head, d_head)."""
+        rot, rest = x[..., : self.dims], x[..., self.dims :]
+        half = self.dims // 2
+        rotated_half = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
+        cos, sin = cos[:, None, :].to(x.dtype), sin[:, None, :].to(x.dtype)  # (pos, 1, dims)
+        return torch.cat((rot * cos + rotated_half * sin, rest), dim=-1)
+
+
+def attention_bias(
+    n_query: int, n_key: int, causal: bool, key_mask: torch.Tensor | None, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor | None:
+    """Additive mask (batch or 1, 1, query, key): 0 where attention is allowed, the dtype's minimum elsewhere.
+
+    The minimum rather than -inf keeps a row with no allowed key (a padding query) finite.
+    None when there is no padding: the causal mask (if any) is then applied by each path itself, and the
+    fused kernel takes its faster `is_causal` route.
+    """
+    if key_mask is None:
+        return None
+    allowed = torch.ones(1, 1, n_query, n_key, dtype=torch.bool, device=device)
+    if causal:
+        allowed = allowed.tril(diagonal=n_key - n_query)
+    if key_mask is not None:
+        allowed = allowed & key_mask.bool()[:, None, None, :]
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=device)
+    return bias.masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        H, K, D, d = cfg.n_heads, cfg.kv_heads, cfg.d_model, cfg.d_head
+        self.W_Q = nn.Parameter(torch.empty(H, D, d))
+        self.W_K = nn.Parameter(torch.empty(K, D, d))
+        self.W_V = nn.Parameter(torch.empty(K, D, d))
+        self.W_O = nn.Parameter(torch.empty(H, d, D))
+        if cfg.attn_bias:
+            self.b_Q = nn.Parameter(torch.zeros(H, d))
+            self.b_K = nn.Parameter(torch.zeros(K, d))
+            self.b_V = nn.Parameter(torch.zeros(K, d))
+        if cfg.attn_out_bias:
+            self.b_O = nn.Parameter(torch.zeros(D))
+        self.rotary = Rotary(cfg.rotary_dims, cfg.rotary_base) if cfg.positional == "rotary" else None
+        self.force_explicit = False  # set by HookedTransformer to compare the two paths
+
+        self.hook_q = HookPoint()  # (batch, pos, head, d_head)
+        self.hook_k = HookPoint()  # (batch, pos, kv_head, d_head)
+        self.hook_v = HookPoint()  # (batch, pos, kv_head, d_head)
+        if self.rotary is not None:
+            self.hook_rot_q = HookPoint()  # (batch, pos, head, d_head), after RoPE
+            self.hook_rot_k = HookPoint()  # (batch, pos, kv_head, d_head), after RoPE
+        self.hook_attn_scores = HookPoint()  # (batch, head, query_pos, key_pos), scaled and masked
+        self.hook_pattern = HookPoint()  # (batch, head, query_pos, key_pos), rows sum to 1
+        self.hook_z = HookPoint()  # (batch, pos, head, d_head)
+        self.hook_result = HookPoint()  # (batch, pos, head, d_model), only formed when hooked
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per key/value head."""
+        return self.cfg.n_heads // self.cfg.kv_heads
+
+    def project_qkv(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None):
+        """Per-head queries, keys and values of x (batch, pos, d_model), after RoPE when the model has it."""
+        q = torch.einsum("bpm,hmd->bphd", x, self.W_Q)
+        k = torch.einsum("bpm,hmd->bphd", x, self.W_K)
+        v = torch.einsum("bpm,hmd->bphd", x, self.W_V)
+        if self.cfg.attn_bias:
+            q, k, v = q + self.b_Q, k + self.b_K, v + self.b_V
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        if self.rotary is not None:
+            cos, sin = rotary
+            q = self.hook_rot_q(self.rotary(q, cos, sin))
+            k = self.hook_rot_k(self.rotary(k, cos, sin))
+        return q, k, v
+
+    def needs_pattern(self) -> bool:
+        return self.force_explicit or self.hook_attn_scores.active or self.hook_pattern.active
+
+    def explicit(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """Scores, softmax, pattern, z; the readable reference path."""
+        k = k.repeat_interleave(self.group_size, dim=2)  # (batch, pos, head, d_head)
+        v = v.repeat_interleave(self.group_size, dim=2)
+        scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * self.cfg.scale
+        if bias is not None:
+            scores = scores + bias
+        elif self.cfg.causal:
+            n_q, n_k = scores.shape[-2:]
+            causal = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).tril(n_k - n_q)
+            scores = scores.masked_fill(~causal, torch.finfo(scores.dtype).min)
+        scores = self.hook_attn_scores(scores)
+        pattern = self.hook_pattern(torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype))
+        return torch.einsum("bhqk,bkhd->bqhd", pattern, v)
+
+    def fused(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The same attention through PyTorch's fused kernel; the pattern is never formed."""
+        z = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            attn_mask=bias,
+            is_causal=bias is None and self.cfg.causal,
+            scale=self.cfg.scale,
+            enable_gqa=self.group_size > 1,
+        )  # (batch, head, pos, d_head)
+        return z.transpose(1, 2)
+
+    def forward(
+        self, x: torch.Tensor, bias: torch.Tensor | None, rotary: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> torch.Tensor:
+        """x: (batch, pos, d_model) already normalised; bias from `attention_bias`."""
+        q, k, v = self.project_qkv(x, rotary)
+        attend = self.explicit if self.needs_pattern() else self.fused
+        z = self.hook_z(attend(q, k, v, bias))
+        if self.hook_result.active:
+            result = self.hook_result(torch.einsum("bphd,hdm->bphm", z, self.W_O))
+            out = result.sum(dim=2)
+        else:
+            out = z.flatten(2) @ self.W_O.flatten(0, 1)  # (batch, pos, head*d_head) @ (head*d_head, d_model)
+        return out + self.b_O if self.cfg.attn_out_bias else out

@@ -1,0 +1,280 @@
+"""HookedTransformer: embeddings, blocks, final norm and unembedding, with TransformerLens' hook names.
+
+`forward` runs the model; `run_with_hooks` and `run_with_cache` attach hooks for one call only.
+Weights come from a loader as a `LoadedModel` (see docs/design.md for their names and shapes), or are
+initialised randomly for training and tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from headscope.errors import InputError, ModelFormatError
+from headscope.model.attention import attention_bias
+from headscope.model.blocks import TransformerBlock, make_norm
+from headscope.model.config import ModelConfig
+from headscope.model.hooks import HookedModule, HookFn, HookPoint, NameFilter
+from headscope.model.tokenizer import Tokenizer
+
+ReturnType = Literal["logits", "hidden", "loss", None]
+TokensLike = torch.Tensor | str | Sequence[str]
+
+
+class Embed(nn.Module):
+    def __init__(self, d_vocab: int, d_model: int) -> None:
+        super().__init__()
+        self.W_E = nn.Parameter(torch.empty(d_vocab, d_model))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.W_E[tokens]
+
+
+class PosEmbed(nn.Module):
+    def __init__(self, n_ctx: int, d_model: int) -> None:
+        super().__init__()
+        self.W_pos = nn.Parameter(torch.empty(n_ctx, d_model))
+
+    def forward(self, n_pos: int) -> torch.Tensor:
+        return self.W_pos[:n_pos][None]  # (1, pos, d_model)
+
+
+class TokenTypeEmbed(nn.Module):
+    def __init__(self, n_types: int, d_model: int) -> None:
+        super().__init__()
+        self.W_token_type = nn.Parameter(torch.empty(n_types, d_model))
+
+    def forward(self, token_type_ids: torch.Tensor) -> torch.Tensor:
+        return self.W_token_type[token_type_ids]
+
+
+class Unembed(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if not cfg.tie_embeddings:
+            self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
+        if cfg.unembed_bias:
+            self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab))
+
+
+class HookedTransformer(HookedModule):
+    """One transformer for GPT-2, Llama, BERT, GPT-NeoX and attention-only models, set by its config."""
+
+    def __init__(self, cfg: ModelConfig, tokenizer: Tokenizer | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.source = ""  # where the weights came from, for reports
+        self.embed = Embed(cfg.d_vocab, cfg.d_model)
+        self.hook_embed = HookPoint()  # (batch, pos, d_model)
+        if cfg.positional == "learned":
+            self.pos_embed = PosEmbed(cfg.n_ctx, cfg.d_model)
+            self.hook_pos_embed = HookPoint()  # (1, pos, d_model)
+        if cfg.n_token_types:
+            self.token_type_embed = TokenTypeEmbed(cfg.n_token_types, cfg.d_model)
+            self.hook_token_type_embed = HookPoint()  # (batch, pos, d_model)
+        if cfg.embed_norm:
+            self.embed_ln = make_norm(cfg)
+        self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
+        if cfg.final_norm:
+            self.ln_final = make_norm(cfg)
+        if cfg.has_unembed:
+            self.unembed = Unembed(cfg)
+        self.setup_hooks()
+        self.init_weights()
+
+    # ----- construction -------------------------------------------------------------------------
+    @torch.no_grad()
+    def init_weights(self, std: float = 0.02) -> None:
+        """GPT-2's initialisation: normal(0, std) matrices, zero biases, unit norm weights."""
+        for name, param in self.named_parameters():
+            if param.is_meta:
+                continue
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf.startswith("W_"):
+                nn.init.normal_(param, std=std)
+            elif leaf == "w":
+                param.fill_(1.0)
+            else:
+                param.zero_()
+
+    @classmethod
+    def from_loaded(cls, loaded, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        """Build from a loader's `LoadedModel` without allocating random weights first."""
+        with torch.device("meta"):
+            model = cls(loaded.config, loaded.tokenizer)
+        model.load_weights(loaded.state_dict, dtype=dtype, device=device)
+        model.source = loaded.source
+        return model
+
+    def load_weights(self, state_dict: dict[str, torch.Tensor], dtype=torch.float32, device="cpu") -> None:
+        """Load a complete state dict in the weight layout; any missing, extra or misshapen key is an error."""
+        expected = {name: p.shape for name, p in self.named_parameters()}
+        missing = sorted(set(expected) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(expected))
+        wrong = [f"{n}: {tuple(state_dict[n].shape)} != {tuple(s)}" for n, s in expected.items()
+                 if n in state_dict and state_dict[n].shape != s]
+        for label, items in (("missing weights", missing), ("unexpected weights", unexpected),
+                             ("wrong shapes", wrong)):
+            if items:
+                more = f" (and {len(items) - 3} more)" if len(items) > 3 else ""
+                raise ModelFormatError(f"{label} for this config: {', '.join(items[:3])}{more}")
+        converted = {n: t.to(device=device, dtype=dtype) for n, t in state_dict.items()}
+        self.load_state_dict(converted, strict=True, assign=True)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.W_E.device
+
+    @property
+    def W_U(self) -> torch.Tensor:
+        """Unembedding (d_model, d_vocab); the transposed embedding when the two are tied."""
+        return self.embed.W_E.T if self.cfg.tie_embeddings else self.unembed.W_U
+
+    def set_attention_path(self, explicit: bool) -> None:
+        """Force the explicit (pattern-forming) attention path everywhere, or go back to choosing."""
+        for block in self.blocks:
+            block.attn.force_explicit = explicit
+
+    # ----- tokens -------------------------------------------------------------------------------
+    def _require_tokenizer(self) -> Tokenizer:
+        if self.tokenizer is None:
+            raise InputError("this model has no tokenizer: pass token ids instead of text")
+        return self.tokenizer
+
+    def to_tokens(self, text: str | Sequence[str], prepend_bos: bool | None = None) -> torch.Tensor:
+        """Token ids (1, pos) of one text, or a right-padded (batch, pos) batch of several."""
+        tokenizer = self._require_tokenizer()
+        texts = [text] if isinstance(text, str) else list(text)
+        ids, _ = tokenizer.batch(texts, prepend_bos)
+        return ids.to(self.device)
+
+    def to_str_tokens(self, tokens: torch.Tensor | str, prepend_bos: bool | None = None) -> list[str]:
+        if isinstance(tokens, str):
+            tokens = self.to_tokens(tokens, prepend_bos)[0]
+        return self._require_tokenizer().str_tokens(tokens.flatten())
+
+    def to_string(self, tokens: torch.Tensor) -> str:
+        return self._require_tokenizer().decode(tokens.flatten())
+
+    def _prepare(self, tokens: TokensLike, attention_mask: torch.Tensor | None):
+        """Tokenize text if given, and check ids and length before they reach an index error deep inside."""
+        if isinstance(tokens, str) or (isinstance(tokens, Sequence) and not isinstance(tokens, torch.Tensor)):
+            texts = [tokens] if isinstance(tokens, str) else list(tokens)
+            tokens, mask = self._require_tokenizer().batch(texts)
+            attention_mask = mask if attention_mask is None and len(texts) > 1 else attention_mask
+        if not isinstance(tokens, torch.Tensor) or tokens.dtype not in (torch.int64, torch.int32):
+            raise InputError("tokens must be an integer tensor of shape (batch, pos) or text")
+        if tokens.dim() == 1:
+            tokens = tokens[None]
+        if tokens.dim() != 2 or tokens.shape[1] == 0:
+            raise InputError(f"tokens must have shape (batch, pos) with pos >= 1, got {tuple(tokens.shape)}")
+        if tokens.shape[1] > self.cfg.n_ctx:
+            raise InputError(
+                f"sequence of {tokens.shape[1]} tokens is longer than the model's context of {self.cfg.n_ctx}; "
+                "truncate it or split it into windows")
+        low, high = int(tokens.min()), int(tokens.max())
+        if low < 0 or high >= self.cfg.d_vocab:
+            bad = low if low < 0 else high
+            raise InputError(f"token id {bad} is out of range for a vocabulary of {self.cfg.d_vocab}")
+        tokens = tokens.to(self.device, torch.long)
+        if attention_mask is not None:
+            if attention_mask.shape != tokens.shape:
+                raise InputError(f"attention_mask shape {tuple(attention_mask.shape)} != tokens shape "
+                                 f"{tuple(tokens.shape)}")
+            attention_mask = attention_mask.to(self.device)
+        return tokens, attention_mask
+
+    # ----- forward ------------------------------------------------------------------------------
+    def embed_tokens(self, tokens: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
+        resid = self.hook_embed(self.embed(tokens))
+        if self.cfg.positional == "learned":
+            resid = resid + self.hook_pos_embed(self.pos_embed(tokens.shape[1]))
+        if self.cfg.n_token_types:
+            types = torch.zeros_like(tokens) if token_type_ids is None else token_type_ids.to(tokens.device)
+            resid = resid + self.hook_token_type_embed(self.token_type_embed(types))
+        return self.embed_ln(resid) if self.cfg.embed_norm else resid
+
+    def forward(
+        self,
+        tokens: TokensLike,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        return_type: ReturnType = "logits",
+    ) -> torch.Tensor | None:
+        """Run the model on token ids (batch, pos) or text.
+
+        return_type: "logits" (batch, pos, d_vocab); "hidden", the final residual stream after ln_final
+        (the last hidden state of an encoder); "loss", the mean next-token cross-entropy over real
+        tokens; None, nothing (when only hooks matter).
+        """
+        tokens, attention_mask = self._prepare(tokens, attention_mask)
+        resid = self.embed_tokens(tokens, token_type_ids)
+        n_pos = tokens.shape[1]
+        bias = attention_bias(n_pos, n_pos, self.cfg.causal, attention_mask, resid.dtype, resid.device)
+        rotary = None
+        if self.cfg.positional == "rotary":
+            rotary = self.blocks[0].attn.rotary.cos_sin(n_pos, resid.device)
+        for block in self.blocks:
+            resid = block(resid, bias, rotary)
+        if self.cfg.final_norm:
+            resid = self.ln_final(resid)
+        if return_type is None:
+            return None
+        if return_type == "hidden":
+            return resid
+        if not self.cfg.has_unembed:
+            raise InputError("this model has no unembedding (an encoder): use return_type='hidden'")
+        logits = resid @ self.W_U
+        if self.cfg.unembed_bias:
+            logits = logits + self.unembed.b_U
+        if return_type == "logits":
+            return logits
+        if return_type == "loss":
+            return self.next_token_loss(logits, tokens, attention_mask)
+        raise InputError(f"unknown return_type {return_type!r}: use logits, hidden, loss or None")
+
+    @staticmethod
+    def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        """Mean cross-entropy of predicting token i+1 from position i, over real (unpadded) targets."""
+        losses = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten(), reduction="none")
+        if attention_mask is None:
+            return losses.mean()
+        keep = attention_mask[:, 1:].flatten().to(losses.dtype)
+        return (losses * keep).sum() / keep.sum()
+
+    # ----- hooks --------------------------------------------------------------------------------
+    def run_with_hooks(
+        self,
+        tokens: TokensLike,
+        fwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]] = (),
+        **forward_kwargs,
+    ):
+        """One forward pass with temporary hooks `(name_or_filter, fn)`; they are removed afterwards."""
+        with self.hooks(fwd_hooks):
+            return self(tokens, **forward_kwargs)
+
+    def run_with_cache(
+        self,
+        tokens: TokensLike,
+        names_filter: NameFilter = None,
+        device: str | torch.device | None = None,
+        **forward_kwargs,
+    ):
+        """Forward pass returning `(output, cache)`; the cache holds only the activations the filter names.
+
+        Activations are detached and, if `device` is given, moved there (e.g. "cpu" to spare GPU memory).
+        """
+        cache: dict[str, torch.Tensor] = {}
+
+        def save(tensor: torch.Tensor, hook: HookPoint) -> None:
+            cache[hook.name] = tensor.detach() if device is None else tensor.detach().to(device)
+
+        names = self.select_hooks(names_filter)
+        with self.hooks([(name, save) for name in names]):
+            out = self(tokens, **forward_kwargs)
+        return out, cache
