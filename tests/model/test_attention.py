@@ -1,0 +1,94 @@
+"""The explicit and fused attention paths agree; GQA equals plain attention with repeated K/V."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from headscope.loading import LoadedModel
+from headscope.model.transformer import HookedTransformer
+from tests.conftest import TINY_CONFIGS
+
+
+def run_both_paths(model, tokens, **kwargs):
+    model.set_attention_path(explicit=True)
+    explicit = model(tokens, return_type="hidden", **kwargs)
+    model.set_attention_path(explicit=False)
+    fused = model(tokens, return_type="hidden", **kwargs)
+    return explicit, fused
+
+
+@torch.no_grad()
+def test_explicit_and_fused_paths_agree(tiny_model):
+    tokens = torch.randint(0, 99, (3, 17))
+    explicit, fused = run_both_paths(tiny_model, tokens)
+    torch.testing.assert_close(explicit, fused, atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_paths_agree_with_padding_mask(tiny_model):
+    tokens = torch.randint(0, 99, (3, 12))
+    mask = torch.ones_like(tokens)
+    mask[1, 8:] = 0
+    mask[2, 3:] = 0
+    explicit, fused = run_both_paths(tiny_model, tokens, attention_mask=mask)
+    real = mask.bool()
+    torch.testing.assert_close(explicit[real], fused[real], atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_pattern_rows_are_distributions(tiny_model):
+    tokens = torch.randint(0, 99, (2, 9))
+    mask = torch.ones_like(tokens)
+    mask[1, 6:] = 0
+    _, cache = tiny_model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"),
+                                         attention_mask=mask)
+    for pattern in cache.values():
+        assert pattern.shape == (2, 4, 9, 9)
+        torch.testing.assert_close(pattern.sum(-1), torch.ones(2, 4, 9))
+        assert (pattern[1, :, :, 6:] < 1e-6).all(), "padding keys must get no attention"
+        if tiny_model.cfg.causal:
+            assert pattern.triu(diagonal=1).abs().max() == 0
+
+
+@torch.no_grad()
+def test_grouped_query_attention_equals_repeated_key_value_heads():
+    torch.manual_seed(1)
+    gqa_cfg = TINY_CONFIGS["llama-gqa"]
+    gqa = HookedTransformer(gqa_cfg).eval()
+    mha_cfg = dataclasses.replace(gqa_cfg, n_kv_heads=None)
+    state = dict(gqa.state_dict())
+    group = gqa_cfg.n_heads // gqa_cfg.kv_heads
+    for name in list(state):
+        if name.endswith(("attn.W_K", "attn.W_V")):
+            state[name] = state[name].repeat_interleave(group, dim=0)
+    mha = HookedTransformer.from_loaded(LoadedModel(mha_cfg, state))
+    tokens = torch.randint(0, 99, (2, 15))
+    for explicit in (True, False):
+        gqa.set_attention_path(explicit)
+        mha.set_attention_path(explicit)
+        torch.testing.assert_close(gqa(tokens), mha(tokens), atol=1e-6, rtol=0)
+
+
+@torch.no_grad()
+def test_partial_rotary_leaves_unrotated_dims_alone():
+    torch.manual_seed(2)
+    model = HookedTransformer(TINY_CONFIGS["neox"]).eval()
+    tokens = torch.randint(0, 99, (1, 7))
+    _, cache = model.run_with_cache(tokens, names_filter=["blocks.0.attn.hook_q", "blocks.0.attn.hook_rot_q"])
+    q, rot_q = cache["blocks.0.attn.hook_q"], cache["blocks.0.attn.hook_rot_q"]
+    rotary_dims = TINY_CONFIGS["neox"].rotary_dims
+    torch.testing.assert_close(q[..., rotary_dims:], rot_q[..., rotary_dims:])
+    torch.testing.assert_close(q[:, 0], rot_q[:, 0])  # position 0 is rotated by angle 0
+    assert not torch.allclose(q[:, 1:, :, :rotary_dims], rot_q[:, 1:, :, :rotary_dims])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16])
+@torch.no_grad()
+def test_half_precision_paths_agree(dtype):
+    torch.manual_seed(3)
+    model = HookedTransformer(TINY_CONFIGS["llama-gqa"]).to(dtype).eval()
+    tokens = torch.randint(0, 99, (2, 11))
+    explicit, fused = run_both_paths(model, tokens)
+    assert explicit.dtype == dtype
+    torch.testing.assert_close(explicit.float(), fused.float(), atol=3e-2, rtol=3e-2)
