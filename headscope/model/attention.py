@@ -7,6 +7,8 @@ pattern; it is taken whenever nothing hooks the scores or the pattern. Tests hol
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -79,6 +81,9 @@ class Attention(nn.Module):
             self.b_O = nn.Parameter(torch.zeros(D))
         self.rotary = Rotary(cfg.rotary_dims, cfg.rotary_base) if cfg.positional == "rotary" else None
         self.force_explicit = False  # set by HookedTransformer to compare the two paths
+        # An optional replacement for the fused path, `kernel(attn, q, k, v, bias) -> z`: the capture engine
+        # installs one that also returns per-head statistics from the same fused call.
+        self.kernel: Callable[..., torch.Tensor] | None = None
 
         self.hook_q = HookPoint()  # (batch, pos, head, d_head)
         self.hook_k = HookPoint()  # (batch, pos, kv_head, d_head)
@@ -146,8 +151,13 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """x: (batch, pos, d_model) already normalised; bias from `attention_bias`."""
         q, k, v = self.project_qkv(x, rotary)
-        attend = self.explicit if self.needs_pattern() else self.fused
-        z = self.hook_z(attend(q, k, v, bias))
+        if self.needs_pattern():
+            z = self.explicit(q, k, v, bias)
+        elif self.kernel is not None:
+            z = self.kernel(self, q, k, v, bias)
+        else:
+            z = self.fused(q, k, v, bias)
+        z = self.hook_z(z)
         if self.hook_result.active:
             result = self.hook_result(torch.einsum("bphd,hdm->bphm", z, self.W_O))
             out = result.sum(dim=2)
