@@ -1,0 +1,294 @@
+"""The capture engine: stream a dataset through a model and accumulate per-head statistics.
+
+Each attention layer's fused call is replaced, for the duration of a capture, by one that also returns
+the log-sum-exp and the averages of the extra value columns the statistics need (see `kernels.py`); the
+entries a statistic needs are then exp(scale * q_i . k_j - lse_i). No pattern is ever formed on this
+path. `method="explicit"` instead reads the full pattern at `hook_pattern` and is the reference the
+tests hold the fused path to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+import headscope
+from headscope.capture.budget import choose_batch_size, is_out_of_memory
+from headscope.capture.datasets import TokenDataset
+from headscope.capture.kernels import fused_attention_with_lse
+from headscope.capture.recorder import PatternRecorder, Patterns
+from headscope.capture.result import CaptureResult
+from headscope.capture.statistics import (
+    CAUSAL_STATISTICS, STATISTICS, Batch, EntryPlan, RowPlan, check_statistics, make_plans,
+)
+from headscope.errors import InputError
+from headscope.heads import parse_heads
+from headscope.model.attention import Attention, attention_bias
+from headscope.model.transformer import HookedTransformer
+
+PAIR_CHUNK = 1 << 15  # pairs gathered at once: memory is PAIR_CHUNK x heads x d_head
+
+
+class _BatchSums:
+    """Per-prompt sums (batch, layer, head) of every statistic for one batch, and the patterns it records."""
+
+    def __init__(self, plans: dict, n_prompts: int, n_layers: int, n_heads: int, device: torch.device,
+                 start: int = 0, recorder: PatternRecorder | None = None, lengths: torch.Tensor | None = None) -> None:
+        self.plans = plans
+        self.start = start
+        self.recorder = recorder
+        self.lengths = lengths
+        self.sums = {n: torch.zeros(n_prompts, n_layers, n_heads, dtype=torch.float64, device=device)
+                     for n in plans}
+
+    def add_entries(self, name: str, layer: int, batch_idx: torch.Tensor, values: torch.Tensor) -> None:
+        self.sums[name][:, layer].index_add_(0, batch_idx, values.double())
+
+    def add_rows(self, name: str, layer: int, rows: torch.Tensor, queries: torch.Tensor) -> None:
+        """rows (batch, head, pos): summed over the counted queries only (others may be NaN)."""
+        kept = torch.where(queries[:, None, :], rows.double(), 0.0)
+        self.sums[name][:, layer] += kept.sum(-1)
+
+    def record(self, layer: int, pattern_of) -> None:
+        """Hand the recorder the patterns of its heads in this layer; `pattern_of(row, head)` forms one."""
+        if self.recorder is None or not self.recorder.heads_in(layer):
+            return
+        for row in self.recorder.wanted(self.start, self.start + len(self.lengths)):
+            for head in self.recorder.heads_in(layer):
+                length = int(self.lengths[row])
+                self.recorder.add(layer, head, self.start + row, pattern_of(row, head), length)
+
+
+def _entries(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, plan: EntryPlan, scale: float) -> torch.Tensor:
+    """A[b, h, i, j] for the plan's pairs, (n_pairs, head), from q (b, pos, head, d), k (b, pos, head, d)."""
+    out = []
+    for start in range(0, plan.batch_idx.numel(), PAIR_CHUNK):
+        b, i, j = (t[start : start + PAIR_CHUNK] for t in (plan.batch_idx, plan.query_idx, plan.key_idx))
+        scores = (q[b, i].float() * k[b, j].float()).sum(-1) * scale  # (pairs, head)
+        out.append((scores - lse[b, :, i]).exp())
+    return torch.cat(out) if out else q.new_zeros(0, q.shape[2], dtype=torch.float32)
+
+
+def _fused_kernel(sums: _BatchSums, layer: int):
+    """The attention kernel installed on one layer: output z, plus that layer's statistics."""
+    rows = {plan.row: plan for plan in sums.plans.values() if isinstance(plan, RowPlan)}
+
+    def kernel(attn: Attention, q, k, v, bias):
+        scale, causal, d = attn.cfg.scale, attn.cfg.causal, v.shape[-1]
+        batch, n_pos = q.shape[0], q.shape[1]
+        k_all = k.repeat_interleave(attn.group_size, dim=2)  # (batch, pos, head, d)
+        qh, kh = q.transpose(1, 2), k_all.transpose(1, 2)  # (batch, head, pos, d)
+        vh = v.repeat_interleave(attn.group_size, dim=2).transpose(1, 2)
+        # Extra value columns: K for the entropy, positions / n_pos for the mean distance.
+        position = torch.arange(n_pos, device=q.device, dtype=torch.float32)
+        columns = [vh]
+        if "entropy" in rows:
+            columns.append(kh)
+        if "mean_distance" in rows:
+            columns.append((position / n_pos).to(q.dtype).expand(batch, qh.shape[1], n_pos)[..., None])
+        out, lse = fused_attention_with_lse(qh, kh, torch.cat(columns, -1), bias, causal, scale)
+
+        col = d
+        if "entropy" in rows:
+            attended_k = out[..., col : col + d].float()
+            col += d
+            entropy = lse - scale * (qh.float() * attended_k).sum(-1)
+            sums.add_rows(rows["entropy"].row, layer, entropy, rows["entropy"].queries)
+        if "mean_distance" in rows:
+            mean_pos = out[..., col].float() * n_pos
+            if causal:
+                distance = position - mean_pos
+            else:
+                distance = _bidirectional_distance(qh, kh, bias, lse, mean_pos, position, scale)
+            sums.add_rows("mean_distance", layer, distance, rows["mean_distance"].queries)
+        for name, plan in sums.plans.items():
+            if isinstance(plan, EntryPlan):
+                sums.add_entries(name, layer, plan.batch_idx, _entries(q, k_all, lse, plan, scale))
+        sums.record(layer, lambda row, head: _pattern_of(qh, kh, lse, bias, causal, scale, row, head))
+        return out[..., :d].transpose(1, 2).to(q.dtype)
+
+    return kernel
+
+
+def _pattern_of(qh, kh, lse, bias, causal, scale, row: int, head: int) -> torch.Tensor:
+    """One head's (query, key) pattern of one prompt, exp(scores - lse): the only pattern ever formed."""
+    scores = (qh[row, head].float() @ kh[row, head].float().T) * scale
+    n_pos = scores.shape[-1]
+    if bias is not None:
+        scores = scores + bias[min(row, bias.shape[0] - 1), 0].float()
+    elif causal:
+        allowed = torch.ones(n_pos, n_pos, dtype=torch.bool, device=scores.device).tril()
+        scores = scores.masked_fill(~allowed, torch.finfo(torch.float32).min)
+    return (scores - lse[row, head, :, None]).exp()
+
+
+def _bidirectional_distance(qh, kh, bias, lse, mean_pos, position, scale):
+    """sum_j A_ij |i - j| without the pattern, from a second, causal call.
+
+    The causal call's log-sum-exp gives the mass m_i on keys j <= i (exp(lse_causal - lse)) and its
+    output the mass-weighted position p_i there; then sum_j A_ij |i - j| = E[j] - i + 2 (i m_i - p_i).
+    """
+    n_pos = qh.shape[2]
+    causal_mask = attention_bias(n_pos, n_pos, True, None, torch.float32, qh.device)
+    if causal_mask is None:
+        causal_mask = torch.zeros(1, 1, n_pos, n_pos, device=qh.device).masked_fill(
+            ~torch.ones(n_pos, n_pos, dtype=torch.bool, device=qh.device).tril(), torch.finfo(torch.float32).min)
+    combined = causal_mask if bias is None else torch.minimum(bias.float(), causal_mask)
+    pos_column = (position / n_pos).to(qh.dtype).expand(*qh.shape[:3])[..., None]
+    out_c, lse_c = fused_attention_with_lse(qh, kh, pos_column, combined.to(qh.dtype), False, scale)
+    mass_before = (lse_c - lse).exp()
+    pos_before = mass_before * out_c[..., 0].float() * n_pos
+    return mean_pos - position + 2 * (position * mass_before - pos_before)
+
+
+def _explicit_hook(sums: _BatchSums, layer: int):
+    """The reference: every statistic read off the full pattern at hook_pattern."""
+
+    def hook(pattern: torch.Tensor, hook) -> None:
+        n_pos = pattern.shape[-1]
+        position = torch.arange(n_pos, device=pattern.device, dtype=torch.float32)
+        p = pattern.float()
+        for name, plan in sums.plans.items():
+            if isinstance(plan, EntryPlan):
+                values = p[plan.batch_idx, :, plan.query_idx, plan.key_idx]  # (pairs, head)
+                sums.add_entries(name, layer, plan.batch_idx, values)
+            elif plan.row == "entropy":
+                sums.add_rows(name, layer, -torch.special.xlogy(p, p).sum(-1), plan.queries)
+            else:
+                distance = (position[:, None] - position[None, :]).abs()
+                sums.add_rows(name, layer, (p * distance).sum(-1), plan.queries)
+        sums.record(layer, lambda row, head: p[row, head])
+
+    return hook
+
+
+@contextlib.contextmanager
+def _installed(model: HookedTransformer, sums: _BatchSums, method: str) -> Iterator[None]:
+    if method == "explicit":
+        hooks = [(f"blocks.{layer}.attn.hook_pattern", _explicit_hook(sums, layer)) for layer in range(len(model.blocks))]
+        with model.hooks(hooks):
+            yield
+        return
+    for layer, block in enumerate(model.blocks):
+        block.attn.kernel = _fused_kernel(sums, layer)
+    try:
+        yield
+    finally:
+        for block in model.blocks:
+            block.attn.kernel = None
+
+
+def _capture_batch(model, tokens, mask, dataset, names, method, start, recorder) -> tuple[dict, dict]:
+    real = torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask.bool()
+    batch = Batch(tokens, real, dataset.has_bos, model.cfg.causal)
+    plans = make_plans(names, batch)
+    lengths = real.sum(1)
+    sums = _BatchSums(plans, tokens.shape[0], model.cfg.n_layers, model.cfg.n_heads, tokens.device,
+                      start, recorder, lengths)
+    if recorder is not None:
+        for row in recorder.wanted(start, start + tokens.shape[0]):
+            recorder.add_tokens(start + row, tokens[row], int(lengths[row]))
+    with torch.no_grad(), _installed(model, sums, method):
+        model(tokens, attention_mask=mask, return_type=None)
+    counts = {n: plan.queries.sum(1).cpu() for n, plan in plans.items()}
+    return {n: s.cpu() for n, s in sums.sums.items()}, counts
+
+
+def capture(
+    model: HookedTransformer,
+    dataset: TokenDataset,
+    stats: list[str] | tuple[str, ...] | None = None,
+    *,
+    batch_size: int | None = None,
+    max_memory: int | None = None,
+    device: str | torch.device | None = None,
+    method: str = "fused",
+    patterns: list[str] | str | None = None,
+    pattern_prompts: list[int] | None = None,
+    patterns_out: str | Path | None = None,
+    progress: bool = True,
+) -> CaptureResult:
+    """Per-head statistics of `model` over every prompt of `dataset`, and patterns of chosen heads.
+
+    stats: names from `headscope.capture.statistics.STATISTICS` (default: all that apply to the model).
+    batch_size: prompts per forward pass; by default the largest that fits `max_memory` bytes (default:
+    a share of the free memory of the device). method: "fused" (no pattern is formed) or "explicit"
+    (the reference, from full patterns). On CUDA an out-of-memory error halves the batch and retries.
+    patterns: heads ("L5H1") whose full patterns are kept for `pattern_prompts` (default: prompt 0);
+    they are returned in `result.patterns` and written to `patterns_out` if given.
+    """
+    if method not in ("fused", "explicit"):
+        raise InputError(f"unknown capture method {method!r}: use fused or explicit")
+    names = check_statistics(list(stats) if stats else list(CAUSAL_STATISTICS if model.cfg.causal else STATISTICS))
+    if len(dataset) == 0:
+        raise InputError("the dataset is empty")
+    recorder = _make_recorder(model, dataset, patterns, pattern_prompts)
+    if device is not None:
+        model.to(device)
+    device = model.device
+    n_pos = dataset.tokens.shape[1]
+    if batch_size is None:
+        batch_size = choose_batch_size(model.cfg, n_pos, len(dataset), max_memory, device, method,
+                                       dtype_size=model.embed.W_E.element_size(),
+                                       padded=dataset.attention_mask is not None)
+    parts_sums: dict[str, list] = {n: [] for n in names}
+    parts_counts: dict[str, list] = {n: [] for n in names}
+    bar = tqdm(total=len(dataset) * n_pos, unit="tok", unit_scale=True, disable=not progress, desc="capture")
+    start = 0
+    while start < len(dataset):
+        stop = min(start + batch_size, len(dataset))
+        tokens = dataset.tokens[start:stop].to(device)
+        mask = None if dataset.attention_mask is None else dataset.attention_mask[start:stop].to(device)
+        try:
+            sums, counts = _capture_batch(model, tokens, mask, dataset, names, method, start, recorder)
+        except RuntimeError as err:
+            if not is_out_of_memory(err) or batch_size == 1:
+                raise _out_of_memory_error(err, n_pos) if is_out_of_memory(err) else err
+            batch_size //= 2
+            torch.cuda.empty_cache()
+            continue
+        for n in names:
+            parts_sums[n].append(sums[n])
+            parts_counts[n].append(counts[n])
+        bar.update((stop - start) * n_pos)
+        start = stop
+    bar.close()
+    meta = {
+        "model": getattr(model, "source", "") or model.cfg.architecture,
+        "dataset": dataset.name,
+        "dataset_meta": dataset.meta,
+        "n_prompts": len(dataset),
+        "seq_len": n_pos,
+        "method": method,
+        "headscope_version": headscope.__version__,
+        "torch_version": torch.__version__,
+    }
+    result = CaptureResult({n: torch.cat(parts_sums[n]) for n in names},
+                           {n: torch.cat(parts_counts[n]) for n in names}, meta)
+    if recorder is not None:
+        if patterns_out is not None:
+            recorder.save(patterns_out, meta)
+        result.patterns = Patterns(
+            {(key.split("/")[1], int(key.split("/")[2])): t for key, t in recorder.patterns.items()},
+            recorder.tokens, meta)
+    return result
+
+
+def _make_recorder(model, dataset, patterns, pattern_prompts) -> PatternRecorder | None:
+    if not patterns:
+        return None
+    heads = parse_heads(patterns, model.cfg.n_layers, model.cfg.n_heads)
+    prompts = [0] if pattern_prompts is None else list(pattern_prompts)
+    bad = [p for p in prompts if not 0 <= p < len(dataset)]
+    if bad:
+        raise InputError(f"prompt {bad[0]} does not exist: the dataset has {len(dataset)} prompts")
+    return PatternRecorder(heads, prompts)
+
+
+def _out_of_memory_error(err: Exception, n_pos: int) -> InputError:
+    return InputError(f"out of memory with one prompt of {n_pos} tokens: use a shorter --seq-len, "
+                      "a smaller model dtype, or --device cpu")

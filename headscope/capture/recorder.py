@@ -1,0 +1,79 @@
+"""Recorders: full attention patterns of chosen heads on chosen prompts, kept and written to one file.
+
+Only the named heads' patterns are ever formed, from q, k and the row log-sum-exp of the fused call, so
+recording one head of a long prompt costs one pos x pos matrix, not the layer's. The file is safetensors:
+`pattern/L{l}H{h}/{prompt}` (query, key) float32 tensors and `tokens/{prompt}` ids, trimmed to the prompt's
+real length; `headscope.load_patterns` reads it back.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from headscope.errors import InputError
+from headscope.heads import head_name
+from headscope.io import atomic_path
+
+
+@dataclass
+class PatternRecorder:
+    heads: list[tuple[int, int]]
+    prompts: list[int]
+    patterns: dict[str, torch.Tensor] = field(default_factory=dict)
+    tokens: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def heads_in(self, layer: int) -> list[int]:
+        return [h for (l, h) in self.heads if l == layer]
+
+    def wanted(self, start: int, stop: int) -> list[int]:
+        """Rows of the batch [start, stop) whose prompts are recorded."""
+        return [p - start for p in self.prompts if start <= p < stop]
+
+    def add(self, layer: int, head: int, prompt: int, pattern: torch.Tensor, length: int) -> None:
+        self.patterns[f"pattern/{head_name(layer, head)}/{prompt}"] = pattern[:length, :length].float().cpu()
+
+    def add_tokens(self, prompt: int, tokens: torch.Tensor, length: int) -> None:
+        self.tokens[prompt] = tokens[:length].cpu()
+
+    def save(self, path: str | Path, meta: dict | None = None) -> None:
+        tensors = {k: v.contiguous() for k, v in self.patterns.items()}
+        tensors |= {f"tokens/{p}": t.contiguous() for p, t in self.tokens.items()}
+        with atomic_path(path) as tmp:
+            save_file(tensors, tmp, metadata={"meta": json.dumps(meta or {})})
+
+
+@dataclass
+class Patterns:
+    """Patterns read back: `patterns[("L5H1", prompt)]` (query, key), `tokens[prompt]`, and `meta`."""
+
+    patterns: dict[tuple[str, int], torch.Tensor]
+    tokens: dict[int, torch.Tensor]
+    meta: dict
+
+
+def load_patterns(path: str | Path) -> Patterns:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"no pattern file at {path}")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads((f.metadata() or {}).get("meta", "{}"))
+            keys = list(f.keys())
+            tensors = {k: f.get_tensor(k) for k in keys}
+    except Exception as err:  # safetensors raises its own error types for a damaged header
+        raise InputError(f"{path} is not a headscope pattern file: {err}") from err
+    patterns = {}
+    tokens = {}
+    for key, value in tensors.items():
+        kind, *rest = key.split("/")
+        if kind == "pattern":
+            patterns[(rest[0], int(rest[1]))] = value
+        elif kind == "tokens":
+            tokens[int(rest[0])] = value
+    return Patterns(patterns, tokens, meta)

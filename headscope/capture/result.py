@@ -1,0 +1,91 @@
+"""CaptureResult: per-prompt sums and counts of every statistic, from which means and intervals follow.
+
+Sums and counts (never averages of averages) are what is kept, so results of batches, resumed runs or
+separate processes combine exactly, and analyses can bootstrap over prompts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from headscope.errors import InputError
+from headscope.io import atomic_path
+
+
+@dataclass
+class CaptureResult:
+    sums: dict[str, torch.Tensor]  # statistic -> (n_prompts, n_layers, n_heads) float64
+    counts: dict[str, torch.Tensor]  # statistic -> (n_prompts,) int64: queries counted in each prompt
+    meta: dict = field(default_factory=dict)  # model, dataset, seed, versions
+    patterns: object = None  # a `Patterns` when heads were recorded (not part of `save`)
+
+    @property
+    def statistics(self) -> tuple[str, ...]:
+        return tuple(self.sums)
+
+    @property
+    def n_prompts(self) -> int:
+        return next(iter(self.counts.values())).shape[0]
+
+    def _check(self, name: str) -> None:
+        if name not in self.sums:
+            raise InputError(f"statistic {name!r} was not captured; captured: {', '.join(self.statistics)}")
+
+    def mean(self, name: str) -> torch.Tensor:
+        """(n_layers, n_heads) mean over every counted query of every prompt; NaN if none counted."""
+        self._check(name)
+        return self.sums[name].sum(0) / self.counts[name].sum()
+
+    def count(self, name: str) -> int:
+        self._check(name)
+        return int(self.counts[name].sum())
+
+    def per_prompt(self, name: str) -> torch.Tensor:
+        """(n_prompts, n_layers, n_heads) mean within each prompt; NaN for a prompt with no counted query."""
+        self._check(name)
+        return self.sums[name] / self.counts[name][:, None, None]
+
+    def to_rows(self) -> list[dict]:
+        """One row per head: layer, head, name and the mean of every statistic."""
+        means = {name: self.mean(name) for name in self.statistics}
+        n_layers, n_heads = next(iter(means.values())).shape
+        return [
+            {"layer": layer, "head": head, "name": f"L{layer}H{head}",
+             **{name: float(m[layer, head]) for name, m in means.items()}}
+            for layer in range(n_layers) for head in range(n_heads)
+        ]
+
+    def to_json(self) -> str:
+        counts = {name: self.count(name) for name in self.statistics}
+        return json.dumps({"meta": self.meta, "counts": counts, "heads": self.to_rows()}, indent=2)
+
+    def save(self, path: str | Path) -> None:
+        """Sums and counts as safetensors, meta inside its header; written atomically."""
+        tensors = {f"sum/{n}": t.contiguous() for n, t in self.sums.items()}
+        tensors |= {f"count/{n}": t.contiguous() for n, t in self.counts.items()}
+        with atomic_path(path) as tmp:
+            save_file(tensors, tmp, metadata={"meta": json.dumps(self.meta)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CaptureResult":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads(f.metadata().get("meta", "{}"))
+        tensors = load_file(str(path))
+        sums = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("sum/")}
+        counts = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("count/")}
+        return cls(sums, counts, meta)
+
+    @classmethod
+    def concat(cls, parts: list["CaptureResult"], meta: dict | None = None) -> "CaptureResult":
+        """Results over consecutive prompt ranges, joined in order."""
+        names = parts[0].statistics
+        sums = {n: torch.cat([p.sums[n] for p in parts]) for n in names}
+        counts = {n: torch.cat([p.counts[n] for p in parts]) for n in names}
+        return cls(sums, counts, meta if meta is not None else parts[0].meta)

@@ -1,0 +1,156 @@
+"""The fused capture path equals the explicit reference; batching and budgets never change results."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from headscope.capture.datasets import from_tensor, repeated_random_tokens
+from headscope.capture.engine import capture
+from headscope.capture.statistics import CAUSAL_STATISTICS, STATISTICS
+from headscope.errors import InputError
+from headscope.model.transformer import HookedTransformer
+from tests.conftest import TINY_CONFIGS
+
+
+def natural_like_tokens(n_prompts=3, n_pos=24, vocab=12, seed=0):
+    """Random tokens from a small vocabulary: many duplicates, some adjacent, like real text."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (n_prompts, n_pos), generator=g)
+
+
+def assert_same_result(a, b, atol=1e-5):
+    assert a.statistics == b.statistics
+    for name in a.statistics:
+        torch.testing.assert_close(a.counts[name], b.counts[name])
+        torch.testing.assert_close(a.sums[name], b.sums[name], atol=atol * max(1, int(a.counts[name].max())), rtol=0)
+        torch.testing.assert_close(a.mean(name), b.mean(name), atol=atol, rtol=0, equal_nan=True)
+
+
+def statistics_for(model):
+    return CAUSAL_STATISTICS if model.cfg.causal else STATISTICS
+
+
+@torch.no_grad()
+def test_fused_equals_explicit_on_every_architecture(tiny_model):
+    dataset = from_tensor(natural_like_tokens())
+    names = statistics_for(tiny_model)
+    fused = capture(tiny_model, dataset, names, progress=False)
+    explicit = capture(tiny_model, dataset, names, method="explicit", progress=False)
+    assert_same_result(fused, explicit)
+
+
+@torch.no_grad()
+def test_fused_equals_explicit_with_padding_and_bos(tiny_model):
+    tokens = natural_like_tokens(n_prompts=4, n_pos=20, seed=1)
+    tokens[:, 0] = 0  # a BOS id that appears nowhere else
+    tokens[:, 1:] = tokens[:, 1:].clamp(min=1)
+    mask = torch.ones_like(tokens)
+    mask[1, 14:] = 0
+    mask[3, 5:] = 0
+    dataset = from_tensor(tokens, attention_mask=mask, has_bos=True)
+    names = statistics_for(tiny_model)
+    fused = capture(tiny_model, dataset, names, progress=False)
+    explicit = capture(tiny_model, dataset, names, method="explicit", progress=False)
+    assert_same_result(fused, explicit)
+
+
+@torch.no_grad()
+def test_fused_equals_explicit_on_many_shapes():
+    for n_pos, n_kv in [(1, 4), (2, 2), (7, 1), (33, 2), (70, 4)]:
+        torch.manual_seed(n_pos)
+        cfg = dataclasses.replace(TINY_CONFIGS["llama-gqa"], n_kv_heads=n_kv, n_ctx=128)
+        model = HookedTransformer(cfg).eval()
+        dataset = from_tensor(natural_like_tokens(n_prompts=2, n_pos=n_pos, seed=n_pos))
+        fused = capture(model, dataset, CAUSAL_STATISTICS, progress=False)
+        explicit = capture(model, dataset, CAUSAL_STATISTICS, method="explicit", progress=False)
+        assert_same_result(fused, explicit)
+
+
+def one_hot_induction_hooks(tokens: torch.Tensor, strength: float = 60.0):
+    """hook_q / hook_k replacements that make every head attend to each query's induction target."""
+    n_pos = tokens.shape[1]
+
+    def target_of(i: int, row: torch.Tensor) -> int | None:
+        earlier = [j for j in range(i) if row[j] == row[i]]
+        return earlier[-1] + 1 if earlier else None
+
+    def set_q(q, hook):
+        q = torch.zeros_like(q)
+        for b in range(tokens.shape[0]):
+            for i in range(n_pos):
+                j = target_of(i, tokens[b])
+                if j is not None:
+                    q[b, i, :, j] = strength
+        return q
+
+    def set_k(k, hook):
+        k = torch.zeros_like(k)
+        for j in range(n_pos):
+            k[:, j, :, j] = 1.0
+        return k
+
+    return [(lambda n: n.endswith("attn.hook_q"), set_q), (lambda n: n.endswith("attn.hook_k"), set_k)]
+
+
+@pytest.mark.parametrize("method", ["fused", "explicit"])
+@torch.no_grad()
+def test_a_hand_made_induction_pattern_scores_near_one(method):
+    cfg = dataclasses.replace(TINY_CONFIGS["attn-only"], d_head=48, d_model=64, n_ctx=64)
+    model = HookedTransformer(cfg).eval()
+    dataset = repeated_random_tokens(n_prompts=3, period=20, repeats=2, vocab_size=99, seed=0)
+    with model.hooks(one_hot_induction_hooks(dataset.tokens)):
+        result = capture(model, dataset, ["induction", "previous_token", "duplicate_token"], method=method,
+                         progress=False)
+    assert result.count("induction") == 3 * 20  # only the second period has earlier occurrences
+    assert result.mean("induction").min() > 0.99
+    assert result.mean("duplicate_token").max() < 0.01
+    assert result.mean("previous_token").max() < 0.6  # uniform rows in the first period, ~0 in the second
+
+
+@torch.no_grad()
+def test_dataset_result_is_the_mean_of_per_prompt_results():
+    torch.manual_seed(0)
+    model = HookedTransformer(TINY_CONFIGS["gpt2"]).eval()
+    dataset = from_tensor(natural_like_tokens(n_prompts=4, seed=3))
+    whole = capture(model, dataset, progress=False)
+    singles = [capture(model, dataset.subset([i]), progress=False) for i in range(len(dataset))]
+    for name in whole.statistics:
+        per_prompt = torch.stack([s.mean(name) for s in singles])
+        torch.testing.assert_close(whole.per_prompt(name), per_prompt, atol=1e-6, rtol=0)
+        counts = torch.tensor([s.count(name) for s in singles], dtype=torch.float64)
+        expected = (per_prompt * counts[:, None, None]).sum(0) / counts.sum()
+        torch.testing.assert_close(whole.mean(name), expected, atol=1e-6, rtol=0)
+
+
+@torch.no_grad()
+def test_memory_budget_batching_gives_identical_results():
+    torch.manual_seed(0)
+    model = HookedTransformer(TINY_CONFIGS["llama-gqa"]).eval()
+    dataset = from_tensor(natural_like_tokens(n_prompts=5, seed=4))
+    one_batch = capture(model, dataset, batch_size=5, progress=False)
+    tiny_budget = capture(model, dataset, max_memory=1, progress=False)  # forces one prompt per batch
+    assert_same_result(one_batch, tiny_budget, atol=1e-7)
+
+
+def test_bad_requests_are_clear_errors():
+    model = HookedTransformer(TINY_CONFIGS["gpt2"]).eval()
+    dataset = from_tensor(natural_like_tokens(n_prompts=1))
+    with pytest.raises(InputError, match="unknown statistic 'prev'; choose from previous_token"):
+        capture(model, dataset, ["prev"], progress=False)
+    with pytest.raises(InputError, match="next_token needs a bidirectional"):
+        capture(model, dataset, ["next_token"], progress=False)
+    with pytest.raises(InputError, match="unknown capture method"):
+        capture(model, dataset, method="magic", progress=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@torch.no_grad()
+def test_gpu_path_equals_cpu_path():
+    torch.manual_seed(0)
+    model = HookedTransformer(TINY_CONFIGS["llama-gqa"]).eval()
+    dataset = from_tensor(natural_like_tokens(n_prompts=3, n_pos=40, seed=5))
+    cpu = capture(model, dataset, progress=False)
+    gpu = capture(model, dataset, device="cuda", progress=False)
+    assert_same_result(cpu, gpu, atol=1e-5)
