@@ -59,3 +59,18 @@ def minilm_dir() -> Path:
     from headscope.loading import registry
 
     return registry.fetch("minilm-l6", progress=False)
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_gguf) -> HookedTransformer:
+    """SmolLM2-135M loaded once per test session (about 3 s)."""
+    from headscope.loading.load import load_model
+
+    return load_model(smollm2_gguf).eval()
+
+
+@pytest.fixture(scope="session")
+def minilm(minilm_dir) -> HookedTransformer:
+    from headscope.loading.load import load_model
+
+    return load_model(minilm_dir).eval()
