@@ -586,15 +586,19 @@ def load_hf_folder(path: str | Path) -> LoadedModel:
                        meta={"hf_architecture": class_name})
 
 
-def load_hf_model(model: Any, tokenizer: Any = None) -> LoadedModel:
-    """Convert a `transformers` model object (GPT2*, Llama*, Bert*, GPTNeoX*) and optionally its fast tokenizer."""
+def load_hf_model(model: Any, tokenizer: Any = None, state_dict: dict[str, Tensor] | None = None) -> LoadedModel:
+    """Convert a `transformers` model object (GPT2*, Llama*, Bert*, GPTNeoX*) and optionally its fast tokenizer.
+
+    `state_dict` replaces `model.state_dict()` where the module tree was wrapped (a TransformerLens bridge).
+    """
     class_name = type(model).__name__
     source = f"transformers {class_name}"
     hf = model.config.to_dict()
     family, lm_head = _family_and_head(hf, class_name, source)
     cfg = _model_config(family, hf, lm_head, source)
     # Copies, so that editing our weights (ablations) never edits the transformers model.
-    weights = {key: tensor.detach().clone() for key, tensor in model.state_dict().items()}
+    state_dict = model.state_dict() if state_dict is None else state_dict
+    weights = {key: tensor.detach().clone() for key, tensor in state_dict.items()}
     state_dict = _convert_state_dict(weights, family, cfg, source)
     ours = None if tokenizer is None else _from_transformers_tokenizer(tokenizer, hf, family.encoder, cfg.d_vocab)
     return LoadedModel(cfg, state_dict, ours, source, meta={"hf_architecture": class_name})

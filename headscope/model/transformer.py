@@ -73,7 +73,7 @@ class HookedTransformer(HookedModule):
         self.hook_embed = HookPoint()  # (batch, pos, d_model)
         if cfg.positional == "learned":
             self.pos_embed = PosEmbed(cfg.n_ctx, cfg.d_model)
-            self.hook_pos_embed = HookPoint()  # (1, pos, d_model)
+            self.hook_pos_embed = HookPoint()  # (batch, pos, d_model), a broadcast view as in TransformerLens
         if cfg.n_token_types:
             self.token_type_embed = TokenTypeEmbed(cfg.n_token_types, cfg.d_model)
             self.hook_token_type_embed = HookPoint()  # (batch, pos, d_model)
@@ -193,7 +193,7 @@ class HookedTransformer(HookedModule):
     def embed_tokens(self, tokens: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
         resid = self.hook_embed(self.embed(tokens))
         if self.cfg.positional == "learned":
-            resid = resid + self.hook_pos_embed(self.pos_embed(tokens.shape[1]))
+            resid = resid + self.hook_pos_embed(self.pos_embed(tokens.shape[1]).expand(tokens.shape[0], -1, -1))
         if self.cfg.n_token_types:
             types = torch.zeros_like(tokens) if token_type_ids is None else token_type_ids.to(tokens.device)
             resid = resid + self.hook_token_type_embed(self.token_type_embed(types))

@@ -38,26 +38,6 @@ PROSE = ("The quick brown fox jumps over the lazy dog. Attention heads move info
 
 
 # ----- SmolLM2-135M (real weights) ----------------------------------------------------------------
-@pytest.fixture(scope="module")
-def smollm2(smollm2_gguf: Path) -> HookedTransformer:
-    return HookedTransformer.from_loaded(load_gguf(smollm2_gguf)).eval()
-
-
-@pytest.fixture(scope="module")
-def hf_smollm2(smollm2_gguf: Path):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name,
-                                                dtype=torch.float32, attn_implementation="eager").eval()
-
-
-@pytest.fixture(scope="module")
-def hf_smollm2_tokenizer(smollm2_gguf: Path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
-
-
 @pytest.mark.real_model
 def test_smollm2_config(smollm2: HookedTransformer) -> None:
     cfg = smollm2.cfg
