@@ -207,6 +207,18 @@ def load_dataset(spec: str, tokenizer: Tokenizer | None, *, seq_len: int, num_pr
     raise InputError(f"unknown dataset {spec!r}: use repeated-random[:period=P][:repeats=R] or a .txt/.jsonl file")
 
 
+def dataset_for_model(model, spec: str, *, seq_len: int, num_prompts: int, seed: int = 0,
+                      mode: str = "pad") -> TokenDataset:
+    """`load_dataset` with the model's tokenizer, vocabulary, BOS and special tokens filled in."""
+    tokenizer = model.tokenizer
+    prepends_bos = tokenizer is not None and tokenizer.bos_token_id is not None and not tokenizer.uses_post_processor
+    return load_dataset(
+        spec, tokenizer, seq_len=seq_len, num_prompts=num_prompts, seed=seed, vocab_size=model.cfg.d_vocab,
+        bos_token_id=tokenizer.bos_token_id if prepends_bos else None,
+        exclude_ids=tokenizer.special_ids if tokenizer is not None else (), mode=mode,
+    )
+
+
 def _option(part: str, spec: str) -> tuple[str, int]:
     key, _, value = part.partition("=")
     if key not in ("period", "repeats") or not value.isdigit():

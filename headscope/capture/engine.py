@@ -10,6 +10,9 @@ tests hold the fused path to.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -210,6 +213,8 @@ def capture(
     patterns: list[str] | str | None = None,
     pattern_prompts: list[int] | None = None,
     patterns_out: str | Path | None = None,
+    resume: str | Path | None = None,
+    save_every_s: float = 30.0,
     progress: bool = True,
 ) -> CaptureResult:
     """Per-head statistics of `model` over every prompt of `dataset`, and patterns of chosen heads.
@@ -220,6 +225,8 @@ def capture(
     (the reference, from full patterns). On CUDA an out-of-memory error halves the batch and retries.
     patterns: heads ("L5H1") whose full patterns are kept for `pattern_prompts` (default: prompt 0);
     they are returned in `result.patterns` and written to `patterns_out` if given.
+    resume: a progress file; partial sums are saved there every `save_every_s` seconds, and a run with the
+    same model, tokens, statistics and method continues after the prompts it holds. Removed at the end.
     """
     if method not in ("fused", "explicit"):
         raise InputError(f"unknown capture method {method!r}: use fused or explicit")
@@ -235,10 +242,12 @@ def capture(
         batch_size = choose_batch_size(model.cfg, n_pos, len(dataset), max_memory, device, method,
                                        dtype_size=model.embed.W_E.element_size(),
                                        padded=dataset.attention_mask is not None)
-    parts_sums: dict[str, list] = {n: [] for n in names}
-    parts_counts: dict[str, list] = {n: [] for n in names}
-    bar = tqdm(total=len(dataset) * n_pos, unit="tok", unit_scale=True, disable=not progress, desc="capture")
-    start = 0
+    progress_file = _Progress(resume, _fingerprint(model, dataset, names, method), save_every_s)
+    done = progress_file.load()
+    parts = [done] if done is not None else []
+    start = 0 if done is None else done.n_prompts
+    bar = tqdm(total=len(dataset) * n_pos, initial=start * n_pos, unit="tok", unit_scale=True,
+               disable=not progress, desc="capture")
     while start < len(dataset):
         stop = min(start + batch_size, len(dataset))
         tokens = dataset.tokens[start:stop].to(device)
@@ -251,12 +260,13 @@ def capture(
             batch_size //= 2
             torch.cuda.empty_cache()
             continue
-        for n in names:
-            parts_sums[n].append(sums[n])
-            parts_counts[n].append(counts[n])
+        parts.append(CaptureResult(sums, counts))
         bar.update((stop - start) * n_pos)
         start = stop
+        progress_file.save(parts, final=start == len(dataset))
     bar.close()
+    if recorder is not None:
+        _record_skipped_prompts(model, dataset, names, method, recorder)
     meta = {
         "model": getattr(model, "source", "") or model.cfg.architecture,
         "dataset": dataset.name,
@@ -267,8 +277,8 @@ def capture(
         "headscope_version": headscope.__version__,
         "torch_version": torch.__version__,
     }
-    result = CaptureResult({n: torch.cat(parts_sums[n]) for n in names},
-                           {n: torch.cat(parts_counts[n]) for n in names}, meta)
+    result = CaptureResult.concat(parts, meta)
+    progress_file.remove()
     if recorder is not None:
         if patterns_out is not None:
             recorder.save(patterns_out, meta)
@@ -287,6 +297,54 @@ def _make_recorder(model, dataset, patterns, pattern_prompts) -> PatternRecorder
     if bad:
         raise InputError(f"prompt {bad[0]} does not exist: the dataset has {len(dataset)} prompts")
     return PatternRecorder(heads, prompts)
+
+
+def _record_skipped_prompts(model, dataset, names, method, recorder: PatternRecorder) -> None:
+    """Prompts a resumed run skipped still get their patterns: one extra pass over just those."""
+    for prompt in [p for p in recorder.prompts if p not in recorder.tokens]:
+        mask = None if dataset.attention_mask is None else dataset.attention_mask[prompt : prompt + 1]
+        tokens = dataset.tokens[prompt : prompt + 1].to(model.device)
+        _capture_batch(model, tokens, None if mask is None else mask.to(model.device), dataset, names, method,
+                       prompt, recorder)
+
+
+def _fingerprint(model: HookedTransformer, dataset: TokenDataset, names: tuple[str, ...], method: str) -> str:
+    """What a progress file must match to be continued: the model, the exact tokens, statistics, method."""
+    digest = hashlib.sha256(dataset.tokens.cpu().numpy().tobytes())
+    if dataset.attention_mask is not None:
+        digest.update(dataset.attention_mask.cpu().numpy().tobytes())
+    return json.dumps({"model": getattr(model, "source", ""), "config": model.cfg.to_dict(),
+                       "tokens": digest.hexdigest(), "has_bos": dataset.has_bos, "stats": list(names),
+                       "method": method}, sort_keys=True)
+
+
+class _Progress:
+    """The progress file of a resumable capture: partial sums and counts of the prompts done so far."""
+
+    def __init__(self, path: str | Path | None, fingerprint: str, every_s: float) -> None:
+        self.path = None if path is None else Path(path)
+        self.fingerprint = fingerprint
+        self.every_s = every_s
+        self.last_save = time.monotonic()
+
+    def load(self) -> CaptureResult | None:
+        if self.path is None or not self.path.exists():
+            return None
+        saved = CaptureResult.load(self.path)
+        if saved.meta.get("fingerprint") != self.fingerprint:
+            raise InputError(f"{self.path} holds a capture of another model, dataset or statistics: "
+                             "delete it or choose another --resume file")
+        return saved
+
+    def save(self, parts: list[CaptureResult], final: bool) -> None:
+        if self.path is None or final or time.monotonic() - self.last_save < self.every_s:
+            return
+        CaptureResult.concat(parts, {"fingerprint": self.fingerprint}).save(self.path)
+        self.last_save = time.monotonic()
+
+    def remove(self) -> None:
+        if self.path is not None and self.path.exists():
+            self.path.unlink()
 
 
 def _out_of_memory_error(err: Exception, n_pos: int) -> InputError:

@@ -68,19 +68,22 @@ class CaptureResult:
         """Sums and counts as safetensors, meta inside its header; written atomically."""
         tensors = {f"sum/{n}": t.contiguous() for n, t in self.sums.items()}
         tensors |= {f"count/{n}": t.contiguous() for n, t in self.counts.items()}
+        metadata = {"meta": json.dumps(self.meta), "statistics": json.dumps(self.statistics)}
         with atomic_path(path) as tmp:
-            save_file(tensors, tmp, metadata={"meta": json.dumps(self.meta)})
+            save_file(tensors, tmp, metadata=metadata)
 
     @classmethod
     def load(cls, path: str | Path) -> "CaptureResult":
         from safetensors import safe_open
 
-        with safe_open(str(path), "pt") as f:
-            meta = json.loads(f.metadata().get("meta", "{}"))
-        tensors = load_file(str(path))
-        sums = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("sum/")}
-        counts = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("count/")}
-        return cls(sums, counts, meta)
+        try:
+            with safe_open(str(path), "pt") as f:
+                header = f.metadata() or {}
+            tensors = load_file(str(path))
+            meta, names = json.loads(header["meta"]), json.loads(header["statistics"])
+            return cls({n: tensors[f"sum/{n}"] for n in names}, {n: tensors[f"count/{n}"] for n in names}, meta)
+        except Exception as err:  # safetensors and json raise their own types for a damaged file
+            raise InputError(f"{path} is not a headscope capture file: {err}") from err
 
     @classmethod
     def concat(cls, parts: list["CaptureResult"], meta: dict | None = None) -> "CaptureResult":

@@ -135,16 +135,22 @@ PLANS = {
 }
 STATISTICS = tuple(PLANS)
 CAUSAL_STATISTICS = tuple(name for name in STATISTICS if name != "next_token")
+# Short names for the command line.
+ALIASES = {"prev": "previous_token", "self": "current_token", "current": "current_token", "next": "next_token",
+           "sink": "attention_sink", "bos": "attention_sink", "dup": "duplicate_token",
+           "duplicate": "duplicate_token", "distance": "mean_distance"}
 
 
 def check_statistics(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    """The names, validated; an unknown one is an InputError that lists the known ones."""
-    unknown = [n for n in names if n not in PLANS]
+    """The names (or their short aliases), validated; an unknown one is an InputError listing the known ones."""
+    resolved = [ALIASES.get(n, n) for n in names]
+    unknown = [n for n in resolved if n not in PLANS]
     if unknown:
-        raise InputError(f"unknown statistic {unknown[0]!r}; choose from {', '.join(STATISTICS)}")
-    if not names:
+        raise InputError(f"unknown statistic {unknown[0]!r}; choose from {', '.join(STATISTICS)} "
+                         f"(or {', '.join(ALIASES)})")
+    if not resolved:
         raise InputError("no statistics asked for")
-    return tuple(dict.fromkeys(names))
+    return tuple(dict.fromkeys(resolved))
 
 
 def make_plans(names: tuple[str, ...], batch: Batch) -> dict[str, EntryPlan | RowPlan]:

@@ -28,6 +28,13 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
+    @property
+    def special_ids(self) -> list[int]:
+        """Ids of special tokens (BOS, EOS, chat markers...), which random-token datasets leave out."""
+        ids = {i for i, token in self.backend.get_added_tokens_decoder().items() if token.special}
+        ids |= {i for i in (self.bos_token_id, self.eos_token_id, self.pad_token_id) if i is not None}
+        return sorted(ids)
+
     def encode(self, text: str, prepend_bos: bool | None = None) -> list[int]:
         """Token ids of one text. `prepend_bos=None` prepends BOS when the model has one."""
         if not isinstance(text, str):

@@ -136,8 +136,9 @@ def test_memory_budget_batching_gives_identical_results():
 def test_bad_requests_are_clear_errors():
     model = HookedTransformer(TINY_CONFIGS["gpt2"]).eval()
     dataset = from_tensor(natural_like_tokens(n_prompts=1))
-    with pytest.raises(InputError, match="unknown statistic 'prev'; choose from previous_token"):
-        capture(model, dataset, ["prev"], progress=False)
+    with pytest.raises(InputError, match="unknown statistic 'previous'; choose from previous_token"):
+        capture(model, dataset, ["previous"], progress=False)
+    assert capture(model, dataset, ["prev", "sink"], progress=False).statistics == ("previous_token", "attention_sink")
     with pytest.raises(InputError, match="next_token needs a bidirectional"):
         capture(model, dataset, ["next_token"], progress=False)
     with pytest.raises(InputError, match="unknown capture method"):
@@ -154,3 +155,44 @@ def test_gpu_path_equals_cpu_path():
     cpu = capture(model, dataset, progress=False)
     gpu = capture(model, dataset, device="cuda", progress=False)
     assert_same_result(cpu, gpu, atol=1e-5)
+
+
+class Interrupt(Exception):
+    pass
+
+
+@torch.no_grad()
+def test_an_interrupted_capture_resumes_where_it_stopped(tmp_path):
+    torch.manual_seed(0)
+    model = HookedTransformer(TINY_CONFIGS["gpt2"]).eval()
+    dataset = from_tensor(natural_like_tokens(n_prompts=5, seed=6))
+    uninterrupted = capture(model, dataset, batch_size=1, patterns="L1H0", pattern_prompts=[0, 4], progress=False)
+    progress_file = tmp_path / "progress.safetensors"
+    forwards = []
+
+    def count_and_stop_at_third(tensor, hook):
+        forwards.append(1)
+        if len(forwards) == 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt), model.hooks([("hook_embed", count_and_stop_at_third)]):
+        capture(model, dataset, batch_size=1, resume=progress_file, save_every_s=0, progress=False)
+    assert progress_file.exists()  # holds the two prompts finished before the interruption
+    forwards.clear()
+    with model.hooks([("hook_embed", lambda t, hook: forwards.append(1))]):
+        resumed = capture(model, dataset, batch_size=1, resume=progress_file, save_every_s=0,
+                          patterns="L1H0", pattern_prompts=[0, 4], progress=False)
+    assert len(forwards) == 3 + 1  # prompts 2, 3, 4, then prompt 0 again only for its pattern
+    assert_same_result(uninterrupted, resumed, atol=1e-9)
+    torch.testing.assert_close(resumed.patterns.patterns[("L1H0", 0)], uninterrupted.patterns.patterns[("L1H0", 0)])
+    assert not progress_file.exists()
+
+
+def test_a_progress_file_of_another_run_is_refused(tmp_path):
+    model = HookedTransformer(TINY_CONFIGS["gpt2"]).eval()
+    progress_file = tmp_path / "progress.safetensors"
+    first = capture(model, from_tensor(natural_like_tokens(n_prompts=2, seed=1)), progress=False)
+    first.meta = {"fingerprint": "something else"}
+    first.save(progress_file)
+    with pytest.raises(InputError, match="holds a capture of another model, dataset or statistics"):
+        capture(model, from_tensor(natural_like_tokens(n_prompts=2, seed=1)), resume=progress_file, progress=False)
