@@ -13,6 +13,7 @@ import click
 
 from headscope import __version__
 from headscope.errors import HeadscopeError
+from headscope.io import write_text_atomically
 
 _DEBUG = "headscope.debug"
 
@@ -117,6 +118,96 @@ def group_hook_names(names: Iterable[str]) -> list[str]:
         contiguous = found == list(range(found[0], found[-1] + 1))
         span = f"{found[0]}..{found[-1]}" if contiguous and len(found) > 1 else ",".join(map(str, found))
         lines.append(key.replace("{}", f"{{{span}}}", 1))
+    return lines
+
+
+def _parse_bytes(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """`2GB`, `512MB`, `1e9` -> bytes."""
+    if value is None:
+        return None
+    match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([KMGT]?)i?B?\s*", value, re.IGNORECASE)
+    if not match:
+        raise click.BadParameter(f"{value!r} is not a size; use e.g. 2GB or 512MB")
+    scale = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[match.group(2).upper()]
+    return int(float(match.group(1)) * scale)
+
+
+def _check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    import torch
+
+    if value.startswith("cuda") and not torch.cuda.is_available():
+        raise click.BadParameter("CUDA is not available on this machine; use --device cpu")
+    return value
+
+
+def _split(value: str | None) -> list[str] | None:
+    return [part.strip() for part in value.split(",") if part.strip()] if value else None
+
+
+@cli.command()
+@click.argument("model_source", metavar="MODEL")
+@click.option("--dataset", default="repeated-random", show_default=True,
+              help="repeated-random[:period=P][:repeats=R], or a .txt (a prompt per line) or .jsonl file.")
+@click.option("--seq-len", default=128, show_default=True, type=click.IntRange(min=2),
+              help="Tokens per prompt (without BOS); longer texts are cut.")
+@click.option("--num-prompts", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--stats", help="Comma-separated statistics (default: all that apply), e.g. prev,induction,entropy.")
+@click.option("--patterns", help="Heads whose full patterns to record, e.g. L5H1,L6H0.")
+@click.option("--pattern-prompts", default="0", show_default=True, help="Prompts to record patterns of, e.g. 0,3.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Prompts per forward pass (default: from memory).")
+@click.option("--max-memory", callback=_parse_bytes, help="Memory budget for activations, e.g. 2GB.")
+@click.option("--device", default="cpu", show_default=True, callback=_check_device)
+@click.option("--seed", default=0, show_default=True, help="Seed of the random-token dataset.")
+def capture(model_source: str, dataset: str, seq_len: int, num_prompts: int, stats: str | None,
+            patterns: str | None, pattern_prompts: str, out: str, batch_size: int | None,
+            max_memory: int | None, device: str, seed: int) -> None:
+    """Per-head attention statistics over a dataset, written to OUT (stats.json, stats.safetensors).
+
+    An interrupted run continues where it stopped when run again with the same options.
+    """
+    from headscope.capture.datasets import dataset_for_model
+    from headscope.capture.engine import capture as run_capture
+    from headscope.loading.load import load_model
+
+    folder = _output_folder(out)
+    model = load_model(model_source, device=device)
+    data = dataset_for_model(model, dataset, seq_len=seq_len, num_prompts=num_prompts, seed=seed)
+    prompts = [int(p) for p in _split(pattern_prompts) or [] if p.isdigit()]
+    result = run_capture(model, data, _split(stats), batch_size=batch_size, max_memory=max_memory,
+                         patterns=_split(patterns), pattern_prompts=prompts,
+                         patterns_out=folder / "patterns.safetensors" if patterns else None,
+                         resume=folder / "progress.safetensors")
+    result.meta["seed"] = seed
+    result.save(folder / "stats.safetensors")
+    write_text_atomically(folder / "stats.json", result.to_json())
+    click.echo("\n".join(_summary(result)))
+    click.echo(f"wrote {folder}/stats.json, stats.safetensors" + (", patterns.safetensors" if patterns else ""))
+
+
+def _output_folder(out: str):
+    from pathlib import Path
+
+    from headscope.errors import InputError
+
+    folder = Path(out)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create output folder {folder}: {err.strerror}") from err
+    return folder
+
+
+def _summary(result, top: int = 3) -> list[str]:
+    """The `top` heads of every statistic, highest mean first (lowest for entropy and distance)."""
+    lines = [f"{result.n_prompts} prompts x {result.meta['seq_len']} tokens; top heads per statistic:"]
+    width = max(map(len, result.statistics))
+    for name in result.statistics:
+        means = result.mean(name)
+        flat = means.flatten().nan_to_num(nan=float("-inf"))
+        order = flat.argsort(descending=name not in ("entropy", "mean_distance"))[:top]
+        heads = [f"L{int(i) // means.shape[1]}H{int(i) % means.shape[1]} {float(flat[i]):.3f}" for i in order]
+        lines.append(f"  {name.ljust(width)}  " + "   ".join(heads) + f"   ({result.count(name)} queries)")
     return lines
 
 

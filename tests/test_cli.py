@@ -129,3 +129,44 @@ def test_models_info_of_the_real_models(smollm2_gguf, minilm_dir):
     assert "  n_kv_heads         3" in result.stdout
     bert = json.loads(run("models", "info", "--json", str(minilm_dir)).stdout)
     assert (bert["n_layers"], bert["n_heads"], bert["causal"]) == (6, 12, False)
+
+
+def test_capture_writes_statistics_and_patterns(tiny_checkpoint, tmp_path):
+    out = tmp_path / "capture"
+    result = run("capture", str(tiny_checkpoint), "--seq-len", "12", "--num-prompts", "3", "--stats",
+                 "prev,induction,entropy", "--patterns", "L1H2", "--pattern-prompts", "0,2", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "top heads per statistic" in result.stdout and "induction" in result.stdout
+    report = json.loads((out / "stats.json").read_text())
+    assert len(report["heads"]) == 2 * 4 and report["counts"]["induction"] == 3 * 6
+    assert report["meta"]["seed"] == 0 and report["meta"]["dataset"] == "repeated-random"
+    saved = headscope.CaptureResult.load(out / "stats.safetensors")
+    assert saved.statistics == ("previous_token", "induction", "entropy")
+    patterns = headscope.load_patterns(out / "patterns.safetensors")
+    assert set(patterns.patterns) == {("L1H2", 0), ("L1H2", 2)}
+    assert not (out / "progress.safetensors").exists()
+    assert (out / "stats.json").stat().st_mode & 0o044  # readable by others, like any output
+
+
+def test_capture_bad_requests_are_one_line(tiny_checkpoint, tmp_path):
+    _one_line_error(run("capture", str(tiny_checkpoint), "--stats", "nonsense", "--out", str(tmp_path / "a")),
+                    "unknown statistic 'nonsense'")
+    _one_line_error(run("capture", str(tiny_checkpoint), "--patterns", "L9H0", "--out", str(tmp_path / "b")),
+                    "head L9H0 does not exist")
+    _one_line_error(run("capture", str(tiny_checkpoint), "--seq-len", "40", "--out", str(tmp_path / "c")),
+                    "longer than the model's context of 16")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("some text\n")
+    _one_line_error(run("capture", str(tiny_checkpoint), "--dataset", str(prompts), "--out", str(tmp_path / "d")),
+                    "no tokenizer")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    _one_line_error(run("capture", str(tiny_checkpoint), "--out", str(blocker / "sub")), "cannot create output folder")
+    assert not list(tmp_path.glob("[abcd]/*.json"))
+
+
+def test_capture_on_cuda_without_cuda_is_refused(tiny_checkpoint, tmp_path):
+    if torch.cuda.is_available():
+        return  # the refusal only exists where CUDA is missing
+    result = run("capture", str(tiny_checkpoint), "--device", "cuda", "--out", str(tmp_path / "x"))
+    assert result.exit_code == 2 and "CUDA is not available on this machine" in result.output

@@ -238,6 +238,9 @@ def capture(
         model.to(device)
     device = model.device
     n_pos = dataset.tokens.shape[1]
+    if n_pos > model.cfg.n_ctx:
+        raise InputError(f"prompts of {n_pos} tokens are longer than the model's context of {model.cfg.n_ctx}: "
+                         "use a shorter --seq-len")
     if batch_size is None:
         batch_size = choose_batch_size(model.cfg, n_pos, len(dataset), max_memory, device, method,
                                        dtype_size=model.embed.W_E.element_size(),
