@@ -1,14 +1,24 @@
 """Datasets of token ids that the capture engine streams through a model.
 
-A `TokenDataset` is a right-padded (prompts, pos) id tensor with its mask and a record of how it was
-made. Constructors: seeded repeated random tokens (the standard induction probe), texts or a text file
-(one prompt each, padded, or packed into fixed windows), or a tensor of ids. The pair functions at the
-end list, without any pos x pos matrix, where each token occurred before: what the duplicate-token
-and induction statistics add up.
+A `TokenDataset` is a right-padded (prompts, pos) id tensor, its mask, whether position 0 is a BOS/[CLS]
+token, and a record (`meta`) of how it was made. Constructors:
+
+- `repeated_random_tokens`: seeded random sequences repeated a few times, the standard induction probe;
+- `from_texts` / `from_file`: texts as prompts, one per text ("pad") or packed into fixed windows ("pack");
+- `from_tensor`: ids you already have;
+- `load_dataset`: the command line's `--dataset` spec, dispatched to one of the above.
+
+`seq_len` always counts content tokens: BOS (or [CLS] ... [SEP] for encoders) comes on top, so a prompt
+is at most seq_len + 1 tokens long for a decoder, seq_len + 2 for BERT. This is TransformerLens' convention
+for repeated tokens, and it keeps the period of a repeated-random prompt at seq_len // 2.
+
+The pair functions at the end list, for the duplicate-token and induction statistics, where each token
+occurred before, without building a pos x pos matrix.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -19,11 +29,14 @@ import torch
 from headscope.errors import InputError
 from headscope.model.tokenizer import Tokenizer
 
+MODES = ("pad", "pack")
+SPEC_FORMS = "repeated-random, repeated-random:period=P:repeats=R, or a path to a .txt or .jsonl file"
+
 
 @dataclass(frozen=True)
 class TokenDataset:
     tokens: torch.Tensor  # (prompts, pos) int64, right-padded
-    attention_mask: torch.Tensor | None = None  # (prompts, pos), 1 = real token; None when nothing is padded
+    attention_mask: torch.Tensor | None = None  # (prompts, pos) int64, 1 = real token; None when nothing is padded
     has_bos: bool = False  # position 0 of every prompt is BOS/[CLS], which some statistics leave out
     name: str = "tensor"
     meta: dict = field(default_factory=dict)  # everything needed to make it again
@@ -32,15 +45,33 @@ class TokenDataset:
         return self.tokens.shape[0]
 
     def batches(self, batch_size: int) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor | None]]:
+        """Consecutive prompts, `batch_size` at a time: (which rows, their tokens, their mask or None)."""
+        if batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
         for start in range(0, len(self), batch_size):
             rows = slice(start, min(start + batch_size, len(self)))
             mask = None if self.attention_mask is None else self.attention_mask[rows]
             yield rows, self.tokens[rows], mask
 
-    def subset(self, indices: Sequence[int] | torch.Tensor) -> "TokenDataset":
-        index = torch.as_tensor(indices, dtype=torch.long)
-        mask = None if self.attention_mask is None else self.attention_mask[index]
-        return replace(self, tokens=self.tokens[index], attention_mask=mask)
+    def subset(self, indices: Sequence[int] | torch.Tensor) -> TokenDataset:
+        """The chosen prompts, in the given order, with padding columns no prompt uses any more dropped."""
+        index = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+        if len(index) == 0:
+            raise InputError("a subset needs at least one prompt")
+        bad = index[(index < 0) | (index >= len(self))]
+        if len(bad):
+            raise InputError(f"prompt {int(bad[0])} does not exist: the dataset has {len(self)} prompts")
+        tokens, mask = self.tokens[index], None
+        if self.attention_mask is not None:
+            mask = self.attention_mask[index]
+            width = int(mask.sum(1).max())
+            tokens, mask = tokens[:, :width], mask[:, :width]
+            mask = None if bool(mask.all()) else mask
+        return replace(self, tokens=tokens, attention_mask=mask, meta={**self.meta, "subset": index.tolist()})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Repeated random tokens
 
 
 def repeated_random_tokens(
@@ -53,30 +84,44 @@ def repeated_random_tokens(
     exclude_ids: Sequence[int] = (),
     low: int = 0,
 ) -> TokenDataset:
-    """Random sequences of `period` tokens, each repeated `repeats` times (Olsson et al.'s induction probe).
+    """Random sequences of `period` tokens, each repeated `repeats` times: the induction probe of
+    Olsson et al. (2022), as TransformerLens' demos build it.
 
-    Tokens are drawn without replacement within a period (when the vocabulary allows), so each token of a
-    later period has exactly one earlier occurrence per earlier period and its induction target is
-    unambiguous. A seeded CPU generator makes the same tokens on every machine.
+    Ids are drawn uniformly from [low, vocab_size) less `exclude_ids` (pass the special tokens). Within one
+    period they are drawn without replacement, so every token of a later period has exactly one earlier
+    occurrence per earlier period and its induction target is unambiguous; only when the period is longer
+    than the allowed ids do they repeat (meta["without_replacement"] is then False). A seeded CPU
+    `torch.Generator` makes the same tokens on every machine. BOS is prepended when `bos_token_id` is given.
     """
     if n_prompts < 1 or period < 1:
-        raise InputError(f"need at least one prompt and a period of at least 1 (got {n_prompts}, {period})")
+        raise InputError(f"need at least one prompt and a period of at least 1 (got n_prompts={n_prompts}, "
+                         f"period={period})")
     if repeats < 2:
         raise InputError(f"induction needs at least two periods; got repeats={repeats}")
-    allowed = torch.tensor(sorted(set(range(low, vocab_size)) - set(exclude_ids)), dtype=torch.long)
+    if low < 0:
+        raise InputError(f"token ids start at 0; got low={low}")
+    allowed = torch.arange(low, vocab_size)
+    excluded = sorted({int(i) for i in exclude_ids})
+    allowed = allowed[~torch.isin(allowed, torch.tensor(excluded, dtype=torch.long))]
     if len(allowed) == 0:
-        raise InputError(f"no token ids left to draw from in [{low}, {vocab_size}) after exclusions")
+        raise InputError(f"no token ids left to draw from in [{low}, {vocab_size}) after excluding {len(excluded)}")
     generator = torch.Generator().manual_seed(seed)
-    if period <= len(allowed):
+    without_replacement = period <= len(allowed)
+    if without_replacement:
         picks = torch.stack([torch.randperm(len(allowed), generator=generator)[:period] for _ in range(n_prompts)])
     else:
         picks = torch.randint(0, len(allowed), (n_prompts, period), generator=generator)
-    tokens = allowed[picks].repeat(1, repeats)
+    tokens = allowed[picks].repeat(1, repeats)  # (n_prompts, period * repeats)
     if bos_token_id is not None:
         tokens = torch.cat([torch.full((n_prompts, 1), bos_token_id, dtype=torch.long), tokens], dim=1)
-    meta = {"seed": seed, "period": period, "repeats": repeats, "vocab_size": vocab_size, "low": low,
-            "bos_token_id": bos_token_id, "n_excluded": len(set(exclude_ids))}
+    meta = {"n_prompts": n_prompts, "seed": seed, "period": period, "repeats": repeats, "vocab_size": vocab_size,
+            "low": low, "bos_token_id": bos_token_id, "exclude_ids": excluded,
+            "without_replacement": without_replacement}
     return TokenDataset(tokens, None, bos_token_id is not None, "repeated-random", meta)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Texts and text files
 
 
 def from_texts(
@@ -87,85 +132,131 @@ def from_texts(
     prepend_bos: bool | None = None,
     name: str = "texts",
 ) -> TokenDataset:
-    """Texts as prompts: "pad", one prompt per text (cut to seq_len tokens if given); or "pack", all texts
-    joined (EOS between them when the tokenizer has one) and cut into windows of seq_len tokens, each
-    after a BOS when the model has one; the incomplete last window is dropped."""
+    """Texts as prompts, tokenized as `tokenizer.encode` would (BOS, or the encoder's [CLS] ... [SEP]).
+
+    "pad": one prompt per text, its content cut to `seq_len` tokens if given (meta counts the cut ones),
+    right-padded with a mask. Good for prompts that mean something one by one.
+    "pack": all texts' content joined, with EOS between texts when the tokenizer has one, cut into
+    windows of `seq_len` content tokens, each framed like one text (BOS first); the incomplete last
+    window is dropped and meta counts its tokens. Good for corpus statistics over full-length contexts.
+    Blank texts are skipped and their indices recorded in meta["skipped_blank"].
+    """
     if tokenizer is None:
-        raise InputError("a model with no tokenizer was given text: pass token ids instead")
-    texts = [t for t in texts if t.strip()]
+        raise InputError("a model with no tokenizer was given text: pass token ids instead (from_tensor)")
+    if isinstance(texts, str):
+        raise InputError("texts must be a list of strings, not one string: wrap it as [text]")
+    if mode not in MODES:
+        raise InputError(f"unknown dataset mode {mode!r}: use {' or '.join(MODES)}")
+    if seq_len is not None and seq_len < 1:
+        raise InputError(f"seq_len must be at least 1, got {seq_len}")
+    if mode == "pack" and seq_len is None:
+        raise InputError("pack mode cuts texts into windows of seq_len tokens: give seq_len (--seq-len)")
+    not_text = [type(t).__name__ for t in texts if not isinstance(t, str)]
+    if not_text:
+        raise InputError(f"texts must be strings, got a {not_text[0]}")
+    skipped = [n for n, text in enumerate(texts) if not text.strip()]
+    texts = [text for text in texts if text.strip()]
     if not texts:
-        raise InputError("the dataset is empty: no non-blank text")
+        raise InputError("the dataset is empty: no text with anything but whitespace")
+    content = [e.ids for e in tokenizer.backend.encode_batch(texts, add_special_tokens=False)]
+    if not any(content):
+        raise InputError("the dataset is empty: the tokenizer made no tokens from these texts")
+    prefix, suffix = _frame(tokenizer, prepend_bos, texts, content)
+    meta = {"mode": mode, "seq_len": seq_len, "n_texts": len(texts), "skipped_blank": skipped}
     if mode == "pad":
-        return _padded(texts, tokenizer, seq_len, prepend_bos, name)
-    if mode == "pack":
-        return _packed(texts, tokenizer, seq_len, prepend_bos, name)
-    raise InputError(f"unknown dataset mode {mode!r}: use pad or pack")
+        rows, cut = _cut_each(content, seq_len)
+        meta["n_truncated"] = cut
+    else:
+        rows, dropped, n_tokens = _pack(content, seq_len, tokenizer.eos_token_id)
+        meta.update(n_tokens=n_tokens, n_dropped_tokens=dropped)
+    tokens, mask = _right_pad([prefix + row + suffix for row in rows], tokenizer.pad_token_id)
+    return TokenDataset(tokens, mask, bool(prefix), name, meta)
 
 
-def _bos_of(tokenizer: Tokenizer, prepend_bos: bool | None) -> bool:
+def _frame(tokenizer: Tokenizer, prepend_bos: bool | None, texts: list[str], content: list[list[int]]):
+    """The ids `tokenizer.encode` puts before and after a text's own tokens, found once so that a cut or
+    packed text gets the same frame: [BOS] for decoders, the post-processor's [CLS] / [SEP] for encoders."""
+    prefix, suffix = [], []
+    if tokenizer.uses_post_processor:
+        # Read the frame off one real text: special tokens the post-processor adds have no sequence id.
+        probe = next(n for n, ids in enumerate(content) if ids)
+        framed = tokenizer.backend.post_process(tokenizer.backend.encode(texts[probe], add_special_tokens=False))
+        inside = [n for n, s in enumerate(framed.sequence_ids) if s is not None]
+        prefix, suffix = framed.ids[: inside[0]], framed.ids[inside[-1] + 1 :]
     if prepend_bos is None:
-        return tokenizer.bos_token_id is not None and not tokenizer.uses_post_processor
-    return prepend_bos
+        prepend_bos = tokenizer.bos_token_id is not None and not tokenizer.uses_post_processor
+    if prepend_bos:
+        if tokenizer.bos_token_id is None:
+            raise InputError("prepend_bos=True but this tokenizer has no BOS token")
+        prefix = [tokenizer.bos_token_id, *prefix]
+    return prefix, suffix
 
 
-def _padded(texts, tokenizer, seq_len, prepend_bos, name) -> TokenDataset:
-    rows = [tokenizer.encode(t, prepend_bos) for t in texts]
-    truncated = sum(len(r) > seq_len for r in rows) if seq_len else 0
-    rows = [r[:seq_len] for r in rows] if seq_len else rows
-    width = max(len(r) for r in rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    tokens = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        tokens[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
-    has_bos = _bos_of(tokenizer, prepend_bos) or tokenizer.uses_post_processor
-    meta = {"mode": "pad", "seq_len": seq_len, "n_texts": len(texts), "n_truncated": truncated}
-    return TokenDataset(tokens, None if bool(mask.all()) else mask, has_bos, name, meta)
+def _cut_each(content: list[list[int]], seq_len: int | None) -> tuple[list[list[int]], int]:
+    if seq_len is None:
+        return content, 0
+    return [ids[:seq_len] for ids in content], sum(len(ids) > seq_len for ids in content)
 
 
-def _packed(texts, tokenizer, seq_len, prepend_bos, name) -> TokenDataset:
-    if not seq_len or seq_len < 2:
-        raise InputError("pack mode needs --seq-len of at least 2")
+def _pack(content: list[list[int]], seq_len: int, eos: int | None) -> tuple[list[list[int]], int, int]:
     stream: list[int] = []
-    for text in texts:
-        stream += tokenizer.encode(text, prepend_bos=False)
-        if tokenizer.eos_token_id is not None:
-            stream.append(tokenizer.eos_token_id)
-    bos = _bos_of(tokenizer, prepend_bos) and tokenizer.bos_token_id is not None
-    body = seq_len - 1 if bos else seq_len
-    n_windows = len(stream) // body
+    for n, ids in enumerate(content):
+        if n and eos is not None:
+            stream.append(eos)
+        stream += ids
+    n_windows = len(stream) // seq_len
     if n_windows == 0:
-        raise InputError(f"the texts hold {len(stream)} tokens, fewer than one window of {seq_len}")
-    tokens = torch.tensor(stream[: n_windows * body], dtype=torch.long).view(n_windows, body)
-    if bos:
-        tokens = torch.cat([torch.full((n_windows, 1), tokenizer.bos_token_id), tokens], dim=1)
-    meta = {"mode": "pack", "seq_len": seq_len, "n_texts": len(texts), "n_tokens": len(stream),
-            "n_dropped": len(stream) - n_windows * body}
-    return TokenDataset(tokens, None, bos, name, meta)
+        raise InputError(f"the texts hold {len(stream)} tokens, fewer than one window of seq_len={seq_len}: "
+                         f"use a smaller seq_len or pad mode")
+    windows = [stream[w * seq_len : (w + 1) * seq_len] for w in range(n_windows)]
+    return windows, len(stream) - n_windows * seq_len, len(stream)
 
 
-def from_file(path: str | Path, tokenizer: Tokenizer | None, mode: str = "pad", seq_len: int | None = None,
-              prepend_bos: bool | None = None) -> TokenDataset:
-    """A `.txt` file (one prompt per non-blank line, or the whole text when packed) or a `.jsonl` file
-    with a "text" field per line."""
+def _right_pad(rows: list[list[int]], pad_id: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    width = max(len(row) for row in rows)
+    tokens = torch.full((len(rows), width), pad_id if pad_id is not None else 0, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for n, row in enumerate(rows):
+        tokens[n, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[n, : len(row)] = 1
+    return tokens, None if bool(mask.all()) else mask
+
+
+def from_file(
+    path: str | Path,
+    tokenizer: Tokenizer | None,
+    mode: str = "pad",
+    seq_len: int | None = None,
+    prepend_bos: bool | None = None,
+) -> TokenDataset:
+    """Prompts from a text file: `.txt` holds one prompt per non-blank line (pad mode) or one running text
+    (pack mode); `.jsonl` holds one JSON object with a "text" string per line. Files are read as UTF-8;
+    meta records the path and the file's sha256, so a result can be traced to the exact file."""
     path = Path(path)
+    if path.suffix not in (".txt", ".jsonl"):
+        raise InputError(f"dataset file {path} is neither .txt (one prompt per line) nor .jsonl (a \"text\" "
+                         f"field per line)")
+    if path.is_dir():
+        raise InputError(f"dataset file {path} is a directory: name a .txt or .jsonl file")
     if not path.is_file():
-        raise InputError(f"dataset file {path} does not exist or is not a file")
+        raise InputError(f"dataset file {path} does not exist")
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
+        text = raw.decode("utf-8-sig")  # a leading byte-order mark is not part of the first prompt
     except UnicodeDecodeError as err:
-        raise InputError(f"dataset file {path} is not UTF-8 text") from err
+        raise InputError(f"dataset file {path} is not UTF-8 text (byte {err.start} cannot be decoded)") from err
+    except OSError as err:
+        raise InputError(f"dataset file {path} cannot be read: {err.strerror}") from err
+    if not text.strip():
+        raise InputError(f"dataset file {path} is empty")
     if path.suffix == ".jsonl":
         texts = [_jsonl_text(line, path, n) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     elif mode == "pack":
         texts = [text]
     else:
-        texts = text.splitlines()
-    if not any(t.strip() for t in texts):
-        raise InputError(f"dataset file {path} is empty")
+        texts = [line for line in text.splitlines() if line.strip()]
     dataset = from_texts(texts, tokenizer, mode, seq_len, prepend_bos, name=f"file:{path.name}")
-    return replace(dataset, meta={**dataset.meta, "path": str(path)})
+    return replace(dataset, meta={**dataset.meta, "path": str(path), "sha256": hashlib.sha256(raw).hexdigest()})
 
 
 def _jsonl_text(line: str, path: Path, number: int) -> str:
@@ -178,33 +269,83 @@ def _jsonl_text(line: str, path: Path, number: int) -> str:
     return record["text"]
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Token ids you already have, and the command line's dispatcher
+
+
 def from_tensor(tokens: torch.Tensor, attention_mask: torch.Tensor | None = None, has_bos: bool = False) -> TokenDataset:
-    """Token ids you already have, (prompts, pos)."""
-    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
-        raise InputError("tokens must be a 2-D integer tensor (prompts, pos)")
-    if tokens.numel() and int(tokens.min()) < 0:
-        raise InputError("token ids must be non-negative")
-    if attention_mask is not None and attention_mask.shape != tokens.shape:
-        raise InputError(f"attention_mask shape {tuple(attention_mask.shape)} != tokens {tuple(tokens.shape)}")
-    return TokenDataset(tokens.long(), attention_mask, has_bos, "tensor", {"shape": list(tokens.shape)})
+    """Token ids you already have, (prompts, pos), right-padded if `attention_mask` (1 = real) is given."""
+    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.dtype.is_floating_point \
+            or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+        got = f"{tuple(tokens.shape)} {tokens.dtype}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+        raise InputError(f"tokens must be a 2-D integer tensor (prompts, pos), got {got}; for one prompt use "
+                         f"tokens[None]")
+    if tokens.numel() == 0:
+        raise InputError(f"the dataset is empty: tokens have shape {tuple(tokens.shape)}")
+    if int(tokens.min()) < 0:
+        raise InputError(f"token ids must be non-negative, found {int(tokens.min())}")
+    tokens = tokens.detach().to("cpu", torch.long)
+    mask = None if attention_mask is None else _check_mask(attention_mask, tokens, has_bos)
+    return TokenDataset(tokens, mask, has_bos, "tensor", {"shape": list(tokens.shape)})
 
 
-def load_dataset(spec: str, tokenizer: Tokenizer | None, *, seq_len: int, num_prompts: int, seed: int = 0,
-                 vocab_size: int, bos_token_id: int | None = None, exclude_ids: Sequence[int] = (),
-                 mode: str = "pad") -> TokenDataset:
-    """What the command line's --dataset names: `repeated-random[:period=P][:repeats=R]` or a .txt/.jsonl file.
+def _check_mask(mask: torch.Tensor, tokens: torch.Tensor, has_bos: bool) -> torch.Tensor | None:
+    if not isinstance(mask, torch.Tensor) or mask.shape != tokens.shape:
+        got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise InputError(f"attention_mask shape {got} != tokens shape {tuple(tokens.shape)}")
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise InputError("attention_mask must hold only 0 (padding) and 1 (real token)")
+    mask = mask.detach().to("cpu", torch.long)
+    # Right padding: a row's real tokens come first, so its mask never rises again after a 0.
+    if bool((mask[:, 1:] > mask[:, :-1]).any()):
+        raise InputError("attention_mask must be right-padded: each row's real tokens first, then padding")
+    if not bool(mask[:, 0].all()):
+        raise InputError("every prompt needs at least one real token" + (" (its BOS)" if has_bos else ""))
+    return None if bool(mask.all()) else mask
 
-    For repeated random tokens, seq_len is the length without BOS and the period defaults to seq_len // 2.
+
+def load_dataset(
+    spec: str,
+    tokenizer: Tokenizer | None,
+    *,
+    seq_len: int | None = None,
+    num_prompts: int | None = None,
+    seed: int = 0,
+    vocab_size: int | None = None,
+    bos_token_id: int | None = None,
+    exclude_ids: Sequence[int] = (),
+    mode: str = "pad",
+) -> TokenDataset:
+    """What the command line's --dataset names.
+
+    `repeated-random[:period=P][:repeats=R]`: `num_prompts` prompts of R periods (default 2) of P random
+    tokens, P defaulting to seq_len // R so that a prompt holds about seq_len tokens plus BOS.
+    A `.txt` or `.jsonl` path: `from_file` in `mode`, then the first `num_prompts` prompts (all if None).
     """
-    if spec.startswith("repeated-random"):
-        options = dict(_option(part, spec) for part in spec.split(":")[1:])
-        repeats = options.get("repeats", 2)
-        period = options.get("period", seq_len // repeats)
+    head, *options = spec.split(":")
+    if head == "repeated-random":
+        parsed = _options(options, spec)
+        repeats = parsed.get("repeats", 2)
+        if "period" not in parsed and seq_len is None:
+            raise InputError(f"{spec!r} needs seq_len (--seq-len) or a period: repeated-random:period=P")
+        period = parsed.get("period", (seq_len or 0) // repeats)
+        if num_prompts is None or vocab_size is None:
+            raise InputError("repeated-random needs num_prompts and vocab_size")
         return repeated_random_tokens(num_prompts, period, repeats, vocab_size, seed, bos_token_id, exclude_ids)
-    if Path(spec).suffix in (".txt", ".jsonl") or Path(spec).exists():
+    if Path(spec).suffix in (".txt", ".jsonl"):
         dataset = from_file(spec, tokenizer, mode, seq_len)
-        return dataset.subset(range(min(num_prompts, len(dataset)))) if num_prompts else dataset
-    raise InputError(f"unknown dataset {spec!r}: use repeated-random[:period=P][:repeats=R] or a .txt/.jsonl file")
+        return dataset if num_prompts is None or num_prompts >= len(dataset) else dataset.subset(range(num_prompts))
+    raise InputError(f"unknown dataset {spec!r}: use {SPEC_FORMS}")
+
+
+def _options(parts: list[str], spec: str) -> dict[str, int]:
+    options = {}
+    for part in parts:
+        key, _, value = part.partition("=")
+        if key not in ("period", "repeats") or not value.isdigit() or key in options:
+            raise InputError(f"bad dataset option {part!r} in {spec!r}: use period=N and repeats=N, once each")
+        options[key] = int(value)
+    return options
 
 
 def dataset_for_model(model, spec: str, *, seq_len: int, num_prompts: int, seed: int = 0,
@@ -219,45 +360,64 @@ def dataset_for_model(model, spec: str, *, seq_len: int, num_prompts: int, seed:
     )
 
 
-def _option(part: str, spec: str) -> tuple[str, int]:
-    key, _, value = part.partition("=")
-    if key not in ("period", "repeats") or not value.isdigit():
-        raise InputError(f"bad dataset option {part!r} in {spec!r}: use period=N or repeats=N")
-    return key, int(value)
+# ---------------------------------------------------------------------------------------------------------
+# Where each token occurred before: the duplicate-token and induction pairs
 
 
-def earlier_occurrence_pairs(tokens: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(batch, query i, key j) for every j < i with tokens[j] == tokens[i], both real tokens.
+def earlier_occurrence_pairs(
+    tokens: torch.Tensor, mask: torch.Tensor | None = None, has_bos: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(batch, query i, key j) for every j < i with tokens[j] == tokens[i], both real tokens, and j > 0
+    when position 0 is BOS (it is the attention sink, not an occurrence of anything).
 
-    TransformerLens' duplicate-token detection pattern, as a list: rows are sorted by token id, so equal
-    ids form runs, and pairs are read off the runs; memory grows with the number of pairs, not pos^2.
+    These are the 1s of TransformerLens' `get_duplicate_token_head_detection_pattern` (strictly lower
+    triangle, equal tokens; with `detect_head(exclude_bos=True)` dropping column 0), for a whole padded
+    batch. No pos x pos matrix is built: each prompt's real tokens are stably sorted by id, so equal ids
+    form runs in position order, and each element pairs with the elements before it in its run. Memory
+    grows with the number of pairs, which for natural text is a small multiple of the tokens (a prompt of
+    one token repeated n times still has n(n-1)/2). Pairs come grouped by prompt and token id.
     """
-    n_pos = tokens.shape[1]
-    # Padding gets a distinct id per position so it never forms a run.
-    ids = torch.where(real, tokens, -1 - torch.arange(n_pos, device=tokens.device))
-    order = torch.sort(ids * n_pos + torch.arange(n_pos, device=tokens.device), dim=1).indices  # by id, then pos
-    sorted_ids = ids.gather(1, order)
-    batch, query, key = [], [], []
-    for lag in range(1, n_pos):
-        same = sorted_ids[:, lag:] == sorted_ids[:, :-lag]
-        if not same.any():
-            break  # runs are contiguous: no pair at this lag means none at any longer lag
-        b, s = same.nonzero(as_tuple=True)
-        batch.append(b)
-        query.append(order[b, s + lag])
-        key.append(order[b, s])
-    if not batch:
-        empty = torch.zeros(0, dtype=torch.long, device=tokens.device)
-        return empty, empty, empty
-    return torch.cat(batch), torch.cat(query), torch.cat(key)
+    real = _real(tokens, mask, has_bos)
+    batch, pos = real.nonzero(as_tuple=True)  # row-major, so positions ascend within each prompt
+    ids = tokens[batch, pos].long()
+    n_ids = int(ids.max()) + 1 if len(ids) else 1
+    run_key, order = torch.sort(batch * n_ids + ids, stable=True)  # runs of (prompt, id), positions ascending
+    index = torch.arange(len(order), device=tokens.device)
+    starts = torch.ones_like(run_key, dtype=torch.bool)
+    starts[1:] = run_key[1:] != run_key[:-1]
+    run_start = torch.cummax(torch.where(starts, index, 0), dim=0).values
+    earlier = index - run_start  # how many occurrences came before each element
+    query = torch.repeat_interleave(index, earlier)  # each element once per earlier occurrence...
+    first_pair = torch.cumsum(earlier, 0) - earlier
+    key = run_start[query] + torch.arange(len(query), device=tokens.device) - first_pair[query]  # ...paired with each
+    query, key = order[query], order[key]
+    return batch[query], pos[query], pos[key]
 
 
-def induction_target_pairs(tokens: torch.Tensor, real: torch.Tensor, has_bos: bool = False) -> tuple[torch.Tensor, ...]:
-    """(batch, query i, key j + 1) for every earlier occurrence j of token i: the token that followed it.
+def induction_target_pairs(
+    tokens: torch.Tensor, mask: torch.Tensor | None = None, has_bos: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(batch, query i, key j + 1) for every earlier occurrence j of token i: the token that followed it,
+    which an induction head attends to in order to predict it again.
 
-    TransformerLens' induction pattern is its duplicate pattern shifted right by one column; this is that
-    shift applied to `earlier_occurrence_pairs`. j + 1 <= i always, so the target is visible to a causal
-    head. A BOS at position 0 never matches a later token, so it needs no special case here.
+    TransformerLens' `get_induction_head_detection_pattern` is its duplicate pattern shifted right by one
+    column (keeping the diagonal); this is that shift applied to `earlier_occurrence_pairs`. Since j < i,
+    j + 1 <= i: the target is always visible to a causal head, and is i itself when the earlier occurrence
+    is the previous token. A target on padding (possible only with a mask that is not right-padded) is left out.
     """
-    b, i, j = earlier_occurrence_pairs(tokens, real)
-    return b, i, j + 1
+    batch, query, key = earlier_occurrence_pairs(tokens, mask, has_bos)
+    target = key + 1
+    keep = _real(tokens, mask, False)[batch, target]
+    return batch[keep], query[keep], target[keep]
+
+
+def _real(tokens: torch.Tensor, mask: torch.Tensor | None, has_bos: bool) -> torch.Tensor:
+    """(batch, pos) bool: real tokens, less position 0 when it is BOS. Never changes the mask given."""
+    if tokens.dim() != 2:
+        raise InputError(f"tokens must be (batch, pos), got shape {tuple(tokens.shape)}")
+    if mask is not None and mask.shape != tokens.shape:
+        raise InputError(f"mask shape {tuple(mask.shape)} != tokens shape {tuple(tokens.shape)}")
+    real = torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask.bool().clone()
+    if has_bos:
+        real[:, 0] = False
+    return real

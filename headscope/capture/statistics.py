@@ -108,7 +108,7 @@ def _pairs_plan(batch: Batch, pairs: tuple[torch.Tensor, torch.Tensor, torch.Ten
 
 
 def _duplicate_token(batch: Batch) -> EntryPlan:
-    return _pairs_plan(batch, earlier_occurrence_pairs(batch.tokens, batch.real))
+    return _pairs_plan(batch, earlier_occurrence_pairs(batch.tokens, batch.real, batch.has_bos))
 
 
 def _induction(batch: Batch) -> EntryPlan:

@@ -1,11 +1,12 @@
-"""Datasets: seeded and reproducible, the right structure, clear errors; pair lists equal brute force."""
+"""Datasets: seeded and reproducible, the right structure, texts tokenized as the model's tokenizer does,
+clear errors for bad input, and pair lists equal to brute force and to TransformerLens' detection patterns."""
 
 import json
 
 import pytest
 import torch
 from tokenizers import Tokenizer as RustTokenizer
-from tokenizers import models, pre_tokenizers
+from tokenizers import models, pre_tokenizers, processors, trainers
 
 from headscope.capture.datasets import (
     earlier_occurrence_pairs, from_file, from_tensor, from_texts, induction_target_pairs, load_dataset,
@@ -14,82 +15,263 @@ from headscope.capture.datasets import (
 from headscope.errors import InputError
 from headscope.model.tokenizer import Tokenizer
 
+SENTENCES = ["the cat sat on the mat", "a dog ran after the cat", "the mat was red and the dog was brown",
+             "cats and dogs sat together on a mat"]
+
 
 @pytest.fixture
-def word_tokenizer() -> Tokenizer:
-    words = ["<bos>", "<eos>", "<pad>", "the", "cat", "sat", "on", "mat", "a", "dog", "ran", "[UNK]"]
+def bpe_tokenizer() -> Tokenizer:
+    """A byte-level BPE trained here on a few sentences, with BOS/EOS/PAD like a decoder's."""
+    backend = RustTokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<bos>", "<eos>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator(SENTENCES * 3, trainer)
+    ids = {name: backend.token_to_id(name) for name in ("<bos>", "<eos>", "<pad>")}
+    return Tokenizer(backend, bos_token_id=ids["<bos>"], eos_token_id=ids["<eos>"], pad_token_id=ids["<pad>"])
+
+
+@pytest.fixture
+def bert_tokenizer() -> Tokenizer:
+    """A word-level encoder tokenizer whose post-processor adds [CLS] ... [SEP], as BERT's does."""
+    words = ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "the", "cat", "sat", "on", "mat", "a", "dog", "ran"]
     backend = RustTokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    return Tokenizer(backend, bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    backend.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
+                                                           special_tokens=[("[CLS]", 1), ("[SEP]", 2)])
+    return Tokenizer(backend, pad_token_id=0, uses_post_processor=True)
 
 
-def test_repeated_random_tokens_are_seeded_and_repeat():
-    a = repeated_random_tokens(4, period=10, repeats=3, vocab_size=50, seed=7, bos_token_id=1, exclude_ids=[0, 1, 2])
-    b = repeated_random_tokens(4, period=10, repeats=3, vocab_size=50, seed=7, bos_token_id=1, exclude_ids=[0, 1, 2])
-    c = repeated_random_tokens(4, period=10, repeats=3, vocab_size=50, seed=8, bos_token_id=1, exclude_ids=[0, 1, 2])
-    assert torch.equal(a.tokens, b.tokens) and not torch.equal(a.tokens, c.tokens)
-    assert a.tokens.shape == (4, 31) and a.has_bos and (a.tokens[:, 0] == 1).all()
-    body = a.tokens[:, 1:]
+def pairs_set(pairs) -> set[tuple[int, int, int]]:
+    return set(zip(*(t.tolist() for t in pairs)))
+
+
+# Repeated random tokens
+
+
+def test_repeated_random_tokens_are_seeded():
+    make = lambda seed: repeated_random_tokens(4, period=10, repeats=3, vocab_size=50, seed=seed, bos_token_id=1)
+    assert torch.equal(make(7).tokens, make(7).tokens)
+    assert not torch.equal(make(7).tokens, make(8).tokens)
+
+
+def test_repeated_random_tokens_are_the_same_on_every_machine():
+    # Pinned values: a change in torch's CPU generator or in how we draw would change every result.
+    dataset = repeated_random_tokens(1, period=6, vocab_size=20, seed=0)
+    assert dataset.tokens.tolist() == [[4, 5, 13, 19, 7, 14, 4, 5, 13, 19, 7, 14]]
+
+
+def test_repeated_random_tokens_structure():
+    dataset = repeated_random_tokens(5, period=10, repeats=3, vocab_size=30, seed=1, bos_token_id=0,
+                                     exclude_ids=[0, 1, 2, 7], low=0)
+    assert dataset.tokens.shape == (5, 31) and dataset.has_bos and dataset.attention_mask is None
+    assert (dataset.tokens[:, 0] == 0).all()
+    body = dataset.tokens[:, 1:]
     assert torch.equal(body[:, :10], body[:, 10:20]) and torch.equal(body[:, :10], body[:, 20:])
     assert all(len(set(row[:10].tolist())) == 10 for row in body)  # no repeats inside a period
-    assert not torch.isin(body, torch.tensor([0, 1, 2])).any()
-    assert a.meta["seed"] == 7 and a.meta["period"] == 10
+    assert not torch.isin(body, torch.tensor([0, 1, 2, 7])).any()
+    assert dataset.meta == {"n_prompts": 5, "seed": 1, "period": 10, "repeats": 3, "vocab_size": 30, "low": 0,
+                            "bos_token_id": 0, "exclude_ids": [0, 1, 2, 7], "without_replacement": True}
+    assert len(dataset) == 5 and dataset.name == "repeated-random"
+
+
+def test_repeated_random_tokens_low_and_a_period_longer_than_the_vocabulary():
+    dataset = repeated_random_tokens(3, period=8, vocab_size=10, seed=0, low=5)
+    assert dataset.tokens.min() >= 5 and dataset.tokens.max() < 10
+    assert dataset.meta["without_replacement"] is False  # 8 draws from 5 ids must repeat, and meta says so
+    assert not dataset.has_bos
 
 
 def test_repeated_random_tokens_reject_bad_shapes():
     with pytest.raises(InputError, match="induction needs at least two periods"):
         repeated_random_tokens(2, period=5, repeats=1)
-    with pytest.raises(InputError, match="need at least one prompt"):
+    with pytest.raises(InputError, match="need at least one prompt and a period"):
         repeated_random_tokens(0, period=5)
+    with pytest.raises(InputError, match="need at least one prompt and a period"):
+        repeated_random_tokens(2, period=0)
+    with pytest.raises(InputError, match="token ids start at 0"):
+        repeated_random_tokens(2, period=3, low=-1)
+    with pytest.raises(InputError, match="no token ids left"):
+        repeated_random_tokens(2, period=3, vocab_size=3, exclude_ids=[0, 1, 2])
 
 
-def test_texts_padded_and_packed(word_tokenizer):
-    padded = from_texts(["the cat sat", "a dog ran on the mat"], word_tokenizer)
-    assert padded.has_bos and padded.tokens.shape == (2, 7)
-    assert padded.attention_mask[0].tolist() == [1, 1, 1, 1, 0, 0, 0]
-    assert padded.tokens[0, :4].tolist() == [0, 3, 4, 5]
-    cut = from_texts(["the cat sat", "a dog ran on the mat"], word_tokenizer, seq_len=3)
-    assert cut.tokens.shape == (2, 3) and cut.meta["n_truncated"] == 2
-    packed = from_texts(["the cat sat", "a dog ran on the mat"], word_tokenizer, mode="pack", seq_len=4)
-    # stream: the cat sat <eos> a dog ran on the mat <eos> = 11 tokens -> 3 windows of 3 after BOS
-    assert packed.tokens.tolist() == [[0, 3, 4, 5], [0, 1, 8, 9], [0, 10, 6, 3]]
-    assert packed.meta["n_dropped"] == 2 and packed.attention_mask is None
+# Texts
 
 
-def test_text_files(word_tokenizer, tmp_path):
-    txt = tmp_path / "prompts.txt"
-    txt.write_text("the cat sat\n\na dog ran\n")
-    assert len(from_file(txt, word_tokenizer)) == 2
-    jsonl = tmp_path / "prompts.jsonl"
-    jsonl.write_text(json.dumps({"text": "the mat"}) + "\n" + json.dumps({"text": "a cat"}) + "\n")
-    assert from_file(jsonl, word_tokenizer).tokens[:, 1].tolist() == [3, 8]
-    spec = load_dataset(str(txt), word_tokenizer, seq_len=8, num_prompts=1, vocab_size=12)
-    assert len(spec) == 1 and spec.name == "file:prompts.txt"
+def test_padded_texts_equal_the_tokenizer(bpe_tokenizer):
+    dataset = from_texts(SENTENCES, bpe_tokenizer)
+    rows = [bpe_tokenizer.encode(text) for text in SENTENCES]
+    assert dataset.has_bos and dataset.name == "texts" and rows[0][0] == bpe_tokenizer.bos_token_id
+    assert dataset.tokens.shape == (4, max(map(len, rows)))
+    for n, row in enumerate(rows):
+        assert dataset.tokens[n, : len(row)].tolist() == row
+        assert dataset.attention_mask[n].tolist() == [1] * len(row) + [0] * (dataset.tokens.shape[1] - len(row))
+        assert (dataset.tokens[n, len(row):] == bpe_tokenizer.pad_token_id).all()
+    assert dataset.meta["n_truncated"] == 0 and dataset.meta["skipped_blank"] == []
 
 
-def test_bad_dataset_inputs_are_clear_errors(word_tokenizer, tmp_path):
-    empty = tmp_path / "empty.txt"
-    empty.write_text("\n  \n")
-    with pytest.raises(InputError, match="empty.txt is empty"):
-        from_file(empty, word_tokenizer)
-    with pytest.raises(InputError, match="does not exist"):
-        from_file(tmp_path / "missing.txt", word_tokenizer)
-    binary = tmp_path / "binary.txt"
-    binary.write_bytes(b"\xff\xfe\x00bad")
-    with pytest.raises(InputError, match="is not UTF-8"):
-        from_file(binary, word_tokenizer)
-    bad_json = tmp_path / "bad.jsonl"
-    bad_json.write_text('{"txt": "x"}\n')
-    with pytest.raises(InputError, match='line 1 has no "text"'):
-        from_file(bad_json, word_tokenizer)
-    with pytest.raises(InputError, match="no tokenizer was given text"):
+def test_padded_texts_cut_to_seq_len_content_tokens(bpe_tokenizer):
+    dataset = from_texts(SENTENCES + ["a"], bpe_tokenizer, seq_len=5)
+    assert dataset.tokens.shape == (5, 6)  # BOS + 5 content tokens
+    assert dataset.tokens[0].tolist() == bpe_tokenizer.encode(SENTENCES[0])[:6]
+    assert dataset.meta["n_truncated"] == 4 and dataset.attention_mask[4].sum() == 2
+
+
+def test_blank_texts_are_skipped_and_recorded(bpe_tokenizer):
+    dataset = from_texts(["the cat", "  ", "a dog"], bpe_tokenizer, prepend_bos=False)
+    assert len(dataset) == 2 and not dataset.has_bos and dataset.meta["skipped_blank"] == [1]
+    assert dataset.tokens[0, : len(bpe_tokenizer.encode("the cat", False))].tolist() == \
+        bpe_tokenizer.encode("the cat", False)
+
+
+def test_packed_texts(bpe_tokenizer):
+    dataset = from_texts(SENTENCES, bpe_tokenizer, mode="pack", seq_len=8)
+    stream = []
+    for n, text in enumerate(SENTENCES):
+        stream += ([bpe_tokenizer.eos_token_id] if n else []) + bpe_tokenizer.encode(text, prepend_bos=False)
+    n_windows = len(stream) // 8
+    assert dataset.tokens.shape == (n_windows, 9) and dataset.attention_mask is None and dataset.has_bos
+    assert (dataset.tokens[:, 0] == bpe_tokenizer.bos_token_id).all()
+    assert dataset.tokens[:, 1:].flatten().tolist() == stream[: n_windows * 8]
+    assert dataset.meta["n_dropped_tokens"] == len(stream) - n_windows * 8
+    assert dataset.meta["n_tokens"] == len(stream) and dataset.meta["mode"] == "pack"
+
+
+def test_encoder_texts_keep_cls_and_sep(bert_tokenizer):
+    padded = from_texts(["the cat sat", "a dog ran on the mat"], bert_tokenizer)
+    assert padded.has_bos
+    assert padded.tokens[0, :5].tolist() == bert_tokenizer.encode("the cat sat") == [1, 4, 5, 6, 2]
+    assert padded.tokens[1].tolist() == bert_tokenizer.encode("a dog ran on the mat")
+    cut = from_texts(["a dog ran on the mat"], bert_tokenizer, seq_len=3)
+    assert cut.tokens.tolist() == [[1, 9, 10, 11, 2]] and cut.meta["n_truncated"] == 1  # [SEP] survives the cut
+    packed = from_texts(["the cat sat", "a dog ran on the mat"], bert_tokenizer, mode="pack", seq_len=4)
+    assert packed.tokens.tolist() == [[1, 4, 5, 6, 9, 2], [1, 10, 11, 7, 4, 2]]
+    assert packed.meta["n_dropped_tokens"] == 1
+
+
+def test_bad_texts_are_clear_errors(bpe_tokenizer):
+    with pytest.raises(InputError, match="a model with no tokenizer was given text"):
         from_texts(["the cat"], None)
-    with pytest.raises(InputError, match="unknown dataset 'wikipedia'"):
-        load_dataset("wikipedia", word_tokenizer, seq_len=8, num_prompts=1, vocab_size=12)
-    with pytest.raises(InputError, match="bad dataset option"):
-        load_dataset("repeated-random:period=x", word_tokenizer, seq_len=8, num_prompts=1, vocab_size=12)
-    with pytest.raises(InputError, match="2-D integer tensor"):
-        from_tensor(torch.zeros(3))
+    with pytest.raises(InputError, match="the dataset is empty"):
+        from_texts([], bpe_tokenizer)
+    with pytest.raises(InputError, match="the dataset is empty"):
+        from_texts(["", " \n"], bpe_tokenizer)
+    with pytest.raises(InputError, match="not one string"):
+        from_texts("the cat", bpe_tokenizer)
+    with pytest.raises(InputError, match="unknown dataset mode 'stream'"):
+        from_texts(["the cat"], bpe_tokenizer, mode="stream")
+    with pytest.raises(InputError, match="pack mode .* give seq_len"):
+        from_texts(["the cat"], bpe_tokenizer, mode="pack")
+    with pytest.raises(InputError, match="fewer than one window of seq_len=100"):
+        from_texts(["the cat"], bpe_tokenizer, mode="pack", seq_len=100)
+    with pytest.raises(InputError, match="seq_len must be at least 1"):
+        from_texts(["the cat"], bpe_tokenizer, seq_len=0)
+
+
+# Files
+
+
+def test_txt_and_jsonl_files(bpe_tokenizer, tmp_path):
+    txt = tmp_path / "prompts.txt"
+    txt.write_bytes("\ufeffthe cat sat\r\n\r\na dog ran\n".encode())  # BOM, CRLF and a blank line
+    dataset = from_file(txt, bpe_tokenizer)
+    assert len(dataset) == 2 and dataset.name == "file:prompts.txt" and dataset.meta["path"] == str(txt)
+    assert dataset.tokens[0, :4].tolist() == bpe_tokenizer.encode("the cat sat")[:4]
+    assert len(dataset.meta["sha256"]) == 64
+    packed = from_file(txt, bpe_tokenizer, mode="pack", seq_len=4)
+    assert packed.tokens[:, 1:].flatten().tolist() == \
+        bpe_tokenizer.encode("the cat sat\r\n\r\na dog ran\n", prepend_bos=False)[: 4 * len(packed)]
+    jsonl = tmp_path / "prompts.jsonl"
+    jsonl.write_text(json.dumps({"text": "the mat", "id": 1}) + "\n\n" + json.dumps({"text": "a cat"}) + "\n")
+    dataset = from_file(jsonl, bpe_tokenizer)
+    assert dataset.tokens[1, : len(bpe_tokenizer.encode("a cat"))].tolist() == bpe_tokenizer.encode("a cat")
+
+
+def test_bad_files_are_clear_errors(bpe_tokenizer, tmp_path):
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    (tmp_path / "binary.txt").write_bytes(b"the cat \xff\xfe")
+    (tmp_path / "bad.jsonl").write_text('{"text": "a"}\n{"text": "b"\n')
+    (tmp_path / "notext.jsonl").write_text('{"txt": "x"}\n')
+    (tmp_path / "folder.txt").mkdir()
+    (tmp_path / "data.csv").write_text("a,b\n")
+    cases = {"missing.txt": "missing.txt does not exist", "empty.txt": "empty.txt is empty",
+             "binary.txt": "binary.txt is not UTF-8", "bad.jsonl": "bad.jsonl line 2 is not JSON",
+             "notext.jsonl": 'notext.jsonl line 1 has no "text"', "folder.txt": "folder.txt is a directory",
+             "data.csv": "data.csv is neither .txt"}
+    for name, message in cases.items():
+        with pytest.raises(InputError, match=message):
+            from_file(tmp_path / name, bpe_tokenizer)
+    (tmp_path / "good.txt").write_text("the cat\n")
+    with pytest.raises(InputError, match="no tokenizer was given text"):
+        from_file(tmp_path / "good.txt", None)
+
+
+# Tensors, the dataset object, and the dispatcher
+
+
+def test_from_tensor_validates():
+    tokens = torch.tensor([[5, 6, 7], [8, 9, 0]], dtype=torch.int32)
+    dataset = from_tensor(tokens, torch.tensor([[1, 1, 1], [1, 1, 0]]), has_bos=True)
+    assert dataset.tokens.dtype == torch.long and dataset.has_bos and dataset.attention_mask[1].tolist() == [1, 1, 0]
+    assert from_tensor(tokens, torch.ones(2, 3)).attention_mask is None  # nothing padded
+    bad = [
+        ((torch.zeros(3, dtype=torch.long),), "2-D integer tensor"),
+        ((torch.zeros(2, 3),), "2-D integer tensor"),
+        ((torch.tensor([[1, -2]]),), "non-negative, found -2"),
+        ((torch.zeros(0, 4, dtype=torch.long),), "the dataset is empty"),
+        ((tokens, torch.ones(3, 2)), "attention_mask shape"),
+        ((tokens, torch.tensor([[1, 0, 1], [1, 1, 1]])), "right-padded"),
+        ((tokens, torch.tensor([[0, 0, 0], [1, 1, 1]])), "at least one real token"),
+        ((tokens, torch.full((2, 3), 2)), "only 0"),
+    ]
+    for args, message in bad:
+        with pytest.raises(InputError, match=message):
+            from_tensor(*args)
+
+
+def test_batches_and_subsets():
+    tokens = torch.arange(20).view(5, 4)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 0, 0]])
+    dataset = from_tensor(tokens, mask)
+    parts = list(dataset.batches(2))
+    assert [rows for rows, _, _ in parts] == [slice(0, 2), slice(2, 4), slice(4, 5)]
+    assert torch.equal(torch.cat([t for _, t, _ in parts]), tokens)
+    assert torch.equal(torch.cat([m for _, _, m in parts]), mask)
+    picked = dataset.subset([4, 0])
+    assert picked.tokens.tolist() == [[16, 17], [0, 1]] and picked.attention_mask is None  # padding dropped
+    assert picked.meta["subset"] == [4, 0]
+    with pytest.raises(InputError, match="prompt 5 does not exist"):
+        dataset.subset([5])
+    with pytest.raises(InputError, match="batch_size must be at least 1"):
+        next(dataset.batches(0))
+
+
+def test_load_dataset_dispatches(bpe_tokenizer, tmp_path):
+    common = dict(seq_len=16, num_prompts=3, vocab_size=50, bos_token_id=0, exclude_ids=[0])
+    default = load_dataset("repeated-random", bpe_tokenizer, **common)
+    assert default.tokens.shape == (3, 17) and default.meta["period"] == 8
+    explicit = load_dataset("repeated-random:period=4:repeats=3", bpe_tokenizer, seed=2, **common)
+    assert explicit.meta["period"] == 4 and explicit.meta["repeats"] == 3 and explicit.meta["seed"] == 2
+    assert torch.equal(explicit.tokens, repeated_random_tokens(3, 4, 3, 50, 2, 0, [0]).tokens)
+    txt = tmp_path / "prompts.txt"
+    txt.write_text("\n".join(SENTENCES))
+    first_two = load_dataset(str(txt), bpe_tokenizer, seq_len=16, num_prompts=2)
+    assert len(first_two) == 2 and first_two.name == "file:prompts.txt"
+    assert len(load_dataset(str(txt), bpe_tokenizer, num_prompts=None)) == 4
+    with pytest.raises(InputError, match="unknown dataset 'wikipedia': use repeated-random, .* .txt or .jsonl"):
+        load_dataset("wikipedia", bpe_tokenizer, **common)
+    for spec in ("repeated-random:period=x", "repeated-random:offset=3", "repeated-random:period=2:period=3"):
+        with pytest.raises(InputError, match="bad dataset option"):
+            load_dataset(spec, bpe_tokenizer, **common)
+    with pytest.raises(InputError, match="induction needs at least two periods"):
+        load_dataset("repeated-random:repeats=1", bpe_tokenizer, **common)
+    with pytest.raises(InputError, match="needs seq_len"):
+        load_dataset("repeated-random", bpe_tokenizer, num_prompts=1, vocab_size=50)
+    with pytest.raises(InputError, match="missing.jsonl does not exist"):
+        load_dataset(str(tmp_path / "missing.jsonl"), bpe_tokenizer, **common)
+
+
+# Pairs
 
 
 def brute_force_pairs(tokens, real):
@@ -98,20 +280,65 @@ def brute_force_pairs(tokens, real):
             if real[b, i] and real[b, j] and tokens[b, i] == tokens[b, j]}
 
 
-def test_pair_lists_equal_brute_force():
+@pytest.mark.parametrize("has_bos", [False, True])
+def test_pairs_equal_brute_force(has_bos):
     generator = torch.Generator().manual_seed(0)
-    for trial in range(40):
-        n_pos = int(torch.randint(1, 40, (1,), generator=generator))
-        tokens = torch.randint(0, 6, (3, n_pos), generator=generator)
-        real = torch.ones(3, n_pos, dtype=torch.bool)
-        real[2, n_pos // 3:] = False
-        found = set(zip(*(t.tolist() for t in earlier_occurrence_pairs(tokens, real))))
-        assert found == brute_force_pairs(tokens, real), trial
-        shifted = set(zip(*(t.tolist() for t in induction_target_pairs(tokens, real))))
-        assert shifted == {(b, i, j + 1) for b, i, j in found}
+    for trial in range(60):
+        n_pos = int(torch.randint(1, 30, (1,), generator=generator))
+        n_ids = int(torch.randint(1, 8, (1,), generator=generator))
+        tokens = torch.randint(0, n_ids, (4, n_pos), generator=generator)
+        lengths = torch.randint(1, n_pos + 1, (4,), generator=generator)
+        mask = (torch.arange(n_pos) < lengths[:, None]).long()  # right padding
+        if has_bos:
+            tokens[:, 0] = 0  # the BOS id also occurs later: it must still never be a key
+        real = mask.bool().clone()
+        real[:, 0] &= not has_bos
+        expected = brute_force_pairs(tokens, real)
+        assert pairs_set(earlier_occurrence_pairs(tokens, mask, has_bos)) == expected, trial
+        expected_targets = {(b, i, j + 1) for b, i, j in expected}
+        assert pairs_set(induction_target_pairs(tokens, mask, has_bos)) == expected_targets, trial
+        assert len(earlier_occurrence_pairs(tokens, mask, has_bos)[0]) == len(expected)  # no pair twice
 
 
-def test_repeated_random_pairs_point_one_period_back():
-    dataset = repeated_random_tokens(2, period=8, repeats=2, vocab_size=100, seed=0, bos_token_id=0, exclude_ids=[0])
-    b, i, j = induction_target_pairs(dataset.tokens, torch.ones_like(dataset.tokens, dtype=torch.bool))
-    assert len(i) == 2 * 8 and torch.equal(i - j, torch.full_like(i, 8 - 1))
+def test_pairs_accept_no_mask_or_a_bool_mask_and_leave_it_alone():
+    tokens = torch.tensor([[3, 4, 3, 4, 3]])
+    everything = pairs_set(earlier_occurrence_pairs(tokens))
+    assert everything == {(0, 2, 0), (0, 4, 0), (0, 4, 2), (0, 3, 1)}
+    mask = torch.tensor([[True, True, True, True, False]])
+    assert pairs_set(earlier_occurrence_pairs(tokens, mask, has_bos=True)) == {(0, 3, 1)}
+    assert mask.tolist() == [[True, True, True, True, False]]
+    assert pairs_set(induction_target_pairs(tokens)) == {(0, 2, 1), (0, 4, 1), (0, 4, 3), (0, 3, 2)}
+    # A target on padding (only with a mask that is not right-padded) is no target.
+    holed = torch.tensor([[1, 0, 1, 1, 1]])
+    assert pairs_set(earlier_occurrence_pairs(tokens, holed)) == {(0, 2, 0), (0, 4, 0), (0, 4, 2)}
+    assert pairs_set(induction_target_pairs(tokens, holed)) == {(0, 4, 3)}
+
+
+def test_pairs_equal_transformer_lens_detection_patterns():
+    head_detector = pytest.importorskip("transformer_lens.head_detector")
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(10):
+        tokens = torch.randint(0, 5, (1, 20), generator=generator)
+        for ours, theirs in ((earlier_occurrence_pairs, head_detector.get_duplicate_token_head_detection_pattern),
+                             (induction_target_pairs, head_detector.get_induction_head_detection_pattern)):
+            dense = torch.zeros(20, 20)
+            _, i, j = ours(tokens)
+            dense[i, j] = 1
+            assert torch.equal(dense, theirs(tokens[0])), ours.__name__
+
+
+def test_repeated_random_induction_targets_are_one_period_back():
+    dataset = repeated_random_tokens(2, period=8, repeats=3, vocab_size=100, bos_token_id=0, exclude_ids=[0])
+    batch, query, target = induction_target_pairs(dataset.tokens, None, dataset.has_bos)
+    # Each token of period 2 has one earlier occurrence, each of period 3 two: (8 + 16) per prompt.
+    assert len(query) == 2 * (8 + 16) and set(((query - target) % 8).tolist()) == {7}
+
+
+def test_pairs_scale_without_a_pos_by_pos_matrix():
+    # 8 prompts x 8192 tokens: a dense bool matrix per prompt would be 512 MB; the pairs are a few MB.
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 2000, (8, 8192), generator=generator)
+    batch, query, key = earlier_occurrence_pairs(tokens)
+    counts = torch.stack([torch.bincount(row, minlength=2000) for row in tokens])
+    assert len(query) == int((counts * (counts - 1) // 2).sum())
+    assert bool((tokens[batch, query] == tokens[batch, key]).all()) and bool((key < query).all())

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from headscope.capture.datasets import from_tensor, repeated_random_tokens
-from headscope.capture.engine import capture
+from headscope.capture.engine import capture, statistics_from_patterns
 from headscope.capture.statistics import CAUSAL_STATISTICS, STATISTICS
 from headscope.errors import InputError
 from headscope.model.transformer import HookedTransformer
@@ -196,3 +196,13 @@ def test_a_progress_file_of_another_run_is_refused(tmp_path):
     first.save(progress_file)
     with pytest.raises(InputError, match="holds a capture of another model, dataset or statistics"):
         capture(model, from_tensor(natural_like_tokens(n_prompts=2, seed=1)), resume=progress_file, progress=False)
+
+
+@torch.no_grad()
+def test_statistics_from_cached_patterns_equal_capture(tiny_model):
+    dataset = from_tensor(natural_like_tokens(seed=9))
+    names = statistics_for(tiny_model)
+    _, cache = tiny_model.run_with_cache(dataset.tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+    patterns = [cache[f"blocks.{layer}.attn.hook_pattern"] for layer in range(tiny_model.cfg.n_layers)]
+    from_cache = statistics_from_patterns(patterns, dataset, names, causal=tiny_model.cfg.causal)
+    assert_same_result(capture(tiny_model, dataset, names, progress=False), from_cache)
