@@ -56,12 +56,20 @@ def _cuda_efficient(q, k, v, bias, causal, scale):
     # (padded to a multiple of 32 positions); widths are padded to multiples of 8 for its alignment.
     qk_width = -(-q.shape[-1] // 8) * 8
     v_width = -(-v.shape[-1] // 8) * 8
-    attn_bias = None if bias is None else bias.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2]).to(q.dtype)
+    attn_bias = None if bias is None else _aligned_bias(bias.to(q.dtype)).expand(q.shape[0], q.shape[1], -1, -1)
     out, lse, _, _ = torch.ops.aten._scaled_dot_product_efficient_attention(
         _pad_last(q, qk_width), _pad_last(k, qk_width), _pad_last(v, v_width), attn_bias,
         True, 0.0, bias is None and causal, scale=scale,
     )
     return out[..., : v.shape[-1]], lse[..., : q.shape[2]].float()
+
+
+def _aligned_bias(bias: torch.Tensor, multiple: int = 16) -> torch.Tensor:
+    """The kernel wants the bias' row stride a multiple of 16 elements, as `sdpa` arranges internally:
+    pad the key axis, then slice back, keeping the padded stride."""
+    n_key = bias.shape[-1]
+    padded = -(-n_key // multiple) * multiple
+    return F.pad(bias, (0, padded - n_key))[..., :n_key] if padded != n_key else bias
 
 
 def reference_attention_with_lse(q, k, v, bias, causal, scale, query_chunk: int = 256):
