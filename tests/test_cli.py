@@ -170,3 +170,27 @@ def test_capture_on_cuda_without_cuda_is_refused(tiny_checkpoint, tmp_path):
         return  # the refusal only exists where CUDA is missing
     result = run("capture", str(tiny_checkpoint), "--device", "cuda", "--out", str(tmp_path / "x"))
     assert result.exit_code == 2 and "CUDA is not available on this machine" in result.output
+
+
+def test_bad_model_files_are_one_line_and_exit_1(tmp_path):
+    import gguf
+    import numpy as np
+
+    fake = tmp_path / "notes.gguf"
+    fake.write_text("this is not a model\n" * 10)
+    _one_line_error(run("models", "info", str(fake)), "notes.gguf")
+    writer = gguf.GGUFWriter(tmp_path / "mamba.gguf", "mamba")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((8, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes((tmp_path / "mamba.gguf").read_bytes()[:100])
+    _one_line_error(run("models", "info", str(truncated)), "truncated.gguf")
+    _one_line_error(run("models", "info", str(tmp_path / "mamba.gguf")), "mamba")
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+    _one_line_error(run("models", "info", str(no_weights)), "no-weights")
