@@ -206,3 +206,28 @@ def test_statistics_from_cached_patterns_equal_capture(tiny_model):
     patterns = [cache[f"blocks.{layer}.attn.hook_pattern"] for layer in range(tiny_model.cfg.n_layers)]
     from_cache = statistics_from_patterns(patterns, dataset, names, causal=tiny_model.cfg.causal)
     assert_same_result(capture(tiny_model, dataset, names, progress=False), from_cache)
+
+
+@torch.no_grad()
+def test_out_of_memory_halves_the_batch_and_retries():
+    torch.manual_seed(0)
+    model = HookedTransformer(TINY_CONFIGS["gpt2"]).eval()
+    dataset = from_tensor(natural_like_tokens(n_prompts=5, seed=7))
+    expected = capture(model, dataset, batch_size=5, progress=False)
+    batch_sizes = []
+
+    def fail_above_two_prompts(tensor, hook):
+        batch_sizes.append(tensor.shape[0])
+        if tensor.shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with model.hooks([("hook_embed", fail_above_two_prompts)]):
+        retried = capture(model, dataset, batch_size=5, progress=False)
+    assert batch_sizes == [5, 2, 2, 1]  # 5 fails; then 2 + 2 + the last 1
+    assert_same_result(expected, retried, atol=1e-7)
+
+    def always_fail(tensor, hook):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    with model.hooks([("hook_embed", always_fail)]), pytest.raises(InputError, match="out of memory with one prompt"):
+        capture(model, dataset, batch_size=4, progress=False)
