@@ -200,9 +200,9 @@ def _installed(model: HookedTransformer, sums: _BatchSums, method: str) -> Itera
             block.attn.kernel = None
 
 
-def _capture_batch(model, tokens, mask, dataset, names, method, start, recorder) -> tuple[dict, dict]:
+def _capture_batch(model, tokens, mask, dataset, names, method, start, recorder, plan_tokens=None):
     real = torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask.bool()
-    batch = Batch(tokens, real, dataset.has_bos, model.cfg.causal)
+    batch = Batch(tokens if plan_tokens is None else plan_tokens, real, dataset.has_bos, model.cfg.causal)
     plans = make_plans(names, batch)
     lengths = real.sum(1)
     sums = _BatchSums(plans, tokens.shape[0], model.cfg.n_layers, model.cfg.n_heads, tokens.device,
@@ -230,6 +230,7 @@ def capture(
     patterns_out: str | Path | None = None,
     resume: str | Path | None = None,
     save_every_s: float = 30.0,
+    plan_dataset: TokenDataset | None = None,
     progress: bool = True,
 ) -> CaptureResult:
     """Per-head statistics of `model` over every prompt of `dataset`, and patterns of chosen heads.
@@ -242,12 +243,17 @@ def capture(
     they are returned in `result.patterns` and written to `patterns_out` if given.
     resume: a progress file; partial sums are saved there every `save_every_s` seconds, and a run with the
     same model, tokens, statistics and method continues after the prompts it holds. Removed at the end.
+    plan_dataset: where the statistics look is read from these tokens (same shape) while the model runs on
+    `dataset`'s: a control that keeps the positions a role would attend to but not what stands there.
     """
     if method not in ("fused", "explicit"):
         raise InputError(f"unknown capture method {method!r}: use fused or explicit")
     names = check_statistics(list(stats) if stats else list(CAUSAL_STATISTICS if model.cfg.causal else STATISTICS))
     if len(dataset) == 0:
         raise InputError("the dataset is empty")
+    if plan_dataset is not None and plan_dataset.tokens.shape != dataset.tokens.shape:
+        raise InputError(f"plan_dataset shape {tuple(plan_dataset.tokens.shape)} != dataset shape "
+                         f"{tuple(dataset.tokens.shape)}")
     recorder = _make_recorder(model, dataset, patterns, pattern_prompts)
     if device is not None:
         model.to(device)
@@ -260,7 +266,7 @@ def capture(
         batch_size = choose_batch_size(model.cfg, n_pos, len(dataset), max_memory, device, method,
                                        dtype_size=model.embed.W_E.element_size(),
                                        padded=dataset.attention_mask is not None)
-    progress_file = _Progress(resume, _fingerprint(model, dataset, names, method), save_every_s)
+    progress_file = _Progress(resume, _fingerprint(model, dataset, names, method, plan_dataset), save_every_s)
     done = progress_file.load()
     parts = [done] if done is not None else []
     start = 0 if done is None else done.n_prompts
@@ -270,8 +276,9 @@ def capture(
         stop = min(start + batch_size, len(dataset))
         tokens = dataset.tokens[start:stop].to(device)
         mask = None if dataset.attention_mask is None else dataset.attention_mask[start:stop].to(device)
+        plan_tokens = None if plan_dataset is None else plan_dataset.tokens[start:stop].to(device)
         try:
-            sums, counts = _capture_batch(model, tokens, mask, dataset, names, method, start, recorder)
+            sums, counts = _capture_batch(model, tokens, mask, dataset, names, method, start, recorder, plan_tokens)
         except RuntimeError as err:
             if not is_out_of_memory(err) or batch_size == 1:
                 raise _out_of_memory_error(err, n_pos) if is_out_of_memory(err) else err
@@ -326,9 +333,12 @@ def _record_skipped_prompts(model, dataset, names, method, recorder: PatternReco
                        prompt, recorder)
 
 
-def _fingerprint(model: HookedTransformer, dataset: TokenDataset, names: tuple[str, ...], method: str) -> str:
+def _fingerprint(model: HookedTransformer, dataset: TokenDataset, names: tuple[str, ...], method: str,
+                 plan_dataset: TokenDataset | None = None) -> str:
     """What a progress file must match to be continued: the model, the exact tokens, statistics, method."""
     digest = hashlib.sha256(dataset.tokens.cpu().numpy().tobytes())
+    if plan_dataset is not None:
+        digest.update(plan_dataset.tokens.cpu().numpy().tobytes())
     if dataset.attention_mask is not None:
         digest.update(dataset.attention_mask.cpu().numpy().tobytes())
     return json.dumps({"model": getattr(model, "source", ""), "config": model.cfg.to_dict(),

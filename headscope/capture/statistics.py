@@ -11,6 +11,8 @@ Plans depend only on the tokens, so they are built once per batch and shared by 
 | current_token | A[i, i] | i >= 1 (causal; row 0 is trivially 1), every real i (encoders) |
 | next_token | A[i, i+1] | i whose next token is real; encoders only |
 | attention_sink | A[i, 0], attention to the first (BOS/[CLS]) position | i >= 1 |
+| local | A[i, i-1] + A[i, i-2] + A[i, i-3], mass on the 3 previous real positions (BOS is not one) | as previous_token |
+| sep | A[i, last], attention to the last real position (the [SEP] of an encoder prompt) | every real i before it; encoders only |
 | duplicate_token | sum of A[i, j] over earlier j with token j == token i | i with an earlier duplicate |
 | induction | sum of A[i, j+1] over those earlier duplicates j | i with an earlier duplicate |
 | entropy | -sum_j A[i, j] log A[i, j], in nats | i >= 1 (causal), every real i (encoders) |
@@ -100,6 +102,25 @@ def _attention_sink(batch: Batch) -> EntryPlan:
     return EntryPlan(b, i, torch.zeros_like(i), queries)
 
 
+def _local(batch: Batch, width: int = 3) -> EntryPlan:
+    first_real = 1 if batch.has_bos else 0
+    queries = batch.real & (batch.positions >= first_real + 1)
+    b, i = queries.nonzero(as_tuple=True)
+    offsets = torch.arange(1, width + 1, device=i.device)
+    keys = i[:, None] - offsets  # (queries, width)
+    keep = keys >= first_real
+    return EntryPlan(b[:, None].expand_as(keys)[keep], i[:, None].expand_as(keys)[keep], keys[keep], queries)
+
+
+def _sep(batch: Batch) -> EntryPlan:
+    if batch.causal:
+        raise InputError("sep needs a bidirectional (encoder) model: a causal query cannot see the last position")
+    last = batch.real.sum(1) - 1  # right padding: the last real position of each prompt
+    queries = batch.real & (batch.positions < last[:, None])
+    b, i = queries.nonzero(as_tuple=True)
+    return EntryPlan(b, i, last[b], queries)
+
+
 def _pairs_plan(batch: Batch, pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> EntryPlan:
     b, i, j = pairs
     queries = torch.zeros_like(batch.real)
@@ -128,13 +149,15 @@ PLANS = {
     "current_token": _current_token,
     "next_token": _next_token,
     "attention_sink": _attention_sink,
+    "local": _local,
+    "sep": _sep,
     "duplicate_token": _duplicate_token,
     "induction": _induction,
     "entropy": _entropy,
     "mean_distance": _mean_distance,
 }
 STATISTICS = tuple(PLANS)
-CAUSAL_STATISTICS = tuple(name for name in STATISTICS if name != "next_token")
+CAUSAL_STATISTICS = tuple(name for name in STATISTICS if name not in ("next_token", "sep"))
 # Short names for the command line.
 ALIASES = {"prev": "previous_token", "self": "current_token", "current": "current_token", "next": "next_token",
            "sink": "attention_sink", "bos": "attention_sink", "dup": "duplicate_token",

@@ -231,3 +231,17 @@ def test_out_of_memory_halves_the_batch_and_retries():
 
     with model.hooks([("hook_embed", always_fail)]), pytest.raises(InputError, match="out of memory with one prompt"):
         capture(model, dataset, batch_size=4, progress=False)
+
+
+@torch.no_grad()
+def test_plan_dataset_scores_one_dataset_at_another_datasets_positions():
+    torch.manual_seed(0)
+    model = HookedTransformer(TINY_CONFIGS["gpt2"]).eval()
+    dataset = from_tensor(natural_like_tokens(n_prompts=3, seed=8))
+    other = from_tensor(natural_like_tokens(n_prompts=3, seed=9))
+    assert_same_result(capture(model, dataset, progress=False), capture(model, dataset, plan_dataset=dataset,
+                                                                         progress=False))
+    crossed = capture(model, other, ["induction"], plan_dataset=dataset, progress=False)
+    assert torch.equal(crossed.counts["induction"], capture(model, dataset, ["induction"], progress=False).counts["induction"])
+    with pytest.raises(InputError, match="plan_dataset shape"):
+        capture(model, dataset, plan_dataset=from_tensor(natural_like_tokens(n_prompts=2)), progress=False)

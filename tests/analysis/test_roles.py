@@ -1,0 +1,272 @@
+"""classify_heads on models whose attention is forced by hooks, on random models, and on SmolLM2."""
+
+import csv
+import dataclasses
+import io
+import json
+import time
+
+import pytest
+import torch
+
+from headscope.analysis import RoleTable, bootstrap_interval, classify_heads, shuffled_control, uniform_null
+from headscope.capture import capture
+from headscope.capture.datasets import repeated_random_tokens
+from headscope.errors import InputError
+from headscope.model.transformer import HookedTransformer
+from tests.conftest import TINY_CONFIGS
+
+PERIOD, VOCAB = 10, 64
+BOS = VOCAB - 1
+STRENGTH = 100.0
+# Layer 0 heads, each forced to one behaviour by its queries (keys are one-hot positions):
+#   H0 previous token, H1 induction (the token after the last earlier occurrence of the current token),
+#   H2 self, H3 duplicate token (the last earlier occurrence). Layer 1: H0 attends to BOS, the rest
+#   uniformly. H1 and H3 follow the tokens, read off the identity embedding, not the positions: a head
+#   that looked at fixed offsets would score as high on the shuffled control and get no role.
+EXPECTED = {(0, 0): ("previous_token", "local"), (0, 1): ("induction",), (0, 2): ("self",),
+            (0, 3): ("duplicate_token",), (1, 0): ("attention_sink",)}
+
+
+def last_earlier_occurrence(row: list[int], i: int) -> int | None:
+    earlier = [j for j in range(1, i) if row[j] == row[i]]
+    return earlier[-1] if earlier else None
+
+
+def forced_target(layer: int, head: int, i: int, row: list[int]) -> int | None:
+    """The key query i of a prompt attends to (None: uniform)."""
+    if layer == 1:
+        return 0 if head == 0 else None
+    if head in (1, 3):
+        j = last_earlier_occurrence(row, i)
+        return 0 if j is None else j + (1 if head == 1 else 0)
+    return max(i - 1, 0) if head == 0 else i
+
+
+def forced_hooks():
+    running = {}
+
+    def read_tokens(embed, hook):
+        running["tokens"] = embed.argmax(-1).tolist()  # W_E is the identity: each embedding names its token
+
+    def set_q(q, hook):
+        layer = int(hook.name.split(".")[1])
+        q = torch.zeros_like(q)
+        for b, row in enumerate(running["tokens"]):
+            for head in range(q.shape[2]):
+                for i in range(q.shape[1]):
+                    j = forced_target(layer, head, i, row)
+                    if j is not None:
+                        q[b, i, head, j] = STRENGTH
+        return q
+
+    def set_k(k, hook):
+        k = torch.zeros_like(k)
+        for j in range(k.shape[1]):
+            k[:, j, :, j] = 1.0
+        return k
+
+    return [("hook_embed", read_tokens), (lambda n: n.endswith("attn.hook_q"), set_q),
+            (lambda n: n.endswith("attn.hook_k"), set_k)]
+
+
+def probe(n_prompts: int = 12, seed: int = 0):
+    return repeated_random_tokens(n_prompts, PERIOD, 2, vocab_size=VOCAB, seed=seed, bos_token_id=BOS,
+                                  exclude_ids=[BOS])
+
+
+@pytest.fixture(scope="module")
+def forced_model() -> HookedTransformer:
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(TINY_CONFIGS["attn-only"], d_head=48, d_model=VOCAB, d_vocab=VOCAB)
+    model = HookedTransformer(cfg).eval()
+    with torch.no_grad():
+        model.embed.W_E.copy_(torch.eye(VOCAB))
+    return model
+
+
+@pytest.fixture(scope="module")
+def forced_table(forced_model) -> RoleTable:
+    with forced_model.hooks(forced_hooks()):
+        return classify_heads(forced_model, probe(), n_bootstrap=200)
+
+
+def test_forced_heads_get_exactly_their_roles(forced_table):
+    for row in forced_table.heads:
+        assert row.roles == EXPECTED.get((row.layer, row.head), ()), (row.name, row.roles, row.reasons)
+        for role in row.roles:
+            lo, hi = row.intervals[role]
+            assert lo <= row.scores[role] <= hi
+            assert row.scores[role] > 0.95
+            assert row.reasons[role].startswith(f"{role} {row.scores[role]:.2f} [")
+    induction = forced_table.head(0, 1)
+    assert "(shuffled control)" in induction.reasons["induction"] and induction.nulls["induction"] < 0.2
+    assert "(uniform attention)" in forced_table.head(0, 0).reasons["previous_token"]
+    scores = [h.top_score for h in forced_table.heads_with_roles()]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_a_head_may_hold_two_roles(forced_table):
+    assert set(forced_table.head(0, 0).roles) == {"previous_token", "local"}
+
+
+def test_uniform_heads_score_their_null_and_get_nothing(forced_table):
+    uniform = forced_table.head(1, 1)
+    assert uniform.roles == ()
+    for role in ("previous_token", "attention_sink", "self", "local"):
+        assert uniform.scores[role] == pytest.approx(uniform.nulls[role], abs=1e-5)
+
+
+def test_uniform_null_is_exact():
+    dataset = probe(2)
+    # previous_token counts queries 2..20 (BOS at 0); uniform causal attention gives 1 / (i + 1) at each.
+    expected = sum(1 / (i + 1) for i in range(2, 2 * PERIOD + 1)) / (2 * PERIOD - 1)
+    assert uniform_null(dataset, "previous_token", causal=True) == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_high_score_without_the_role_says_why(forced_model):
+    with forced_model.hooks(forced_hooks()):
+        table = classify_heads(forced_model, probe(), n_bootstrap=200, margin=0.99 - 1e-9)
+    assert table.head(0, 2).roles == ()
+    assert "lower bound is not above null" in table.head(0, 2).rejected["self"]
+
+
+def test_random_models_get_no_induction_role(tiny_model):
+    table = classify_heads(tiny_model, seq_len=40, num_prompts=8, n_bootstrap=200)
+    assert not table.with_role("induction")
+    assert all("induction" not in h.roles for h in table.heads)
+    expected_roles = {"previous_token", "induction", "duplicate_token", "attention_sink", "self", "local"}
+    if not tiny_model.cfg.causal:
+        expected_roles |= {"next_token", "sep"}
+    assert set(table.roles) == expected_roles
+    assert all(0 <= v <= 1 for h in table.heads for v in h.scores.values())
+    assert all(h.copying is None for h in table.heads)
+
+
+def test_json_has_the_agreed_shape_and_round_trips(forced_table):
+    data = json.loads(forced_table.to_json())
+    assert set(data) == {"model", "n_layers", "n_heads", "heads", "meta"}
+    assert isinstance(data["model"], str) and data["n_layers"] == 2 and data["n_heads"] == 4
+    assert {"dataset", "seq_len", "num_prompts", "seed", "headscope_version"} <= set(data["meta"])
+    assert len(data["heads"]) == 8
+    for row in data["heads"]:
+        assert {"layer", "head", "name", "scores", "roles"} <= set(row)
+        assert row["name"] == f"L{row['layer']}H{row['head']}"
+        assert isinstance(row["layer"], int) and isinstance(row["head"], int)
+        assert {"previous_token", "induction", "duplicate_token", "attention_sink", "self"} <= set(row["scores"])
+        assert all(isinstance(v, float) for v in row["scores"].values())
+        assert all(isinstance(r, str) for r in row["roles"])
+    assert RoleTable.from_json(forced_table.to_json()) == forced_table
+    with pytest.raises(InputError, match="not a headscope role table"):
+        RoleTable.from_json('{"model": "x"}')
+
+
+def test_csv_parses(forced_table):
+    rows = list(csv.DictReader(io.StringIO(forced_table.to_csv())))
+    assert len(rows) == 8
+    assert {"name", "roles", "induction", "induction_lo", "induction_hi", "self"} <= set(rows[0])
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["L0H0"]["roles"] == "previous_token;local"
+    assert float(by_name["L0H1"]["induction"]) == forced_table.head(0, 1).scores["induction"]
+
+
+def test_to_frame_has_a_row_per_head(forced_table):
+    pd = pytest.importorskip("pandas")
+    frame = forced_table.to_frame()
+    assert isinstance(frame, pd.DataFrame) and len(frame) == 8
+
+
+def test_bootstrap_intervals_shrink_with_more_prompts_and_are_reproducible():
+    torch.manual_seed(0)
+    model = HookedTransformer(TINY_CONFIGS["gpt2"]).eval()
+    result = capture(model, probe(64), ["previous_token", "induction"], progress=False)
+    few = capture(model, probe(64).subset(range(8)), ["previous_token", "induction"], progress=False)
+    for stat in ("previous_token", "induction"):
+        lo, hi = bootstrap_interval(result, stat, 500, seed=1)
+        lo8, hi8 = bootstrap_interval(few, stat, 500, seed=1)
+        assert (hi - lo).mean() < 0.7 * (hi8 - lo8).mean()
+        assert bool((lo <= result.mean(stat)).all() and (result.mean(stat) <= hi).all())
+        again = bootstrap_interval(result, stat, 500, seed=1)
+        assert torch.equal(again[0], lo) and torch.equal(again[1], hi)
+        other = bootstrap_interval(result, stat, 500, seed=2)
+        assert not torch.equal(other[0], lo)
+
+
+def test_the_control_shuffles_within_prompts_and_keeps_bos():
+    dataset = probe(4)
+    before = dataset.tokens.clone()
+    control = shuffled_control(dataset, seed=0)
+    assert torch.equal(dataset.tokens, before)  # the input is not changed
+    assert bool((control.tokens[:, 0] == BOS).all())
+    assert torch.equal(control.tokens.sort(1).values, dataset.tokens.sort(1).values)
+    assert not torch.equal(control.tokens, dataset.tokens)
+    assert torch.equal(shuffled_control(dataset, seed=0).tokens, control.tokens)
+
+
+def test_bad_input_is_a_clear_error(tmp_path):
+    model = HookedTransformer(TINY_CONFIGS["gpt2"]).eval()  # no tokenizer
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(InputError, match="is empty"):
+        classify_heads(model, str(empty))
+    text = tmp_path / "prompts.txt"
+    text.write_text("hello world\n")
+    with pytest.raises(InputError, match="no tokenizer"):
+        classify_heads(model, str(text))
+    with pytest.raises(InputError, match="shorter than two periods"):
+        classify_heads(model, seq_len=3)
+    with pytest.raises(InputError, match="unknown role 'inductio'"):
+        classify_heads(model, thresholds={"inductio": 0.5})
+    with pytest.raises(InputError, match="threshold for induction must be a number in"):
+        classify_heads(model, thresholds={"induction": 2})
+    with pytest.raises(InputError, match="HookedTransformer"):
+        classify_heads(object())
+
+
+@pytest.mark.real_model
+def test_smollm2_induction_heads_are_its_top_scorers_and_copy(smollm2):
+    start = time.perf_counter()
+    table = classify_heads(smollm2, seq_len=64, num_prompts=8, n_bootstrap=500)
+    induction = table.with_role("induction")
+    assert induction, "SmolLM2 has induction heads"
+    ranked = sorted(table.heads, key=lambda h: -h.scores["induction"])
+    top = {h.name for h in ranked[: max(8, 2 * len(induction))]}
+    assert {h.name for h in induction} <= top
+    assert any(h.copying is not None and h.copying > 0 for h in induction)
+    assert any("raises the copied token's logit" in h.reasons["induction"] for h in induction)
+    assert table.with_role("previous_token") and table.with_role("attention_sink")
+    assert time.perf_counter() - start < 60
+
+
+@pytest.mark.real_model
+def test_a_random_model_of_smollm2s_shape_gets_no_induction_role(smollm2):
+    torch.manual_seed(0)
+    random_model = HookedTransformer(smollm2.cfg, smollm2.tokenizer).eval()
+    random_model.init_weights()
+    table = classify_heads(random_model, seq_len=64, num_prompts=8, n_bootstrap=200)
+    assert not table.with_role("induction") and not table.with_role("duplicate_token")
+
+
+@torch.no_grad()
+def test_a_fixed_offset_head_is_not_an_induction_head(forced_model):
+    """On repeated random tokens, attending PERIOD - 1 back hits every induction target by position alone."""
+
+    def set_q(q, hook):
+        q = torch.zeros_like(q)
+        for i in range(q.shape[1]):
+            q[:, i, :, i - PERIOD + 1 if i > PERIOD else 0] = STRENGTH
+        return q
+
+    def set_k(k, hook):
+        k = torch.zeros_like(k)
+        for j in range(k.shape[1]):
+            k[:, j, :, j] = 1.0
+        return k
+
+    hooks = [(lambda n: n.endswith("attn.hook_q"), set_q), (lambda n: n.endswith("attn.hook_k"), set_k)]
+    with forced_model.hooks(hooks):
+        table = classify_heads(forced_model, probe(), n_bootstrap=200)
+    head = table.heads[0]
+    assert head.scores["induction"] > 0.95  # the attention is all on the targets...
+    assert "induction" not in head.roles  # ...but the control, same positions, scores as high
+    assert head.nulls["induction"] > 0.95 and "induction" in head.rejected
