@@ -185,6 +185,58 @@ def capture(model_source: str, dataset: str, seq_len: int, num_prompts: int, sta
     click.echo(f"wrote {folder}/stats.json, stats.safetensors" + (", patterns.safetensors" if patterns else ""))
 
 
+@cli.command()
+@click.argument("model_source", metavar="MODEL")
+@click.option("--dataset", default="repeated-random", show_default=True,
+              help="repeated-random[:period=P], or a .txt (a prompt per line) or .jsonl file.")
+@click.option("--seq-len", default=64, show_default=True, type=click.IntRange(min=2),
+              help="Tokens per prompt (without BOS); repeated-random uses two periods of seq-len / 2.")
+@click.option("--num-prompts", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--device", default="cpu", show_default=True, callback=_check_device)
+@click.option("--seed", default=0, show_default=True, help="Seed of the dataset, the control and the bootstrap.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the role table as JSON.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write the role table as CSV.")
+def classify(model_source: str, dataset: str, seq_len: int, num_prompts: int, device: str, seed: int,
+             json_path: str | None, csv_path: str | None) -> None:
+    """Which heads are previous-token, induction, duplicate-token, sink, self, local heads, with evidence.
+
+    A head gets a role when its score passes the role's threshold and the lower end of its 95% bootstrap
+    interval over prompts clears the role's null (uniform attention, or for induction and duplicate-token
+    the same positions in a shuffled-token control).
+    """
+    from headscope.analysis import classify_heads
+    from headscope.loading.load import load_model
+
+    model = load_model(model_source, device=device)
+    table = classify_heads(model, dataset, seq_len=seq_len, num_prompts=num_prompts, seed=seed, progress=True)
+    click.echo("\n".join(_role_lines(table)))
+    if json_path:
+        write_text_atomically(json_path, table.to_json())
+    if csv_path:
+        write_text_atomically(csv_path, table.to_csv())
+    for label, path in (("JSON", json_path), ("CSV", csv_path)):
+        if path:
+            click.echo(f"wrote {label} to {path}")
+
+
+def _role_lines(table) -> list[str]:
+    """The heads holding roles, top first: name, roles, and each role's score, interval and null."""
+    held = table.heads_with_roles()
+    lines = [f"{table.model}: {len(held)} of {table.n_layers * table.n_heads} heads hold roles "
+             f"({table.meta['num_prompts']} prompts x {table.meta['seq_len']} tokens, {table.meta['dataset']})"]
+    if not held:
+        return lines + ["  no head's attention clears its null: no roles assigned"]
+    lines.append(f"  {'head':<7}{'role':<17}{'score':>7}  {'95% interval':<15}{'null':>6}  copying")
+    for row in held:
+        for n, role in enumerate(row.roles):
+            lo, hi = row.intervals[role]
+            copying = f"{row.copying:+.2f}" if role == "induction" and row.copying is not None else ""
+            name = row.name if n == 0 else ""
+            lines.append(f"  {name:<7}{role:<17}{row.scores[role]:>7.3f}  [{lo:.3f}, {hi:.3f}]  "
+                         f"{float(row.nulls[role]):>6.3f}  {copying}")
+    return lines
+
+
 def _output_folder(out: str):
     from pathlib import Path
 

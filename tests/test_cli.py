@@ -194,3 +194,33 @@ def test_bad_model_files_are_one_line_and_exit_1(tmp_path):
     no_weights.mkdir()
     (no_weights / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
     _one_line_error(run("models", "info", str(no_weights)), "no-weights")
+
+
+def test_classify_prints_roles_and_writes_json_and_csv(tiny_checkpoint, tmp_path):
+    import csv
+
+    result = run("classify", str(tiny_checkpoint), "--seq-len", "12", "--num-prompts", "4",
+                 "--json", str(tmp_path / "roles.json"), "--csv", str(tmp_path / "roles.csv"))
+    assert result.exit_code == 0, result.output
+    assert "heads hold roles" in result.stdout
+    report = json.loads((tmp_path / "roles.json").read_text())
+    assert set(report) == {"model", "n_layers", "n_heads", "heads", "meta"}
+    assert (report["n_layers"], report["n_heads"]) == (2, 4) and len(report["heads"]) == 8
+    first = report["heads"][0]
+    assert (first["layer"], first["head"], first["name"]) == (0, 0, "L0H0")
+    assert {"previous_token", "induction", "duplicate_token", "attention_sink", "self"} <= set(first["scores"])
+    assert all(isinstance(v, float) for v in first["scores"].values()) and isinstance(first["roles"], list)
+    assert {"dataset", "seq_len", "num_prompts", "seed", "headscope_version"} <= set(report["meta"])
+    rows = list(csv.DictReader((tmp_path / "roles.csv").open()))
+    assert len(rows) == 8
+
+
+def test_classify_bad_input_is_one_line(tiny_checkpoint, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    _one_line_error(run("classify", str(tiny_checkpoint), "--dataset", str(empty)), "empty")
+    _one_line_error(run("classify", str(tiny_checkpoint), "--seq-len", "3"), "two periods")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("some text\n")
+    _one_line_error(run("classify", str(tiny_checkpoint), "--dataset", str(prompts)), "no tokenizer")
+    assert not (tmp_path / "roles.json").exists()
