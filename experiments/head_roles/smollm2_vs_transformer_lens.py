@@ -2,7 +2,8 @@
 
 Both see the same prompts: repeated random sequences of single-token words (" cat", " house", ...), so
 that the text TransformerLens' `detect_head` needs re-tokenizes to exactly the ids headscope captures
-(checked). headscope's score is the `induction` statistic of `headscope.capture` (mean attention to the
+(checked). `classify_heads` on the same prompts writes the full role table to smollm2_roles.json.
+headscope's score is the `induction` statistic of `headscope.capture` (mean attention to the
 induction target over the queries that have one); TransformerLens' is `detect_head(bridge, prompts,
 "induction_head")` through a TransformerBridge around `transformers`' own GGUF loading of the same file.
 
@@ -76,6 +77,11 @@ def main() -> None:
     theirs_seconds = time.perf_counter() - start
     theirs_no_bos = detect_head(bridge, texts, "induction_head", exclude_bos=True)
 
+    from headscope.analysis import classify_heads
+
+    table = classify_heads(model, from_tensor(tokens, has_bos=True), seed=args.seed)
+    (HERE / "smollm2_roles.json").write_text(table.to_json())
+    called = [row.name for row in table.with_role("induction")]
     induction = ours.mean("induction")
     rho = spearmanr(induction.flatten().numpy(), theirs.flatten().numpy()).statistic
     rho_no_bos = spearmanr(induction.flatten().numpy(), theirs_no_bos.flatten().numpy()).statistic
@@ -88,6 +94,9 @@ def main() -> None:
         "spearman_headscope_vs_detect_head": rho,
         "spearman_headscope_vs_detect_head_exclude_bos": rho_no_bos,
         "top10_headscope": top(induction), "top10_detect_head": top(theirs),
+        "called_induction_heads": called,
+        "called_are_the_top_scores": set(called) == set(top(induction)[: len(called)]) if len(called) <= 10 else None,
+        "copying_of_called": {row.name: row.copying for row in table.with_role("induction")},
         "seconds_headscope_capture": ours_seconds, "seconds_detect_head": theirs_seconds,
         "heads": [{"name": f"L{layer}H{head}", "headscope_induction": float(induction[layer, head]),
                    "detect_head_induction": float(theirs[layer, head]),
@@ -99,6 +108,8 @@ def main() -> None:
     print("top 10, headscope:  ", " ".join(result["top10_headscope"]))
     print("top 10, detect_head:", " ".join(result["top10_detect_head"]))
     print(f"time: headscope capture {ours_seconds:.1f} s, detect_head {theirs_seconds:.1f} s")
+    print(f"called induction heads ({len(called)}): {' '.join(called)}; the top scores: "
+          f"{result['called_are_the_top_scores']}")
 
 
 if __name__ == "__main__":
