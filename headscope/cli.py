@@ -196,8 +196,9 @@ def capture(model_source: str, dataset: str, seq_len: int, num_prompts: int, sta
 @click.option("--seed", default=0, show_default=True, help="Seed of the dataset, the control and the bootstrap.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the role table as JSON.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write the role table as CSV.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write role heatmaps as a standalone page.")
 def classify(model_source: str, dataset: str, seq_len: int, num_prompts: int, device: str, seed: int,
-             json_path: str | None, csv_path: str | None) -> None:
+             json_path: str | None, csv_path: str | None, html_path: str | None) -> None:
     """Which heads are previous-token, induction, duplicate-token, sink, self, local heads, with evidence.
 
     A head gets a role when its score passes the role's threshold and the lower end of its 95% bootstrap
@@ -214,9 +215,56 @@ def classify(model_source: str, dataset: str, seq_len: int, num_prompts: int, de
         write_text_atomically(json_path, table.to_json())
     if csv_path:
         write_text_atomically(csv_path, table.to_csv())
-    for label, path in (("JSON", json_path), ("CSV", csv_path)):
+    if html_path:
+        from headscope.viz import role_heatmap, write_html
+
+        write_html(role_heatmap(table), html_path)
+    for label, path in (("JSON", json_path), ("CSV", csv_path), ("HTML", html_path)):
         if path:
             click.echo(f"wrote {label} to {path}")
+
+
+@cli.command()
+@click.argument("model_source", metavar="MODEL")
+@click.argument("head_name", metavar="HEAD")
+@click.option("--text", help="The prompt.")
+@click.option("--prompt-file", type=click.Path(dir_okay=False), help="A .txt file: its first non-blank line.")
+@click.option("--html", "html_path", required=True, type=click.Path(dir_okay=False), help="The page to write.")
+@click.option("--device", default="cpu", show_default=True, callback=_check_device)
+def pattern(model_source: str, head_name: str, text: str | None, prompt_file: str | None, html_path: str,
+            device: str) -> None:
+    """An interactive view of one head's attention (e.g. L18H6) on one prompt, tokens on both axes."""
+    from headscope.errors import InputError
+    from headscope.heads import parse_heads
+    from headscope.loading.load import load_model
+    from headscope.viz import pattern_figure, write_html
+
+    if (text is None) == (prompt_file is None):
+        raise InputError("give the prompt with exactly one of --text or --prompt-file")
+    if prompt_file is not None:
+        text = next((line for line in _read_lines(prompt_file) if line.strip()), None)
+    if not text or not text.strip():
+        raise InputError("the prompt is empty")
+    model = load_model(model_source, device=device)
+    [(layer, head)] = parse_heads(head_name, model.cfg.n_layers, model.cfg.n_heads)[:1]
+    tokens = model.to_tokens(text)
+    name = f"blocks.{layer}.attn.hook_pattern"
+    _, cache = model.run_with_cache(tokens, names_filter=name)
+    figure = pattern_figure(cache[name][0, head].cpu(), model.to_str_tokens(tokens[0]),
+                            f"{model.source}: L{layer}H{head} attention", causal=model.cfg.causal)
+    write_html(figure, html_path)
+    click.echo(f"wrote {html_path}")
+
+
+def _read_lines(path: str) -> list[str]:
+    from pathlib import Path
+
+    from headscope.errors import InputError
+
+    try:
+        return Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"cannot read prompt file {path}: {err}") from err
 
 
 def _role_lines(table) -> list[str]:

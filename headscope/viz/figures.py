@@ -1,0 +1,96 @@
+"""Figures: a layer x head heatmap per role, and a pattern viewer for one head on one prompt.
+
+Functions return `plotly.graph_objects.Figure`s and write nothing; `render.py` writes them.
+"""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+import plotly.graph_objects as go
+
+from headscope.analysis.roles import RoleTable
+
+
+def role_heatmap(table: RoleTable, title: str | None = None) -> go.Figure:
+    """One layer x head heatmap per role, switched by buttons; heads holding the role are outlined.
+
+    Hover gives the head, its score, the 95% interval and the null. Colours are fixed to [0, 1] so that
+    roles and models compare by eye.
+    """
+    roles = table.roles
+    layers, heads = np.arange(table.n_layers), np.arange(table.n_heads)
+    fig = go.Figure()
+    for n, role in enumerate(roles):
+        scores, hover, held_x, held_y = _role_grid(table, role)
+        fig.add_trace(go.Heatmap(
+            z=scores, x=heads, y=layers, zmin=0, zmax=1, colorscale="Viridis", visible=n == 0,
+            text=hover, hoverinfo="text", colorbar=dict(title=dict(text="score"))))
+        fig.add_trace(go.Scatter(
+            x=held_x, y=held_y, mode="markers", visible=n == 0, hoverinfo="skip", showlegend=False,
+            marker=dict(symbol="square-open", size=16, color="white", line=dict(width=2))))
+    buttons = [dict(label=role, method="update",
+                    args=[{"visible": [i // 2 == n for i in range(2 * len(roles))]},
+                          {"title.text": _title(table, role, title)}])
+               for n, role in enumerate(roles)]
+    fig.update_layout(
+        title=dict(text=_title(table, roles[0], title)), template="plotly_white",
+        width=max(520, 60 * table.n_heads + 260), height=max(420, 22 * table.n_layers + 200),
+        xaxis=dict(title="head", tickmode="linear", dtick=1), yaxis=dict(title="layer", tickmode="linear", dtick=1),
+        updatemenus=[dict(buttons=buttons, direction="down", x=1, xanchor="right", y=1.02, yanchor="bottom")],
+        annotations=[dict(text="role:", x=1, xref="paper", xanchor="right", xshift=-150, y=1.02, yref="paper",
+                          yanchor="bottom", yshift=8, showarrow=False)],
+        margin=dict(t=120))
+    return fig
+
+
+def _title(table: RoleTable, role: str, title: str | None) -> str:
+    return title or f"{table.model}: {role} score per head (outlined: holds the role)"
+
+
+def _role_grid(table: RoleTable, role: str):
+    scores = np.full((table.n_layers, table.n_heads), np.nan)
+    hover = np.empty((table.n_layers, table.n_heads), dtype=object)
+    held_x, held_y = [], []
+    for row in table.heads:
+        score = row.scores[role]
+        lo, hi = row.intervals[role]
+        scores[row.layer, row.head] = score
+        verdict = "holds the role" if role in row.roles else "no role"
+        hover[row.layer, row.head] = (f"{row.name}<br>{role} {score:.3f} [{lo:.3f}, {hi:.3f}]"
+                                      f"<br>null {float(row.nulls[role]):.3f}: {verdict}")
+        if role in row.roles:
+            held_x.append(row.head)
+            held_y.append(row.layer)
+    return scores, hover, held_x, held_y
+
+
+def pattern_figure(pattern, tokens: list[str], title: str, causal: bool = True) -> go.Figure:
+    """A head's attention on one prompt: queries down, keys across, each axis labelled with its tokens.
+
+    pattern: (query, key) weights; tokens: the prompt's token strings. Masked (future) keys stay blank.
+    """
+    weights = np.asarray(pattern, dtype=float)
+    n = weights.shape[0]
+    if weights.shape != (n, n) or len(tokens) != n:
+        raise ValueError(f"pattern {weights.shape} and {len(tokens)} tokens do not match")
+    if causal:
+        weights = np.where(np.tril(np.ones((n, n), dtype=bool)), weights, np.nan)
+    labels = [_visible(t) for t in tokens]
+    hover = [[f"query {i} {labels[i]}<br>key {j} {labels[j]}<br>weight {weights[i, j]:.3f}" for j in range(n)]
+             for i in range(n)]
+    fig = go.Figure(go.Heatmap(z=weights, zmin=0, zmax=1, colorscale="Blues", text=hover, hoverinfo="text",
+                               colorbar=dict(title=dict(text="attention"))))
+    size = min(1200, max(640, 22 * n + 300))
+    axis = dict(tickmode="array", tickvals=list(range(n)), ticktext=labels, tickfont=dict(size=11 if n < 60 else 7))
+    fig.update_layout(title=dict(text=title, y=0.98, yanchor="top"), template="plotly_white", width=size,
+                      height=size, margin=dict(t=170, l=120),
+                      xaxis=dict(title=dict(text="key", standoff=8), side="top", **axis),
+                      yaxis=dict(title="query", autorange="reversed", scaleanchor="x", **axis))
+    return fig
+
+
+def _visible(token: str) -> str:
+    """A token as a label: whitespace shown, markup escaped."""
+    return html.escape(token.replace(" ", "·").replace("\n", "\\n").replace("\t", "\\t")) or "∅"

@@ -1,0 +1,93 @@
+"""Figures checked by their data, and every page opened in headless Chromium with no network."""
+
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from headscope.analysis import classify_heads
+from headscope.cli import cli
+from headscope.errors import InputError
+from headscope.loading.checkpoint import save_checkpoint
+from headscope.model.transformer import HookedTransformer
+from headscope.viz import pattern_figure, role_heatmap, write_html
+from tests.conftest import TINY_CONFIGS
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--virtual-time-budget=5000", "--dump-dom"]
+
+
+def rendered_dom(path) -> str:
+    """The page's DOM after Chromium ran its scripts, offline: plotly draws into `main-svg` elements."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser, "Chromium is needed to check pages as a person sees them: run scripts/install_chromium.sh"
+    with tempfile.TemporaryDirectory() as profile:
+        done = subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"file://{path.resolve()}"],
+                              capture_output=True, text=True, timeout=120)
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def table():
+    from headscope.capture.datasets import repeated_random_tokens
+
+    torch.manual_seed(0)
+    model = HookedTransformer(TINY_CONFIGS["gpt2"]).eval()
+    return classify_heads(model, repeated_random_tokens(4, 6, vocab_size=99, seed=0), n_bootstrap=100)
+
+
+def test_role_heatmap_carries_the_scores_and_intervals(table):
+    fig = role_heatmap(table)
+    heatmaps = [t for t in fig.data if t.type == "heatmap"]
+    assert len(heatmaps) == len(table.roles)
+    first = heatmaps[0]
+    role = table.roles[0]
+    row = table.head(1, 2)
+    assert first.z[1][2] == pytest.approx(row.scores[role])
+    lo, hi = row.intervals[role]
+    assert f"L1H2<br>{role} {row.scores[role]:.3f} [{lo:.3f}, {hi:.3f}]" in first.text[1][2]
+    assert [b.label for b in fig.layout.updatemenus[0].buttons] == list(table.roles)
+
+
+def test_pattern_figure_labels_both_axes_with_tokens():
+    pattern = torch.tensor([[1.0, 0, 0], [0.5, 0.5, 0], [0.2, 0.3, 0.5]])
+    fig = pattern_figure(pattern, ["<s>", " the", " cat"], "L0H0")
+    assert list(fig.layout.xaxis.ticktext) == ["&lt;s&gt;", "·the", "·cat"]
+    assert list(fig.layout.yaxis.ticktext) == list(fig.layout.xaxis.ticktext)
+    z = fig.data[0].z
+    assert z[2][1] == pytest.approx(0.3) and z[0][1] != z[0][1]  # the future is blank (NaN)
+    with pytest.raises(ValueError, match="do not match"):
+        pattern_figure(pattern, ["a", "b"], "x")
+
+
+def test_pages_render_offline_in_chromium(table, tmp_path):
+    heatmap_page, pattern_page = tmp_path / "roles.html", tmp_path / "pattern.html"
+    write_html(role_heatmap(table), heatmap_page)
+    write_html(pattern_figure(torch.eye(4), ["a", "b", "c", "d"], "L0H0"), pattern_page)
+    for page in (heatmap_page, pattern_page):
+        dom = rendered_dom(page)
+        assert 'class="main-svg"' in dom, f"{page.name} did not render"
+        assert "cdn.plot.ly" not in page.read_text()[:2000]
+
+
+def test_bad_figure_paths_are_clear_errors(table, tmp_path):
+    with pytest.raises(InputError, match="written as .html"):
+        write_html(role_heatmap(table), tmp_path / "roles.png")
+    with pytest.raises(InputError, match="does not exist"):
+        write_html(role_heatmap(table), tmp_path / "missing" / "roles.html")
+    assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob("*.html"))
+
+
+def test_cli_writes_pages_that_render(tmp_path):
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(HookedTransformer(TINY_CONFIGS["llama-gqa"]), tmp_path / "tiny")
+    runner = CliRunner()
+    result = runner.invoke(cli, ["classify", str(checkpoint), "--seq-len", "12", "--num-prompts", "3",
+                                 "--html", str(tmp_path / "roles.html")])
+    assert result.exit_code == 0, result.output
+    assert 'class="main-svg"' in rendered_dom(tmp_path / "roles.html")
+    no_text = runner.invoke(cli, ["pattern", str(checkpoint), "L1H0", "--html", str(tmp_path / "p.html")])
+    assert no_text.exit_code == 1 and "exactly one of --text or --prompt-file" in no_text.output
