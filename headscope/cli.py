@@ -144,21 +144,36 @@ def _split(value: str | None) -> list[str] | None:
     return [part.strip() for part in value.split(",") if part.strip()] if value else None
 
 
+def _dataset_options(seq_len: int):
+    """--dataset, --seq-len, --num-prompts, --device and --seed: every command that reads a dataset has them."""
+    options = [
+        click.option("--dataset", default="repeated-random", show_default=True,
+                     help="repeated-random[:period=P][:repeats=R], or a .txt (a prompt per line) or .jsonl file."),
+        click.option("--seq-len", default=seq_len, show_default=True, type=click.IntRange(min=2),
+                     help="Tokens per prompt without BOS (repeated-random: two periods of seq-len / 2); "
+                          "longer texts are cut."),
+        click.option("--num-prompts", default=16, show_default=True, type=click.IntRange(min=1)),
+        click.option("--device", default="cpu", show_default=True, callback=_check_device),
+        click.option("--seed", default=0, show_default=True, help="Seed of every random choice."),
+    ]
+
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 @cli.command()
 @click.argument("model_source", metavar="MODEL")
-@click.option("--dataset", default="repeated-random", show_default=True,
-              help="repeated-random[:period=P][:repeats=R], or a .txt (a prompt per line) or .jsonl file.")
-@click.option("--seq-len", default=128, show_default=True, type=click.IntRange(min=2),
-              help="Tokens per prompt (without BOS); longer texts are cut.")
-@click.option("--num-prompts", default=16, show_default=True, type=click.IntRange(min=1))
+@_dataset_options(seq_len=128)
 @click.option("--stats", help="Comma-separated statistics (default: all that apply), e.g. prev,induction,entropy.")
 @click.option("--patterns", help="Heads whose full patterns to record, e.g. L5H1,L6H0.")
 @click.option("--pattern-prompts", default="0", show_default=True, help="Prompts to record patterns of, e.g. 0,3.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Prompts per forward pass (default: from memory).")
 @click.option("--max-memory", callback=_parse_bytes, help="Memory budget for activations, e.g. 2GB.")
-@click.option("--device", default="cpu", show_default=True, callback=_check_device)
-@click.option("--seed", default=0, show_default=True, help="Seed of the random-token dataset.")
 def capture(model_source: str, dataset: str, seq_len: int, num_prompts: int, stats: str | None,
             patterns: str | None, pattern_prompts: str, out: str, batch_size: int | None,
             max_memory: int | None, device: str, seed: int) -> None:
@@ -187,13 +202,7 @@ def capture(model_source: str, dataset: str, seq_len: int, num_prompts: int, sta
 
 @cli.command()
 @click.argument("model_source", metavar="MODEL")
-@click.option("--dataset", default="repeated-random", show_default=True,
-              help="repeated-random[:period=P], or a .txt (a prompt per line) or .jsonl file.")
-@click.option("--seq-len", default=64, show_default=True, type=click.IntRange(min=2),
-              help="Tokens per prompt (without BOS); repeated-random uses two periods of seq-len / 2.")
-@click.option("--num-prompts", default=16, show_default=True, type=click.IntRange(min=1))
-@click.option("--device", default="cpu", show_default=True, callback=_check_device)
-@click.option("--seed", default=0, show_default=True, help="Seed of the dataset, the control and the bootstrap.")
+@_dataset_options(seq_len=64)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the role table as JSON.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write the role table as CSV.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write role heatmaps as a standalone page.")

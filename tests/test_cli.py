@@ -24,7 +24,7 @@ def run(*args: str):
     return CliRunner().invoke(cli, list(args))
 
 
-def _one_line_error(result, *fragments: str) -> None:
+def assert_one_line_error(result, *fragments: str) -> None:
     assert result.exit_code == 1, result.output
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
@@ -86,13 +86,13 @@ def test_group_hook_names_folds_layers():
 
 
 def test_unknown_model_is_one_line_and_exit_1():
-    _one_line_error(run("models", "info", "gpt2"), "unknown model 'gpt2'", "smollm2-135m, minilm-l6")
+    assert_one_line_error(run("models", "info", "gpt2"), "unknown model 'gpt2'", "smollm2-135m, minilm-l6")
 
 
 def test_missing_path_and_foreign_folder_are_one_line(tmp_path):
-    _one_line_error(run("models", "info", str(tmp_path / "model.gguf")), "no such file or folder")
+    assert_one_line_error(run("models", "info", str(tmp_path / "model.gguf")), "no such file or folder")
     (tmp_path / "notes.txt").write_text("x")
-    _one_line_error(run("models", "info", str(tmp_path)), "has no config.json")
+    assert_one_line_error(run("models", "info", str(tmp_path)), "has no config.json")
 
 
 def test_debug_shows_the_traceback():
@@ -102,7 +102,7 @@ def test_debug_shows_the_traceback():
 
 
 def test_fetch_of_an_unknown_name_downloads_nothing(empty_cache):
-    _one_line_error(run("models", "fetch", "minilm-l6", "bogus-model"), "unknown model name 'bogus-model'",
+    assert_one_line_error(run("models", "fetch", "minilm-l6", "bogus-model"), "unknown model name 'bogus-model'",
                     "known names are smollm2-135m, minilm-l6")
     assert not empty_cache.exists()
 
@@ -149,19 +149,19 @@ def test_capture_writes_statistics_and_patterns(tiny_checkpoint, tmp_path):
 
 
 def test_capture_bad_requests_are_one_line(tiny_checkpoint, tmp_path):
-    _one_line_error(run("capture", str(tiny_checkpoint), "--stats", "nonsense", "--out", str(tmp_path / "a")),
+    assert_one_line_error(run("capture", str(tiny_checkpoint), "--stats", "nonsense", "--out", str(tmp_path / "a")),
                     "unknown statistic 'nonsense'")
-    _one_line_error(run("capture", str(tiny_checkpoint), "--patterns", "L9H0", "--out", str(tmp_path / "b")),
+    assert_one_line_error(run("capture", str(tiny_checkpoint), "--patterns", "L9H0", "--out", str(tmp_path / "b")),
                     "head L9H0 does not exist")
-    _one_line_error(run("capture", str(tiny_checkpoint), "--seq-len", "40", "--out", str(tmp_path / "c")),
+    assert_one_line_error(run("capture", str(tiny_checkpoint), "--seq-len", "40", "--out", str(tmp_path / "c")),
                     "longer than the model's context of 16")
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("some text\n")
-    _one_line_error(run("capture", str(tiny_checkpoint), "--dataset", str(prompts), "--out", str(tmp_path / "d")),
+    assert_one_line_error(run("capture", str(tiny_checkpoint), "--dataset", str(prompts), "--out", str(tmp_path / "d")),
                     "no tokenizer")
     blocker = tmp_path / "file"
     blocker.write_text("")
-    _one_line_error(run("capture", str(tiny_checkpoint), "--out", str(blocker / "sub")), "cannot create output folder")
+    assert_one_line_error(run("capture", str(tiny_checkpoint), "--out", str(blocker / "sub")), "cannot create output folder")
     assert not list(tmp_path.glob("[abcd]/*.json"))
 
 
@@ -178,7 +178,7 @@ def test_bad_model_files_are_one_line_and_exit_1(tmp_path):
 
     fake = tmp_path / "notes.gguf"
     fake.write_text("this is not a model\n" * 10)
-    _one_line_error(run("models", "info", str(fake)), "notes.gguf")
+    assert_one_line_error(run("models", "info", str(fake)), "notes.gguf")
     writer = gguf.GGUFWriter(tmp_path / "mamba.gguf", "mamba")
     writer.add_block_count(1)
     writer.add_tensor("token_embd.weight", np.zeros((8, 4), dtype=np.float32))
@@ -188,12 +188,12 @@ def test_bad_model_files_are_one_line_and_exit_1(tmp_path):
     writer.close()
     truncated = tmp_path / "truncated.gguf"
     truncated.write_bytes((tmp_path / "mamba.gguf").read_bytes()[:100])
-    _one_line_error(run("models", "info", str(truncated)), "truncated.gguf")
-    _one_line_error(run("models", "info", str(tmp_path / "mamba.gguf")), "mamba")
+    assert_one_line_error(run("models", "info", str(truncated)), "truncated.gguf")
+    assert_one_line_error(run("models", "info", str(tmp_path / "mamba.gguf")), "mamba")
     no_weights = tmp_path / "no-weights"
     no_weights.mkdir()
     (no_weights / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
-    _one_line_error(run("models", "info", str(no_weights)), "no-weights")
+    assert_one_line_error(run("models", "info", str(no_weights)), "no-weights")
 
 
 def test_classify_prints_roles_and_writes_json_and_csv(tiny_checkpoint, tmp_path):
@@ -218,9 +218,9 @@ def test_classify_prints_roles_and_writes_json_and_csv(tiny_checkpoint, tmp_path
 def test_classify_bad_input_is_one_line(tiny_checkpoint, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n")
-    _one_line_error(run("classify", str(tiny_checkpoint), "--dataset", str(empty)), "empty")
-    _one_line_error(run("classify", str(tiny_checkpoint), "--seq-len", "3"), "two periods")
+    assert_one_line_error(run("classify", str(tiny_checkpoint), "--dataset", str(empty)), "empty")
+    assert_one_line_error(run("classify", str(tiny_checkpoint), "--seq-len", "3"), "two periods")
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("some text\n")
-    _one_line_error(run("classify", str(tiny_checkpoint), "--dataset", str(prompts)), "no tokenizer")
+    assert_one_line_error(run("classify", str(tiny_checkpoint), "--dataset", str(prompts)), "no tokenizer")
     assert not (tmp_path / "roles.json").exists()

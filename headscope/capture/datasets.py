@@ -183,11 +183,7 @@ def _frame(tokenizer: Tokenizer, prepend_bos: bool | None, texts: list[str], con
         framed = tokenizer.backend.post_process(tokenizer.backend.encode(texts[probe], add_special_tokens=False))
         inside = [n for n, s in enumerate(framed.sequence_ids) if s is not None]
         prefix, suffix = framed.ids[: inside[0]], framed.ids[inside[-1] + 1 :]
-    if prepend_bos is None:
-        prepend_bos = tokenizer.bos_token_id is not None and not tokenizer.uses_post_processor
-    if prepend_bos:
-        if tokenizer.bos_token_id is None:
-            raise InputError("prepend_bos=True but this tokenizer has no BOS token")
+    if tokenizer.resolve_bos(prepend_bos):
         prefix = [tokenizer.bos_token_id, *prefix]
     return prefix, suffix
 
@@ -352,7 +348,7 @@ def dataset_for_model(model, spec: str, *, seq_len: int, num_prompts: int, seed:
                       mode: str = "pad") -> TokenDataset:
     """`load_dataset` with the model's tokenizer, vocabulary, BOS and special tokens filled in."""
     tokenizer = model.tokenizer
-    prepends_bos = tokenizer is not None and tokenizer.bos_token_id is not None and not tokenizer.uses_post_processor
+    prepends_bos = tokenizer is not None and tokenizer.resolve_bos(None)
     return load_dataset(
         spec, tokenizer, seq_len=seq_len, num_prompts=num_prompts, seed=seed, vocab_size=model.cfg.d_vocab,
         bos_token_id=tokenizer.bos_token_id if prepends_bos else None,

@@ -35,18 +35,20 @@ class Tokenizer:
         ids |= {i for i in (self.bos_token_id, self.eos_token_id, self.pad_token_id) if i is not None}
         return sorted(ids)
 
+    def resolve_bos(self, prepend_bos: bool | None) -> bool:
+        """Whether to prepend BOS: by default when the model has one and no post-processor frames the text."""
+        if prepend_bos is None:
+            return self.bos_token_id is not None and not self.uses_post_processor
+        if prepend_bos and self.bos_token_id is None:
+            raise InputError("prepend_bos=True but this tokenizer has no BOS token")
+        return prepend_bos
+
     def encode(self, text: str, prepend_bos: bool | None = None) -> list[int]:
         """Token ids of one text. `prepend_bos=None` prepends BOS when the model has one."""
         if not isinstance(text, str):
             raise InputError(f"expected a string to tokenize, got {type(text).__name__}")
         ids = self.backend.encode(text, add_special_tokens=self.uses_post_processor).ids
-        if prepend_bos is None:
-            prepend_bos = self.bos_token_id is not None and not self.uses_post_processor
-        if prepend_bos:
-            if self.bos_token_id is None:
-                raise InputError("prepend_bos=True but this tokenizer has no BOS token")
-            ids = [self.bos_token_id, *ids]
-        return ids
+        return [self.bos_token_id, *ids] if self.resolve_bos(prepend_bos) else ids
 
     def batch(self, texts: list[str], prepend_bos: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded `[batch, pos]` ids and the attention mask (1 = real token)."""
