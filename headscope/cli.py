@@ -155,6 +155,8 @@ def _dataset_options(seq_len: int):
         click.option("--num-prompts", default=16, show_default=True, type=click.IntRange(min=1)),
         click.option("--device", default="cpu", show_default=True, callback=_check_device),
         click.option("--seed", default=0, show_default=True, help="Seed of every random choice."),
+        click.option("--pack", is_flag=True, help="Pack a text file into windows of seq-len tokens instead of "
+                                                  "one prompt per line."),
     ]
 
     def decorate(command):
@@ -174,9 +176,9 @@ def _dataset_options(seq_len: int):
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Prompts per forward pass (default: from memory).")
 @click.option("--max-memory", callback=_parse_bytes, help="Memory budget for activations, e.g. 2GB.")
-def capture(model_source: str, dataset: str, seq_len: int, num_prompts: int, stats: str | None,
-            patterns: str | None, pattern_prompts: str, out: str, batch_size: int | None,
-            max_memory: int | None, device: str, seed: int) -> None:
+def capture(model_source: str, dataset: str, seq_len: int, num_prompts: int, device: str, seed: int, pack: bool,
+            stats: str | None, patterns: str | None, pattern_prompts: str, out: str, batch_size: int | None,
+            max_memory: int | None) -> None:
     """Per-head attention statistics over a dataset, written to OUT (stats.json, stats.safetensors).
 
     An interrupted run continues where it stopped when run again with the same options.
@@ -187,7 +189,8 @@ def capture(model_source: str, dataset: str, seq_len: int, num_prompts: int, sta
 
     folder = _output_folder(out)
     model = load_model(model_source, device=device)
-    data = dataset_for_model(model, dataset, seq_len=seq_len, num_prompts=num_prompts, seed=seed)
+    data = dataset_for_model(model, dataset, seq_len=seq_len, num_prompts=num_prompts, seed=seed,
+                             mode="pack" if pack else "pad")
     prompts = [int(p) for p in _split(pattern_prompts) or [] if p.isdigit()]
     result = run_capture(model, data, _split(stats), batch_size=batch_size, max_memory=max_memory,
                          patterns=_split(patterns), pattern_prompts=prompts,
@@ -206,7 +209,7 @@ def capture(model_source: str, dataset: str, seq_len: int, num_prompts: int, sta
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the role table as JSON.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write the role table as CSV.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write role heatmaps as a standalone page.")
-def classify(model_source: str, dataset: str, seq_len: int, num_prompts: int, device: str, seed: int,
+def classify(model_source: str, dataset: str, seq_len: int, num_prompts: int, device: str, seed: int, pack: bool,
              json_path: str | None, csv_path: str | None, html_path: str | None) -> None:
     """Which heads are previous-token, induction, duplicate-token, sink, self, local heads, with evidence.
 
@@ -215,10 +218,13 @@ def classify(model_source: str, dataset: str, seq_len: int, num_prompts: int, de
     the same positions in a shuffled-token control).
     """
     from headscope.analysis import classify_heads
+    from headscope.capture.datasets import dataset_for_model
     from headscope.loading.load import load_model
 
     model = load_model(model_source, device=device)
-    table = classify_heads(model, dataset, seq_len=seq_len, num_prompts=num_prompts, seed=seed, progress=True)
+    data = dataset_for_model(model, dataset, seq_len=seq_len, num_prompts=num_prompts, seed=seed,
+                             mode="pack" if pack else "pad")
+    table = classify_heads(model, data, seed=seed, progress=True)
     click.echo("\n".join(_role_lines(table)))
     if json_path:
         write_text_atomically(json_path, table.to_json())

@@ -325,6 +325,9 @@ def load_dataset(
         if "period" not in parsed and seq_len is None:
             raise InputError(f"{spec!r} needs seq_len (--seq-len) or a period: repeated-random:period=P")
         period = parsed.get("period", (seq_len or 0) // repeats)
+        if period < 2:
+            raise InputError(f"seq_len={seq_len} is shorter than two periods (x{repeats}) of at least 2 random tokens: "
+                             f"induction needs them; use --seq-len {2 * repeats} or more")
         if num_prompts is None or vocab_size is None:
             raise InputError("repeated-random needs num_prompts and vocab_size")
         return repeated_random_tokens(num_prompts, period, repeats, vocab_size, seed, bos_token_id, exclude_ids)
@@ -349,11 +352,22 @@ def dataset_for_model(model, spec: str, *, seq_len: int, num_prompts: int, seed:
     """`load_dataset` with the model's tokenizer, vocabulary, BOS and special tokens filled in."""
     tokenizer = model.tokenizer
     prepends_bos = tokenizer is not None and tokenizer.resolve_bos(None)
-    return load_dataset(
+    dataset = load_dataset(
         spec, tokenizer, seq_len=seq_len, num_prompts=num_prompts, seed=seed, vocab_size=model.cfg.d_vocab,
         bos_token_id=tokenizer.bos_token_id if prepends_bos else None,
         exclude_ids=tokenizer.special_ids if tokenizer is not None else (), mode=mode,
     )
+    if dataset.name == "repeated-random" and tokenizer is not None and tokenizer.uses_post_processor:
+        return _framed(dataset, *_frame(tokenizer, None, ["a"], [[0]]))
+    return dataset
+
+
+def _framed(dataset: TokenDataset, prefix: list[int], suffix: list[int]) -> TokenDataset:
+    """Random-token prompts inside an encoder's [CLS] ... [SEP], as every input it was trained on."""
+    n = len(dataset)
+    tokens = torch.cat([torch.tensor(prefix, dtype=torch.long).expand(n, -1), dataset.tokens,
+                        torch.tensor(suffix, dtype=torch.long).expand(n, -1)], dim=1)
+    return replace(dataset, tokens=tokens, has_bos=bool(prefix), meta={**dataset.meta, "frame": [prefix, suffix]})
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -342,3 +342,13 @@ def test_pairs_scale_without_a_pos_by_pos_matrix():
     counts = torch.stack([torch.bincount(row, minlength=2000) for row in tokens])
     assert len(query) == int((counts * (counts - 1) // 2).sum())
     assert bool((tokens[batch, query] == tokens[batch, key]).all()) and bool((key < query).all())
+
+
+@pytest.mark.real_model
+def test_an_encoders_random_prompts_sit_in_its_cls_sep_frame(minilm):
+    from headscope.capture.datasets import dataset_for_model
+
+    dataset = dataset_for_model(minilm, "repeated-random", seq_len=8, num_prompts=2)
+    cls, sep = minilm.tokenizer.backend.token_to_id("[CLS]"), minilm.tokenizer.backend.token_to_id("[SEP]")
+    assert dataset.has_bos and (dataset.tokens[:, 0] == cls).all() and (dataset.tokens[:, -1] == sep).all()
+    assert torch.equal(dataset.tokens[:, 1:5], dataset.tokens[:, 5:9])
