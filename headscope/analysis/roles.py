@@ -373,7 +373,7 @@ def _judge(layer, head, roles, scores, intervals, nulls, limits, margin, copying
         if math.isnan(s[role]) or s[role] < limits[role]:
             continue
         lo, hi = iv[role]
-        kind = "shuffled control" if role in CONTENT_ROLES else "uniform attention"
+        kind = "shuffled control, same positions" if role in CONTENT_ROLES else "uniform attention"
         text = f"{role} {s[role]:.2f} [{lo:.2f}, {hi:.2f}]"
         if lo > nu[role] + margin:
             held.append(role)

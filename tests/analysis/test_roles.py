@@ -100,7 +100,7 @@ def test_forced_heads_get_exactly_their_roles(forced_table):
             assert row.scores[role] > 0.95
             assert row.reasons[role].startswith(f"{role} {row.scores[role]:.2f} [")
     induction = forced_table.head(0, 1)
-    assert "(shuffled control)" in induction.reasons["induction"] and induction.nulls["induction"] < 0.2
+    assert "(shuffled control, same positions)" in induction.reasons["induction"] and induction.nulls["induction"] < 0.2
     assert "(uniform attention)" in forced_table.head(0, 0).reasons["previous_token"]
     scores = [h.top_score for h in forced_table.heads_with_roles()]
     assert scores == sorted(scores, reverse=True)
