@@ -1,0 +1,147 @@
+"""Attention flow through the layers: rollout and max-flow (Abnar & Zuidema 2020).
+
+Each layer's attention, averaged over its heads (or over chosen heads), gets the residual connection
+added and its rows renormalised: A' = normalise(0.5 A + 0.5 I). Nodes are (layer, position), layer 0
+being the input; an edge from (l - 1, j) to (l, i) carries A'_l[i, j].
+- Rollout multiplies those matrices: R = A'_L ... A'_1, so R[i, j] is how much output position i draws
+  on input position j when attention is followed linearly through every path.
+- Max-flow treats the same edges as capacities: the flow from input j to output position t is the most
+  that can pass through the layered graph; unlike rollout it is limited by the narrowest layer.
+The max-flow values come from SciPy's exact integer solver on capacities scaled to int32 (each capacity
+is at most 1, so the rounding error of a flow is at most half a unit per edge of its minimum cut, about
+5e-10 each); `networkx_max_flow` is the paper's way, kept as the reference the tests compare with.
+
+References
+----------
+Abnar & Zuidema (2020), "Quantifying Attention Flow in Transformers", ACL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+import numpy as np
+import torch
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import maximum_flow
+
+from headscope.errors import InputError
+from headscope.model.transformer import HookedTransformer
+
+CAPACITY_SCALE = 2**30  # int32 capacities: flows of at most 1 fit with room to spare
+
+
+def layer_attention(model: HookedTransformer, tokens: torch.Tensor,
+                    heads: list[tuple[int, int]] | None = None) -> torch.Tensor:
+    """(layers, pos, pos) attention of one prompt, averaged over every head or over the chosen heads
+    (a layer with none of them chosen counts as pure residual: the identity)."""
+    if tokens.dim() == 2:
+        if tokens.shape[0] != 1:
+            raise InputError(f"attention flow is per prompt: got a batch of {tokens.shape[0]}")
+        tokens = tokens[0]
+    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens[None], names_filter=names, return_type=None)
+    chosen = {layer: [h for l, h in heads if l == layer] for layer in range(model.cfg.n_layers)} if heads else None
+    layers = []
+    for layer, name in enumerate(names):
+        pattern = cache[name][0].double()  # (head, pos, pos)
+        if chosen is None:
+            layers.append(pattern.mean(0))
+        elif chosen[layer]:
+            layers.append(pattern[chosen[layer]].mean(0))
+        else:
+            layers.append(torch.eye(pattern.shape[-1], dtype=torch.float64))
+    return torch.stack(layers)
+
+
+def with_residual(attention: torch.Tensor) -> torch.Tensor:
+    """0.5 A + 0.5 I with rows renormalised, for (..., pos, pos) attention."""
+    eye = torch.eye(attention.shape[-1], dtype=attention.dtype, device=attention.device)
+    mixed = 0.5 * attention + 0.5 * eye
+    return mixed / mixed.sum(-1, keepdim=True)
+
+
+def rollout(attention: torch.Tensor) -> torch.Tensor:
+    """R = A'_L ... A'_1 for (layers, pos, pos) attention (the residual is added here)."""
+    result = torch.eye(attention.shape[-1], dtype=attention.dtype, device=attention.device)
+    for layer_matrix in with_residual(attention):
+        result = layer_matrix @ result
+    return result
+
+
+@dataclass(frozen=True)
+class FlowGraph:
+    """The layered graph of one prompt: nodes `L{layer}P{pos}` with layer, position, token; edges with
+    `capacity` (= `weight`)."""
+
+    graph: nx.DiGraph
+    n_layers: int
+    n_pos: int
+
+
+def node_name(layer: int, position: int) -> str:
+    return f"L{layer}P{position}"
+
+
+def flow_graph(attention: torch.Tensor, tokens: list[str] | None = None, min_capacity: float = 0.0) -> FlowGraph:
+    """The layered graph of (layers, pos, pos) attention with the residual added; edges below
+    `min_capacity` are left out (never for max-flow values, which use every edge)."""
+    mixed = with_residual(attention).cpu().numpy()
+    n_layers, n_pos = mixed.shape[0], mixed.shape[-1]
+    graph = nx.DiGraph()
+    for layer in range(n_layers + 1):
+        for pos in range(n_pos):
+            graph.add_node(node_name(layer, pos), layer=layer, position=pos,
+                           token="" if tokens is None else tokens[pos])
+    for layer in range(1, n_layers + 1):
+        queries, keys = np.nonzero(mixed[layer - 1] > min_capacity)
+        for i, j in zip(queries.tolist(), keys.tolist()):
+            value = float(mixed[layer - 1][i, j])
+            graph.add_edge(node_name(layer - 1, j), node_name(layer, i), capacity=value, weight=value)
+    return FlowGraph(graph, n_layers, n_pos)
+
+
+def max_flow(attention: torch.Tensor, target: int = -1) -> torch.Tensor:
+    """(pos,) the maximum flow from each input position to output position `target`, exact to ~1e-9.
+
+    Only positions between the source and the target can carry flow in a causal model, but the solver
+    is given the whole graph, so bidirectional (encoder) attention works the same way.
+    """
+    mixed = with_residual(attention).cpu().numpy()
+    n_layers, n_pos = mixed.shape[0], mixed.shape[-1]
+    target = _position(target, n_pos)
+    capacities = _capacity_matrix(mixed)
+    sink = n_layers * n_pos + target
+    flows = [maximum_flow(capacities, source, sink).flow_value / CAPACITY_SCALE for source in range(n_pos)]
+    return torch.tensor(flows, dtype=torch.float64)
+
+
+def _capacity_matrix(mixed: np.ndarray) -> csr_matrix:
+    """Node (layer, pos) is layer * pos_count + pos; int32 capacities, as SciPy's solver requires (it
+    silently mishandles wider integers)."""
+    n_layers, n_pos = mixed.shape[0], mixed.shape[-1]
+    rows, cols, values = [], [], []
+    for layer in range(n_layers):
+        queries, keys = np.nonzero(mixed[layer] > 0)
+        rows.append(layer * n_pos + keys)
+        cols.append((layer + 1) * n_pos + queries)
+        values.append(np.rint(mixed[layer][queries, keys] * CAPACITY_SCALE))
+    size = (n_layers + 1) * n_pos
+    return csr_matrix((np.concatenate(values).astype(np.int32), (np.concatenate(rows), np.concatenate(cols))),
+                      shape=(size, size))
+
+
+def networkx_max_flow(graph: FlowGraph, target: int = -1) -> torch.Tensor:
+    """The same flows the paper's way: networkx's max-flow per input position on the full graph."""
+    target = _position(target, graph.n_pos)
+    sink = node_name(graph.n_layers, target)
+    return torch.tensor([nx.maximum_flow_value(graph.graph, node_name(0, j), sink, capacity="capacity")
+                         for j in range(graph.n_pos)], dtype=torch.float64)
+
+
+def _position(target: int, n_pos: int) -> int:
+    if not -n_pos <= target < n_pos:
+        raise InputError(f"target position {target} is out of range for a prompt of {n_pos} tokens")
+    return target % n_pos

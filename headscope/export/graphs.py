@@ -1,0 +1,41 @@
+"""Graph files that Gephi, Cytoscape, yEd and networkx read: GraphML, GEXF and node-link JSON.
+
+networkx writes all three; the suffix of the path picks the format. Every node and edge keeps its
+attributes (layer, position, token, capacity/weight, role...).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import networkx as nx
+from networkx.readwrite import json_graph
+
+from headscope.errors import InputError
+from headscope.io import atomic_path
+
+
+def _graphml(graph: nx.DiGraph, path: str) -> None:
+    nx.write_graphml(graph, path)
+
+
+def _gexf(graph: nx.DiGraph, path: str) -> None:
+    nx.write_gexf(graph, path)
+
+
+def _json(graph: nx.DiGraph, path: str) -> None:
+    Path(path).write_text(json.dumps(json_graph.node_link_data(graph, edges="edges"), indent=1))
+
+
+GRAPH_FORMATS = {".graphml": _graphml, ".gexf": _gexf, ".json": _json}
+
+
+def write_graph(graph: nx.DiGraph, path: str | Path) -> None:
+    """Write `graph` in the format its suffix names (.graphml, .gexf, .json)."""
+    writer = GRAPH_FORMATS.get(Path(path).suffix.lower())
+    if writer is None:
+        raise InputError(f"unknown graph format {Path(path).suffix or '(no suffix)'!r} for {path}: "
+                         f"use one of {', '.join(GRAPH_FORMATS)}")
+    with atomic_path(path) as tmp:
+        writer(graph, tmp)

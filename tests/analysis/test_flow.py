@@ -1,0 +1,75 @@
+"""Rollout equals a hand computation; max-flow equals networkx's; graphs carry tokens and capacities."""
+
+import pytest
+import torch
+
+from headscope.analysis.flow import (
+    flow_graph, layer_attention, max_flow, networkx_max_flow, node_name, rollout, with_residual,
+)
+from headscope.errors import InputError
+from headscope.model.transformer import HookedTransformer
+from tests.conftest import TINY_CONFIGS
+
+
+def random_attention(n_layers: int, n_pos: int, seed: int, causal: bool = True) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    attention = torch.rand(n_layers, n_pos, n_pos, generator=generator, dtype=torch.float64)
+    attention = attention.tril() if causal else attention
+    return attention / attention.sum(-1, keepdim=True)
+
+
+def test_rollout_equals_a_hand_computation_on_two_layers():
+    first = torch.tensor([[1.0, 0.0], [0.25, 0.75]], dtype=torch.float64)
+    second = torch.tensor([[1.0, 0.0], [0.5, 0.5]], dtype=torch.float64)
+    # 0.5 A + 0.5 I, rows already sum to one
+    first_mixed = torch.tensor([[1.0, 0.0], [0.125, 0.875]], dtype=torch.float64)
+    second_mixed = torch.tensor([[1.0, 0.0], [0.25, 0.75]], dtype=torch.float64)
+    expected = second_mixed @ first_mixed  # [[1, 0], [0.34375, 0.65625]]
+    result = rollout(torch.stack([first, second]))
+    torch.testing.assert_close(result, expected)
+    assert result[1].tolist() == pytest.approx([0.34375, 0.65625])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_max_flow_equals_networkx_on_random_layered_graphs(seed):
+    causal = seed % 2 == 0
+    attention = random_attention(n_layers=2 + seed % 3, n_pos=5 + seed, seed=seed, causal=causal)
+    for target in (-1, 2):
+        ours = max_flow(attention, target)
+        reference = networkx_max_flow(flow_graph(attention), target)
+        torch.testing.assert_close(ours, reference, atol=1e-6, rtol=0)
+
+
+def test_flow_is_bounded_by_the_target_and_causal():
+    attention = random_attention(3, 6, seed=1)
+    flows = max_flow(attention, target=3)
+    assert (flows[4:] < 1e-8).all()  # later positions cannot reach position 3 in a causal model
+    assert (flows <= 1 + 1e-8).all() and flows[3] > 0
+
+
+def test_graph_nodes_and_edges_carry_their_attributes():
+    attention = random_attention(2, 4, seed=2)
+    graph = flow_graph(attention, tokens=["<s>", "a", "b", "c"]).graph
+    assert graph.number_of_nodes() == 3 * 4
+    node = graph.nodes[node_name(0, 2)]
+    assert (node["layer"], node["position"], node["token"]) == (0, 2, "b")
+    edge = graph.edges[node_name(0, 1), node_name(1, 3)]
+    assert edge["capacity"] == pytest.approx(float(with_residual(attention)[0, 3, 1]))
+    assert not graph.has_edge(node_name(0, 3), node_name(1, 1))  # causal: no edge from the future
+
+
+@torch.no_grad()
+def test_layer_attention_of_a_model_and_of_chosen_heads():
+    torch.manual_seed(0)
+    model = HookedTransformer(TINY_CONFIGS["gpt2"]).eval()
+    tokens = torch.randint(0, 99, (1, 7))
+    every = layer_attention(model, tokens)
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+    torch.testing.assert_close(every[1], cache["blocks.1.attn.hook_pattern"][0].double().mean(0))
+    chosen = layer_attention(model, tokens, heads=[(1, 2)])
+    torch.testing.assert_close(chosen[0], torch.eye(7, dtype=torch.float64))
+    torch.testing.assert_close(chosen[1], cache["blocks.1.attn.hook_pattern"][0, 2].double())
+    with pytest.raises(InputError, match="target position 9 is out of range for a prompt of 7 tokens"):
+        max_flow(every, target=9)
+    with pytest.raises(InputError, match="per prompt"):
+        layer_attention(model, torch.zeros(2, 3, dtype=torch.long))

@@ -1,0 +1,45 @@
+"""Every graph export reads back with the same nodes, edges and attributes."""
+
+import json
+
+import networkx as nx
+import pytest
+import torch
+from networkx.readwrite import json_graph
+
+from headscope.analysis.flow import flow_graph
+from headscope.errors import InputError
+from headscope.export import write_graph
+
+
+@pytest.fixture
+def graph() -> nx.DiGraph:
+    attention = torch.tensor([[[1.0, 0.0, 0.0], [0.4, 0.6, 0.0], [0.2, 0.3, 0.5]]] * 2, dtype=torch.float64)
+    return flow_graph(attention, tokens=["<s>", "the", "cat"]).graph
+
+
+def same_graph(read: nx.DiGraph, original: nx.DiGraph) -> None:
+    assert set(read.nodes) == set(original.nodes) and set(read.edges) == set(original.edges)
+    for node, data in original.nodes(data=True):
+        assert {k: read.nodes[node][k] for k in data} == data
+    for u, v, data in original.edges(data=True):
+        assert read.edges[u, v]["capacity"] == pytest.approx(data["capacity"])
+
+
+@pytest.mark.parametrize("suffix, reader", [
+    (".graphml", nx.read_graphml),
+    (".gexf", nx.read_gexf),
+    (".json", lambda p: json_graph.node_link_graph(json.loads(open(p).read()), edges="edges")),
+])
+def test_exports_read_back(graph, tmp_path, suffix, reader):
+    path = tmp_path / f"flow{suffix}"
+    write_graph(graph, path)
+    same_graph(reader(path), graph)
+
+
+def test_unknown_suffix_and_missing_folder_leave_no_file(graph, tmp_path):
+    with pytest.raises(InputError, match="unknown graph format '.xyz'"):
+        write_graph(graph, tmp_path / "flow.xyz")
+    with pytest.raises(InputError, match="does not exist"):
+        write_graph(graph, tmp_path / "missing" / "flow.graphml")
+    assert list(tmp_path.iterdir()) == []
