@@ -254,12 +254,7 @@ def pattern(model_source: str, head_name: str, text: str | None, prompt_file: st
     from headscope.loading.load import load_model
     from headscope.viz import pattern_figure, write_html
 
-    if (text is None) == (prompt_file is None):
-        raise InputError("give the prompt with exactly one of --text or --prompt-file")
-    if prompt_file is not None:
-        text = next((line for line in _read_lines(prompt_file) if line.strip()), None)
-    if not text or not text.strip():
-        raise InputError("the prompt is empty")
+    text = _prompt(text, prompt_file)
     model = load_model(model_source, device=device)
     [(layer, head)] = parse_heads(head_name, model.cfg.n_layers, model.cfg.n_heads)[:1]
     tokens = model.to_tokens(text)
@@ -271,15 +266,69 @@ def pattern(model_source: str, head_name: str, text: str | None, prompt_file: st
     click.echo(f"wrote {html_path}")
 
 
-def _read_lines(path: str) -> list[str]:
+def _prompt(text: str | None, prompt_file: str | None) -> str:
+    """The one prompt given by --text or by the first non-blank line of --prompt-file."""
     from pathlib import Path
 
     from headscope.errors import InputError
 
-    try:
-        return Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"cannot read prompt file {path}: {err}") from err
+    if (text is None) == (prompt_file is None):
+        raise InputError("give the prompt with exactly one of --text or --prompt-file")
+    if prompt_file is not None:
+        try:
+            lines = Path(prompt_file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise InputError(f"cannot read prompt file {prompt_file}: {err}") from err
+        text = next((line for line in lines if line.strip()), "")
+    if not text.strip():
+        raise InputError("the prompt is empty")
+    return text
+
+
+_FLOW_SUFFIXES = (".graphml", ".gexf", ".json", ".html")
+
+
+@cli.command()
+@click.argument("model_source", metavar="MODEL")
+@click.option("--text", help="The prompt.")
+@click.option("--prompt-file", type=click.Path(dir_okay=False), help="A .txt file: its first non-blank line.")
+@click.option("--method", type=click.Choice(["rollout", "maxflow"]), default="rollout", show_default=True)
+@click.option("--target-pos", default=-1, show_default=True, help="The output position the flow goes to.")
+@click.option("--heads", help="Average only these heads, e.g. L1H6,L0H3 (default: every head).")
+@click.option("--threshold", type=float, help="Leave out edges weaker than this.")
+@click.option("--top-k", type=int, help="Keep the k strongest edges into each node.")
+@click.option("--out", "outs", multiple=True, required=True, type=click.Path(dir_okay=False),
+              help="Output file; the suffix picks the format: " + ", ".join(_FLOW_SUFFIXES) + ". Repeatable.")
+@click.option("--device", default="cpu", show_default=True, callback=_check_device)
+def flow(model_source: str, text: str | None, prompt_file: str | None, method: str, target_pos: int,
+         heads: str | None, threshold: float | None, top_k: int | None, outs: tuple[str, ...], device: str) -> None:
+    """How attention carries information from each token to a target position (Abnar & Zuidema 2020):
+    rollout or max-flow through the layers, as a graph file or an interactive page."""
+    from pathlib import Path
+
+    from headscope.analysis.flow import token_flow
+    from headscope.errors import InputError
+    from headscope.export import write_graph
+    from headscope.heads import parse_heads
+    from headscope.loading.load import load_model
+    from headscope.viz import flow_figure, write_html
+
+    bad = [o for o in outs if Path(o).suffix.lower() not in _FLOW_SUFFIXES]
+    if bad:
+        raise InputError(f"unknown output format {Path(bad[0]).suffix or '(no suffix)'!r} for {bad[0]}: "
+                         f"use {', '.join(_FLOW_SUFFIXES)}")
+    prompt = _prompt(text, prompt_file)
+    model = load_model(model_source, device=device)
+    chosen = parse_heads(heads, model.cfg.n_layers, model.cfg.n_heads) if heads else None
+    built = token_flow(model, model.to_tokens(prompt), method, target_pos, chosen, threshold, top_k)
+    built.graph.graph["n_layers"] = built.n_layers
+    for out in outs:
+        if out.lower().endswith(".html"):
+            title = f"{model.source}: {method} to position {built.graph.graph['target']}"
+            write_html(flow_figure(built.graph, title), out)
+        else:
+            write_graph(built.graph, out)
+        click.echo(f"wrote {out}")
 
 
 def _role_lines(table) -> list[str]:

@@ -145,3 +145,53 @@ def _position(target: int, n_pos: int) -> int:
     if not -n_pos <= target < n_pos:
         raise InputError(f"target position {target} is out of range for a prompt of {n_pos} tokens")
     return target % n_pos
+
+
+def token_flow(model: HookedTransformer, tokens: torch.Tensor, method: str = "rollout", target: int = -1,
+               heads: list[tuple[int, int]] | None = None, threshold: float | None = None,
+               top_k: int | None = None) -> FlowGraph:
+    """The flow graph of one prompt, ready to export: every node carries `relevance`, the rollout share of
+    the target position it feeds; with method "maxflow" input nodes also carry `flow`, their max-flow to
+    the target. Edges are then pruned for readability: below `threshold`, or beyond the `top_k` strongest
+    edges into each node (flow values are computed on the full graph first)."""
+    if method not in ("rollout", "maxflow"):
+        raise InputError(f"unknown flow method {method!r}: use rollout or maxflow")
+    if threshold is not None and top_k is not None:
+        raise InputError("prune with --threshold or with --top-k, not both")
+    tokens = tokens if tokens.dim() == 2 else tokens[None]
+    attention = layer_attention(model, tokens, heads)
+    target = _position(target, attention.shape[-1])
+    text = model.to_str_tokens(tokens[0]) if model.tokenizer is not None else None
+    built = flow_graph(attention, text, min_capacity=threshold or 0.0)
+    for (layer, position), value in _relevance(attention, target).items():
+        built.graph.nodes[node_name(layer, position)]["relevance"] = value
+    if method == "maxflow":
+        for position, value in enumerate(max_flow(attention, target).tolist()):
+            built.graph.nodes[node_name(0, position)]["flow"] = value
+    if top_k is not None:
+        _keep_top_k(built.graph, top_k)
+    built.graph.graph.update(method=method, target=target, heads="all" if heads is None else
+                             ",".join(f"L{l}H{h}" for l, h in heads))
+    return built
+
+
+def _relevance(attention: torch.Tensor, target: int) -> dict[tuple[int, int], float]:
+    """Rollout from every node to the target: node (l, p) gets (A'_L ... A'_{l+1})[target, p]."""
+    mixed = with_residual(attention)
+    n_layers, n_pos = mixed.shape[0], mixed.shape[-1]
+    downstream = torch.eye(n_pos, dtype=mixed.dtype)
+    relevance = {}
+    for layer in range(n_layers, -1, -1):
+        for position, value in enumerate(downstream[target].tolist()):
+            relevance[(layer, position)] = value
+        if layer > 0:
+            downstream = downstream @ mixed[layer - 1]
+    return relevance
+
+
+def _keep_top_k(graph: nx.DiGraph, k: int) -> None:
+    if k < 1:
+        raise InputError(f"--top-k must be at least 1, got {k}")
+    for node in list(graph.nodes):
+        incoming = sorted(graph.in_edges(node, data="weight"), key=lambda edge: edge[2], reverse=True)
+        graph.remove_edges_from((u, v) for u, v, _ in incoming[k:])

@@ -94,3 +94,39 @@ def pattern_figure(pattern, tokens: list[str], title: str, causal: bool = True) 
 def _visible(token: str) -> str:
     """A token as a label: whitespace shown, markup escaped."""
     return html.escape(token.replace(" ", "·").replace("\n", "\\n").replace("\t", "\\t")) or "∅"
+
+
+def flow_figure(graph, title: str, width_bins: int = 5) -> go.Figure:
+    """A layered flow graph: positions across (tokens on the axis), layers up, edge width by weight,
+    node colour by relevance to the target; hover gives token, layer and values."""
+    nodes = graph.nodes(data=True)
+    n_pos = 1 + max(data["position"] for _, data in nodes)
+    tokens = {data["position"]: data.get("token", "") for _, data in nodes}
+    fig = go.Figure()
+    weights = [w for _, _, w in graph.edges(data="weight")]
+    top = max(weights, default=1.0) or 1.0
+    for bin_index in range(width_bins):  # plotly draws one width per trace: bin the edges
+        low, high = top * bin_index / width_bins, top * (bin_index + 1) / width_bins
+        xs, ys = [], []
+        for u, v, w in graph.edges(data="weight"):
+            if low < w <= high or (bin_index == 0 and w == 0):
+                xs += [graph.nodes[u]["position"], graph.nodes[v]["position"], None]
+                ys += [graph.nodes[u]["layer"], graph.nodes[v]["layer"], None]
+        if xs:
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
+                                     line=dict(width=0.5 + 4 * (bin_index + 1) / width_bins,
+                                               color=f"rgba(60, 90, 160, {0.15 + 0.6 * (bin_index + 1) / width_bins})")))
+    hover = [f"{_visible(data.get('token', ''))} (position {data['position']}, layer {data['layer']})"
+             f"<br>relevance {data.get('relevance', float('nan')):.4f}"
+             + (f"<br>max-flow {data['flow']:.4f}" if "flow" in data else "") for _, data in nodes]
+    fig.add_trace(go.Scatter(
+        x=[data["position"] for _, data in nodes], y=[data["layer"] for _, data in nodes], mode="markers",
+        text=hover, hoverinfo="text", showlegend=False,
+        marker=dict(size=9, color=[data.get("relevance", 0.0) for _, data in nodes], colorscale="Reds",
+                    line=dict(width=0.5, color="grey"), colorbar=dict(title=dict(text="relevance")))))
+    fig.update_layout(
+        title=dict(text=title), template="plotly_white", width=min(1600, max(640, 34 * n_pos + 240)), height=720,
+        xaxis=dict(title="token", tickmode="array", tickvals=list(range(n_pos)),
+                   ticktext=[_visible(tokens.get(p, "")) for p in range(n_pos)], tickangle=-60),
+        yaxis=dict(title="layer (0 = input)", dtick=max(1, graph.graph.get("n_layers", 6) // 6)))
+    return fig

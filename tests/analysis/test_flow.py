@@ -73,3 +73,24 @@ def test_layer_attention_of_a_model_and_of_chosen_heads():
         max_flow(every, target=9)
     with pytest.raises(InputError, match="per prompt"):
         layer_attention(model, torch.zeros(2, 3, dtype=torch.long))
+
+
+@torch.no_grad()
+def test_token_flow_annotates_nodes_and_prunes_edges():
+    from headscope.analysis.flow import token_flow
+
+    torch.manual_seed(0)
+    model = HookedTransformer(TINY_CONFIGS["llama-gqa"]).eval()
+    tokens = torch.randint(0, 99, (1, 6))
+    attention = layer_attention(model, tokens)
+    built = token_flow(model, tokens, method="maxflow", target=-1, top_k=2)
+    graph = built.graph
+    inputs = [graph.nodes[node_name(0, p)] for p in range(6)]
+    assert [n["relevance"] for n in inputs] == pytest.approx(rollout(attention)[-1].tolist())
+    assert [n["flow"] for n in inputs] == pytest.approx(max_flow(attention, -1).tolist(), abs=1e-8)
+    assert max(graph.in_degree(n) for n in graph.nodes) <= 2
+    assert graph.nodes[node_name(2, 5)]["relevance"] == pytest.approx(1.0)  # the target itself
+    with pytest.raises(InputError, match="not both"):
+        token_flow(model, tokens, threshold=0.1, top_k=2)
+    with pytest.raises(InputError, match="unknown flow method"):
+        token_flow(model, tokens, method="magic")

@@ -91,3 +91,39 @@ def test_cli_writes_pages_that_render(tmp_path):
     assert 'class="main-svg"' in rendered_dom(tmp_path / "roles.html")
     no_text = runner.invoke(cli, ["pattern", str(checkpoint), "L1H0", "--html", str(tmp_path / "p.html")])
     assert no_text.exit_code == 1 and "exactly one of --text or --prompt-file" in no_text.output
+
+
+def test_flow_on_a_model_without_a_tokenizer_is_one_clear_line(tmp_path):
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(HookedTransformer(TINY_CONFIGS["gpt2"]), tmp_path / "tiny")
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("\n5 6 7\n")
+    result = CliRunner().invoke(cli, ["flow", str(checkpoint), "--prompt-file", str(prompt),
+                                      "--out", str(tmp_path / "flow.graphml")])
+    assert result.exit_code == 1 and "no tokenizer" in result.output
+    assert not (tmp_path / "flow.graphml").exists()
+
+
+@pytest.mark.real_model
+def test_flow_command_on_a_model_with_a_tokenizer(tmp_path, minilm_dir):
+    import networkx as nx
+
+    runner = CliRunner()
+    outs = [tmp_path / "flow.graphml", tmp_path / "flow.gexf", tmp_path / "flow.html"]
+    args = ["flow", str(minilm_dir), "--text", "The cat sat on the mat.", "--method", "maxflow", "--top-k", "3"]
+    result = runner.invoke(cli, args + [arg for out in outs for arg in ("--out", str(out))])
+    assert result.exit_code == 0, result.output
+    graph = nx.read_graphml(outs[0])
+    assert graph.nodes["L0P2"]["token"] == "cat" and "flow" in graph.nodes["L0P2"]
+    assert 'class="main-svg"' in rendered_dom(outs[2])
+    model, good_out = str(minilm_dir), ["--out", str(tmp_path / "x.graphml")]
+    cases = [
+        (["--text", "   ", *good_out], "the prompt is empty"),
+        (["--text", "The cat sat.", "--target-pos", "99", *good_out], "out of range"),
+        (["--text", "The cat sat.", "--out", str(tmp_path / "g.dot")], "unknown output format '.dot'"),
+        (["--text", "The cat sat.", "--out", str(tmp_path / "missing" / "g.graphml")], "does not exist"),
+    ]
+    for options, message in cases:
+        result = runner.invoke(cli, ["flow", model, *options])
+        assert result.exit_code == 1 and message in result.output, (options, result.output)
+    assert not (tmp_path / "x.graphml").exists() and not list(tmp_path.rglob("*.tmp"))
