@@ -249,7 +249,6 @@ def classify(model_source: str, dataset: str, seq_len: int, num_prompts: int, de
 def pattern(model_source: str, head_name: str, text: str | None, prompt_file: str | None, html_path: str,
             device: str) -> None:
     """An interactive view of one head's attention (e.g. L18H6) on one prompt, tokens on both axes."""
-    from headscope.errors import InputError
     from headscope.heads import parse_heads
     from headscope.loading.load import load_model
     from headscope.viz import pattern_figure, write_html
