@@ -291,7 +291,12 @@ _FLOW_SUFFIXES = (".graphml", ".gexf", ".json", ".html")
 @click.argument("model_source", metavar="MODEL")
 @click.option("--text", help="The prompt.")
 @click.option("--prompt-file", type=click.Path(dir_okay=False), help="A .txt file: its first non-blank line.")
-@click.option("--method", type=click.Choice(["rollout", "maxflow"]), default="rollout", show_default=True)
+@click.option("--method", type=click.Choice(["rollout", "maxflow", "composition"]), default="rollout",
+              show_default=True, help="Token flow (rollout, maxflow) or head composition from the weights.")
+@click.option("--composition", "kind", type=click.Choice(["q", "k", "v"]), default="k", show_default=True,
+              help="With --method composition: Q-, K- or V-composition.")
+@click.option("--roles", "roles_path", type=click.Path(exists=True, dir_okay=False),
+              help="A roles.json from `headscope classify`, to label the heads of a composition graph.")
 @click.option("--target-pos", default=-1, show_default=True, help="The output position the flow goes to.")
 @click.option("--heads", help="Average only these heads, e.g. L1H6,L0H3 (default: every head).")
 @click.option("--threshold", type=float, help="Leave out edges weaker than this.")
@@ -299,10 +304,12 @@ _FLOW_SUFFIXES = (".graphml", ".gexf", ".json", ".html")
 @click.option("--out", "outs", multiple=True, required=True, type=click.Path(dir_okay=False),
               help="Output file; the suffix picks the format: " + ", ".join(_FLOW_SUFFIXES) + ". Repeatable.")
 @click.option("--device", default="cpu", show_default=True, callback=_check_device)
-def flow(model_source: str, text: str | None, prompt_file: str | None, method: str, target_pos: int,
-         heads: str | None, threshold: float | None, top_k: int | None, outs: tuple[str, ...], device: str) -> None:
+def flow(model_source: str, text: str | None, prompt_file: str | None, method: str, kind: str,
+         roles_path: str | None, target_pos: int, heads: str | None, threshold: float | None, top_k: int | None,
+         outs: tuple[str, ...], device: str) -> None:
     """How attention carries information from each token to a target position (Abnar & Zuidema 2020):
-    rollout or max-flow through the layers, as a graph file or an interactive page."""
+    rollout or max-flow through the layers, as a graph file or an interactive page; or, with
+    --method composition, which heads read what earlier heads write (Elhage et al. 2021), from the weights."""
     from pathlib import Path
 
     from headscope.analysis.flow import token_flow
@@ -316,6 +323,9 @@ def flow(model_source: str, text: str | None, prompt_file: str | None, method: s
     if bad:
         raise InputError(f"unknown output format {Path(bad[0]).suffix or '(no suffix)'!r} for {bad[0]}: "
                          f"use {', '.join(_FLOW_SUFFIXES)}")
+    if method == "composition":
+        _composition(model_source, kind, roles_path, threshold, top_k, outs, device)
+        return
     prompt = _prompt(text, prompt_file)
     model = load_model(model_source, device=device)
     chosen = parse_heads(heads, model.cfg.n_layers, model.cfg.n_heads) if heads else None
@@ -327,6 +337,28 @@ def flow(model_source: str, text: str | None, prompt_file: str | None, method: s
             write_html(flow_figure(built.graph, title), out)
         else:
             write_graph(built.graph, out)
+        click.echo(f"wrote {out}")
+
+
+def _composition(model_source, kind, roles_path, threshold, top_k, outs, device) -> None:
+    from pathlib import Path
+
+    from headscope.analysis.composition import composition_graph
+    from headscope.analysis.roles import RoleTable
+    from headscope.errors import InputError
+    from headscope.export import write_graph
+    from headscope.loading.load import load_model
+
+    if any(o.lower().endswith(".html") for o in outs):
+        raise InputError("a composition graph is written as .graphml, .gexf or .json")
+    model = load_model(model_source, device=device)
+    roles = RoleTable.from_json(Path(roles_path).read_text()) if roles_path else None
+    if roles is not None and (roles.n_layers, roles.n_heads) != (model.cfg.n_layers, model.cfg.n_heads):
+        raise InputError(f"{roles_path} describes {roles.n_layers} x {roles.n_heads} heads, the model has "
+                         f"{model.cfg.n_layers} x {model.cfg.n_heads}")
+    graph = composition_graph(model, kind, threshold, top_k if top_k is not None else 3, roles)
+    for out in outs:
+        write_graph(graph, out)
         click.echo(f"wrote {out}")
 
 

@@ -224,3 +224,16 @@ def test_classify_bad_input_is_one_line(tiny_checkpoint, tmp_path):
     prompts.write_text("some text\n")
     assert_one_line_error(run("classify", str(tiny_checkpoint), "--dataset", str(prompts)), "no tokenizer")
     assert not (tmp_path / "roles.json").exists()
+
+
+def test_flow_composition_writes_a_head_graph(tiny_checkpoint, tmp_path):
+    import networkx as nx
+
+    out = tmp_path / "heads.graphml"
+    result = run("flow", str(tiny_checkpoint), "--method", "composition", "--composition", "v", "--top-k", "1",
+                 "--out", str(out))
+    assert result.exit_code == 0, result.output
+    graph = nx.read_graphml(out)
+    assert graph.number_of_nodes() == 8 and graph.number_of_edges() == 4  # one source for each layer-1 head
+    assert_one_line_error(run("flow", str(tiny_checkpoint), "--method", "composition", "--out",
+                              str(tmp_path / "g.html")), "written as .graphml")
