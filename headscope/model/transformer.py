@@ -215,12 +215,35 @@ class HookedTransformer(HookedModule):
         """
         tokens, attention_mask = self._prepare(tokens, attention_mask)
         resid = self.embed_tokens(tokens, token_type_ids)
-        n_pos = tokens.shape[1]
+        return self._finish(resid, 0, tokens, attention_mask, return_type)
+
+    def run_from_layer(
+        self,
+        resid: torch.Tensor,
+        start_layer: int,
+        tokens: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        return_type: ReturnType = "auto",
+    ) -> torch.Tensor | None:
+        """Continue a forward pass from `blocks.{start_layer}.hook_resid_pre` (batch, pos, d_model).
+
+        What an ablation sweep uses to skip the layers before the ablated head; `tokens` is needed only
+        for return_type="loss".
+        """
+        if not 0 <= start_layer <= self.cfg.n_layers:
+            raise InputError(f"start_layer {start_layer} is outside 0..{self.cfg.n_layers}")
+        if return_type == "loss" and tokens is None:
+            raise InputError("return_type='loss' needs the tokens")
+        return self._finish(resid, start_layer, tokens, attention_mask, return_type)
+
+    def _finish(self, resid, start_layer, tokens, attention_mask, return_type):
+        """The blocks from `start_layer` on, the final norm and the requested output."""
+        n_pos = resid.shape[1]
         bias = attention_bias(n_pos, n_pos, self.cfg.causal, attention_mask, resid.dtype, resid.device)
         rotary = None
         if self.cfg.positional == "rotary":
             rotary = self.blocks[0].attn.rotary.cos_sin(n_pos, resid.device)
-        for block in self.blocks:
+        for block in self.blocks[start_layer:]:
             resid = block(resid, bias, rotary)
         if self.cfg.final_norm:
             resid = self.ln_final(resid)

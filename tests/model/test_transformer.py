@@ -85,3 +85,15 @@ def test_config_checks_relations_between_fields():
     with pytest.raises(ValueError, match="unknown config fields: colour"):
         ModelConfig.from_dict({**TINY_CONFIGS["gpt2"].to_dict(), "colour": "red"})
     assert ModelConfig.from_dict(TINY_CONFIGS["bert"].to_dict()) == TINY_CONFIGS["bert"]
+
+
+@torch.no_grad()
+def test_running_from_a_cached_layer_equals_the_whole_forward(tiny_model):
+    tokens = torch.randint(0, 99, (2, 9))
+    _, cache = tiny_model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_resid_pre"))
+    whole = tiny_model(tokens, return_type="hidden")
+    for layer in range(tiny_model.cfg.n_layers):
+        resumed = tiny_model.run_from_layer(cache[f"blocks.{layer}.hook_resid_pre"], layer, return_type="hidden")
+        torch.testing.assert_close(resumed, whole, atol=1e-6, rtol=0)
+    with pytest.raises(InputError, match="start_layer 5 is outside"):
+        tiny_model.run_from_layer(whole, 5)

@@ -1,0 +1,338 @@
+"""Head ablation: remove heads' outputs and measure what a metric loses.
+
+A head's output is its `hook_z` slice, `z[:, :, head]` (batch, pos, d_head), replaced by
+- "zero": zeros;
+- "mean": its mean over every real position of every prompt of the dataset (one d_head vector per head,
+  computed once per call from a clean pass);
+- "resample": its value on another prompt of the same dataset at the same position, the pairing a seeded
+  derangement of the prompts (Chan et al.'s resampling ablation).
+Metrics are per prompt, so effects get bootstrap intervals over prompts: "loss" (next-token loss),
+"induction-loss" (loss on the repeated half of repeated-random prompts), "kl" (KL divergence from the
+clean next-token distribution), "logit-diff" (logit of the answer minus the wrong answer at the last
+position, for prompt pairs), or any callable `metric(logits, tokens, mask, clean_logits) -> (prompts,)`.
+
+`sweep` ablates every head (or layer) one at a time, fast: the clean residual stream entering each layer
+is kept from one clean pass, each ablated run starts there (`run_from_layer`) instead of re-running the
+layers before, and several ablated variants share one forward pass along the batch dimension. It equals
+the one-at-a-time `run_with_hooks` ablation (tests hold the two together).
+
+References
+----------
+Olsson et al. (2022), "In-context Learning and Induction Heads" (ablating induction heads).
+Chan et al. (2022), "Causal Scrubbing" (resampling ablation).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+import headscope
+from headscope.capture.datasets import TokenDataset
+from headscope.errors import InputError
+from headscope.heads import head_name
+from headscope.model.transformer import HookedTransformer
+
+Heads = list[tuple[int, int]]
+MetricFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+METHODS = ("zero", "mean", "resample")
+
+
+# ----- metrics: (logits, tokens, real mask, clean logits) -> one value per prompt ---------------------------
+def _token_losses(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """(batch, pos - 1) loss of predicting token i + 1 at position i."""
+    return F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), tokens[:, 1:], reduction="none")
+
+
+def _masked_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    keep = keep.to(values.dtype)
+    return (values * keep).sum(-1) / keep.sum(-1).clamp(min=1)
+
+
+def _loss(logits, tokens, real, clean_logits):
+    return _masked_mean(_token_losses(logits, tokens), real[:, 1:])
+
+
+def _kl(logits, tokens, real, clean_logits):
+    clean = clean_logits.float().log_softmax(-1)
+    kl = (clean.exp() * (clean - logits.float().log_softmax(-1))).sum(-1)
+    return _masked_mean(kl, real)
+
+
+def _last_real(real: torch.Tensor) -> torch.Tensor:
+    return real.long().sum(1) - 1
+
+
+METRICS: dict[str, MetricFn] = {"loss": _loss, "kl": _kl}
+
+
+def induction_loss_metric(dataset: TokenDataset) -> MetricFn:
+    """Loss on the predictable part of the repeated periods of repeated-random prompts."""
+    period = dataset.meta.get("period")
+    if dataset.name != "repeated-random" or not period:
+        raise InputError("induction-loss needs the repeated-random dataset (its period says what repeats)")
+    first = 1 if dataset.has_bos else 0
+
+    def metric(logits, tokens, real, clean_logits):
+        predicted = torch.arange(1, tokens.shape[1], device=tokens.device)  # position of each predicted token
+        repeated = (predicted >= first + period + 1).expand(tokens.shape[0], -1)
+        return _masked_mean(_token_losses(logits, tokens), repeated & real[:, 1:])
+
+    return metric
+
+
+def logit_diff_metric(answers: torch.Tensor, wrongs: torch.Tensor) -> MetricFn:
+    """logit(answer) - logit(wrong) at each prompt's last real position."""
+
+    def metric(logits, tokens, real, clean_logits):
+        last = logits[torch.arange(len(tokens)), _last_real(real)].float()
+        rows = torch.arange(len(tokens))
+        return last[rows, answers.to(logits.device)] - last[rows, wrongs.to(logits.device)]
+
+    return metric
+
+
+def pairs_dataset(path, tokenizer) -> tuple[TokenDataset, torch.Tensor, torch.Tensor]:
+    """Prompts from a JSONL file of {"prompt", "answer", "wrong"}; each answer must be one token."""
+    from pathlib import Path
+
+    from headscope.capture.datasets import from_texts
+
+    path = Path(path)
+    if tokenizer is None:
+        raise InputError("logit-diff needs a model with a tokenizer")
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        records = [json.loads(line) for line in lines]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"cannot read pairs file {path}: {err}") from err
+    if not records:
+        raise InputError(f"pairs file {path} is empty")
+    answers, wrongs = [], []
+    for number, record in enumerate(records, 1):
+        if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in ("prompt", "answer", "wrong")):
+            raise InputError(f'{path} line {number} needs string fields "prompt", "answer" and "wrong"')
+        for key, out in (("answer", answers), ("wrong", wrongs)):
+            ids = tokenizer.encode(record[key], prepend_bos=False)
+            if len(ids) != 1:
+                raise InputError(f"{path} line {number}: {key} {record[key]!r} is {len(ids)} tokens, not one")
+            out.append(ids[0])
+    dataset = from_texts([r["prompt"] for r in records], tokenizer, name=f"pairs:{path.name}")
+    return dataset, torch.tensor(answers), torch.tensor(wrongs)
+
+
+# ----- replacements --------------------------------------------------------------------------------------
+@dataclass
+class _Replacements:
+    """What each ablated head's z becomes: zeros, its dataset mean, or another prompt's z."""
+
+    method: str
+    means: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (head, d_head)
+    clean_z: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (prompts, pos, head, d_head)
+    source: torch.Tensor | None = None  # resample: prompt b takes z from prompt source[b]
+
+    def value(self, layer: int, head: int, z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Replacement for z[:, :, head] of the prompts `rows` (indices into the dataset)."""
+        if self.method == "zero":
+            return torch.zeros_like(z[:, :, head])
+        if self.method == "mean":
+            return self.means[layer][head].to(z.dtype).expand_as(z[:, :, head])
+        return self.clean_z[layer][self.source[rows], :, head].to(z.dtype)
+
+
+def _derangement(n: int, seed: int) -> torch.Tensor:
+    """A seeded permutation with no fixed point (each prompt takes another's activations)."""
+    if n < 2:
+        raise InputError("resample ablation needs at least two prompts")
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(n, generator=generator)
+        if not (order == torch.arange(n)).any():
+            return order
+
+
+@torch.no_grad()
+def _clean_pass(model, dataset, layers, method, seed, want_resid: bool):
+    """One clean forward: logits, each layer's residual stream in, and what the method needs."""
+    names = [f"blocks.{l}.attn.hook_z" for l in layers] if method != "zero" else []
+    names += [f"blocks.{l}.hook_resid_pre" for l in layers] if want_resid else []
+    logits, cache = model.run_with_cache(dataset.tokens.to(model.device), names_filter=names,
+                                         attention_mask=_mask(dataset, model), return_type="logits")
+    real = _real(dataset).to(model.device)
+    replacements = _Replacements(method)
+    for layer in layers if method != "zero" else []:
+        z = cache[f"blocks.{layer}.attn.hook_z"]
+        if method == "mean":
+            replacements.means[layer] = (z * real[:, :, None, None]).sum((0, 1)) / real.sum()
+        else:
+            replacements.clean_z[layer] = z
+    if method == "resample":
+        replacements.source = _derangement(len(dataset), seed).to(model.device)
+    resid = {l: cache[f"blocks.{l}.hook_resid_pre"] for l in layers} if want_resid else {}
+    return logits, resid, replacements
+
+
+def _real(dataset: TokenDataset) -> torch.Tensor:
+    return torch.ones_like(dataset.tokens, dtype=torch.bool) if dataset.attention_mask is None \
+        else dataset.attention_mask.bool()
+
+
+def _mask(dataset: TokenDataset, model) -> torch.Tensor | None:
+    return None if dataset.attention_mask is None else dataset.attention_mask.to(model.device)
+
+
+# ----- results ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Effect:
+    heads: tuple[tuple[int, int], ...]
+    value: float  # the metric with these heads ablated
+    delta: float  # value - baseline
+    ci: tuple[float, float]  # bootstrap 95% interval of delta over prompts
+
+
+@dataclass(frozen=True)
+class AblationResult:
+    model: str
+    method: str
+    metric: str
+    baseline: float
+    effects: tuple[Effect, ...]
+    meta: dict
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "model": self.model, "method": self.method, "metric": self.metric, "baseline": self.baseline,
+            "results": [{"heads": [head_name(l, h) for l, h in e.heads], "value": e.value, "delta": e.delta,
+                         "ci": list(e.ci)} for e in self.effects],
+            "meta": self.meta}, indent=2)
+
+    def grid(self, n_layers: int, n_heads: int) -> torch.Tensor:
+        """(layers, heads) deltas of a single-head sweep."""
+        out = torch.full((n_layers, n_heads), float("nan"))
+        for effect in self.effects:
+            if len(effect.heads) == 1:
+                out[effect.heads[0]] = effect.delta
+        return out
+
+
+def _bootstrap(deltas: torch.Tensor, n_bootstrap: int, seed: int) -> tuple[float, float]:
+    """Percentile interval of the mean of per-prompt deltas, prompts resampled with replacement."""
+    generator = torch.Generator().manual_seed(seed)
+    draws = torch.randint(0, len(deltas), (n_bootstrap, len(deltas)), generator=generator)
+    means = deltas.double()[draws].mean(1)
+    low, high = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64))
+    return float(low), float(high)
+
+
+def _effect(heads, ablated: torch.Tensor, clean: torch.Tensor, n_bootstrap: int, seed: int) -> Effect:
+    deltas = (ablated - clean).cpu()
+    return Effect(tuple(heads), float(ablated.mean()), float(deltas.mean()), _bootstrap(deltas, n_bootstrap, seed))
+
+
+# ----- the public functions --------------------------------------------------------------------------------
+def _resolve_metric(metric: str | MetricFn, dataset: TokenDataset, model) -> tuple[str, MetricFn]:
+    if callable(metric):
+        return getattr(metric, "__name__", "custom"), metric
+    if metric == "induction-loss":
+        return metric, induction_loss_metric(dataset)
+    if metric not in METRICS:
+        raise InputError(f"unknown metric {metric!r}: use loss, induction-loss, kl, logit-diff or a callable")
+    return metric, METRICS[metric]
+
+
+def _check(model, dataset, method) -> None:
+    if method not in METHODS:
+        raise InputError(f"unknown ablation method {method!r}: use zero, mean or resample")
+    if not model.cfg.has_unembed:
+        raise InputError("ablation metrics read next-token logits; this model (an encoder) has none")
+    if len(dataset) == 0:
+        raise InputError("the dataset is empty")
+
+
+def _meta(model, dataset, seed) -> dict:
+    return {"dataset": dataset.name, "dataset_meta": dataset.meta, "n_prompts": len(dataset),
+            "seq_len": dataset.tokens.shape[1], "seed": seed, "headscope_version": headscope.__version__}
+
+
+@torch.no_grad()
+def ablate(model: HookedTransformer, dataset: TokenDataset, heads: Heads, method: str = "zero",
+           metric: str | MetricFn = "loss", *, seed: int = 0, n_bootstrap: int = 1000) -> AblationResult:
+    """The metric with all of `heads` ablated together, against the clean model."""
+    _check(model, dataset, method)
+    if not heads:
+        raise InputError("no heads to ablate")
+    name, fn = _resolve_metric(metric, dataset, model)
+    layers = sorted({l for l, _ in heads})
+    clean_logits, _, replacements = _clean_pass(model, dataset, layers, method, seed, want_resid=False)
+    tokens, real = dataset.tokens.to(model.device), _real(dataset).to(model.device)
+    rows = torch.arange(len(dataset), device=model.device)
+
+    def hook_for(layer):
+        def hook(z, hook):
+            z = z.clone()
+            for l, h in heads:
+                if l == layer:
+                    z[:, :, h] = replacements.value(l, h, z, rows)
+            return z
+        return hook
+
+    logits = model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{l}.attn.hook_z", hook_for(l)) for l in layers],
+                                  attention_mask=_mask(dataset, model), return_type="logits")
+    clean = fn(clean_logits, tokens, real, clean_logits)
+    effect = _effect(heads, fn(logits, tokens, real, clean_logits), clean, n_bootstrap, seed)
+    return AblationResult(getattr(model, "source", ""), method, name, float(clean.mean()), (effect,),
+                          _meta(model, dataset, seed))
+
+
+@torch.no_grad()
+def sweep(model: HookedTransformer, dataset: TokenDataset, method: str = "zero", metric: str | MetricFn = "loss",
+          *, by: str = "head", seed: int = 0, n_bootstrap: int = 1000, max_memory: int = 1 << 30) -> AblationResult:
+    """Every single head (by="head") or every whole layer (by="layer") ablated on its own."""
+    _check(model, dataset, method)
+    if by not in ("head", "layer"):
+        raise InputError(f"sweep by {by!r}: use head or layer")
+    name, fn = _resolve_metric(metric, dataset, model)
+    cfg = model.cfg
+    layers = list(range(cfg.n_layers))
+    clean_logits, resid, replacements = _clean_pass(model, dataset, layers, method, seed, want_resid=True)
+    tokens, real = dataset.tokens.to(model.device), _real(dataset).to(model.device)
+    mask = _mask(dataset, model)
+    clean = fn(clean_logits, tokens, real, clean_logits)
+    n, n_pos = tokens.shape
+    # Variants per pass: the logits of every variant are the largest tensors held at once.
+    per_variant = 3 * n * n_pos * cfg.d_vocab * 4
+    stack = max(1, int(max_memory // per_variant))
+    effects = []
+    for layer in layers:
+        variants = [[(layer, h)] for h in range(cfg.n_heads)] if by == "head" else \
+            [[(layer, h) for h in range(cfg.n_heads)]]
+        for start in range(0, len(variants), stack):
+            chunk = variants[start : start + stack]
+            values = _run_variants(model, layer, chunk, resid[layer], tokens, real, mask, clean_logits, fn,
+                                   replacements)
+            effects += [_effect(v, value, clean, n_bootstrap, seed) for v, value in zip(chunk, values)]
+    meta = _meta(model, dataset, seed) | {"by": by}
+    return AblationResult(getattr(model, "source", ""), method, name, float(clean.mean()), tuple(effects), meta)
+
+
+def _run_variants(model, layer, variants, resid, tokens, real, mask, clean_logits, fn, replacements):
+    """Several ablated variants of one layer in one pass, stacked along the batch (variant-major)."""
+    k, n = len(variants), len(tokens)
+    rows = torch.arange(n, device=tokens.device)
+
+    def hook(z, hook):
+        z = z.clone()
+        for index, heads in enumerate(variants):
+            block = slice(index * n, (index + 1) * n)
+            for l, h in heads:
+                z[block, :, h] = replacements.value(l, h, z[block], rows)
+        return z
+
+    stacked_mask = None if mask is None else mask.repeat(k, 1)
+    with model.hooks([(f"blocks.{layer}.attn.hook_z", hook)]):
+        logits = model.run_from_layer(resid.repeat(k, 1, 1), layer, attention_mask=stacked_mask, return_type="logits")
+    return [fn(logits[i * n : (i + 1) * n], tokens, real, clean_logits) for i in range(k)]

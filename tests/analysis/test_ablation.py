@@ -1,0 +1,118 @@
+"""The fast sweep equals one-at-a-time ablation; methods, metrics and bad input behave."""
+
+import json
+
+import pytest
+import torch
+from tokenizers import Tokenizer as RustTokenizer
+from tokenizers import models, pre_tokenizers
+
+from headscope.analysis.ablation import ablate, logit_diff_metric, pairs_dataset, sweep
+from headscope.capture.datasets import repeated_random_tokens
+from headscope.errors import InputError
+from headscope.heads import parse_heads
+from headscope.model.tokenizer import Tokenizer
+from headscope.model.transformer import HookedTransformer
+from tests.conftest import TINY_CONFIGS
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return repeated_random_tokens(5, 8, vocab_size=99, seed=0, bos_token_id=98, exclude_ids=[98])
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama-gqa", "neox", "attn-only"])
+@pytest.mark.parametrize("method", ["zero", "mean", "resample"])
+def test_fast_sweep_equals_one_head_at_a_time(arch, method, dataset):
+    torch.manual_seed(0)
+    model = HookedTransformer(TINY_CONFIGS[arch]).eval()
+    for metric in ("loss", "kl", "induction-loss"):
+        fast = sweep(model, dataset, method, metric, n_bootstrap=20, max_memory=1)  # one variant per pass
+        stacked = sweep(model, dataset, method, metric, n_bootstrap=20)  # every head of a layer in one pass
+        assert len(fast.effects) == model.cfg.n_layers * model.cfg.n_heads
+        for one_pass, many in zip(fast.effects, stacked.effects):
+            naive = ablate(model, dataset, list(one_pass.heads), method, metric, n_bootstrap=20).effects[0]
+            assert one_pass.value == pytest.approx(naive.value, abs=1e-5)
+            assert many.value == pytest.approx(naive.value, abs=1e-5)
+
+
+def test_layer_sweep_equals_ablating_the_whole_layer(dataset):
+    torch.manual_seed(1)
+    model = HookedTransformer(TINY_CONFIGS["gpt2"]).eval()
+    by_layer = sweep(model, dataset, "zero", "loss", by="layer", n_bootstrap=20)
+    assert [e.heads for e in by_layer.effects] == [tuple((l, h) for h in range(4)) for l in range(2)]
+    whole = ablate(model, dataset, [(1, h) for h in range(4)], "zero", "loss", n_bootstrap=20).effects[0]
+    assert by_layer.effects[1].value == pytest.approx(whole.value, abs=1e-5)
+
+
+def test_resample_is_reproducible_for_a_seed(dataset):
+    torch.manual_seed(2)
+    model = HookedTransformer(TINY_CONFIGS["gpt2"]).eval()
+    first = ablate(model, dataset, [(0, 1)], "resample", "kl", seed=3).effects[0]
+    again = ablate(model, dataset, [(0, 1)], "resample", "kl", seed=3).effects[0]
+    other = ablate(model, dataset, [(0, 1)], "resample", "kl", seed=4).effects[0]
+    assert first == again and first.value != other.value
+
+
+def test_effects_and_json_shape(dataset):
+    torch.manual_seed(3)
+    model = HookedTransformer(TINY_CONFIGS["gpt2"]).eval()
+    result = ablate(model, dataset, parse_heads("L1H2,L0H0", 2, 4), "zero", "loss")
+    effect = result.effects[0]
+    assert effect.delta != 0 and effect.ci[0] <= effect.delta <= effect.ci[1]
+    assert effect.value == pytest.approx(result.baseline + effect.delta)
+    report = json.loads(result.to_json())
+    assert set(report) == {"model", "method", "metric", "baseline", "results", "meta"}
+    assert report["results"][0]["heads"] == ["L1H2", "L0H0"] and len(report["results"][0]["ci"]) == 2
+    assert {"dataset", "n_prompts", "seed", "headscope_version"} <= set(report["meta"])
+    kl = ablate(model, dataset, [(0, 0)], "zero", "kl").effects[0]
+    assert kl.value > 0 and sweep(model, dataset, "zero", "kl", n_bootstrap=10).grid(2, 4).min() >= 0
+
+
+@pytest.fixture
+def word_tokenizer() -> Tokenizer:
+    words = ["<s>", "the", "cat", "dog", "sat", "ran", "big dog", "[UNK]"]
+    backend = RustTokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return Tokenizer(backend, bos_token_id=0)
+
+
+@torch.no_grad()
+def test_logit_difference_on_prompt_pairs(word_tokenizer, tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "the cat", "answer": "sat", "wrong": "ran"}\n'
+                     '{"prompt": "the dog the", "answer": "dog", "wrong": "cat"}\n')
+    data, answers, wrongs = pairs_dataset(pairs, word_tokenizer)
+    assert answers.tolist() == [4, 3] and wrongs.tolist() == [5, 2]
+    torch.manual_seed(4)
+    model = HookedTransformer(TINY_CONFIGS["gpt2"], word_tokenizer).eval()
+    metric = logit_diff_metric(answers, wrongs)
+    result = ablate(model, data, [(0, 0)], "zero", metric)
+    logits = model(data.tokens, attention_mask=data.attention_mask)
+    expected = [float(logits[0, 2, 4] - logits[0, 2, 5]), float(logits[1, 3, 3] - logits[1, 3, 2])]
+    assert result.baseline == pytest.approx(sum(expected) / 2, abs=1e-5)
+
+
+def test_bad_input_is_a_clear_error(word_tokenizer, dataset, tmp_path):
+    model = HookedTransformer(TINY_CONFIGS["gpt2"]).eval()
+    with pytest.raises(InputError, match="head L99H0 does not exist"):
+        parse_heads("L99H0", 2, 4)
+    with pytest.raises(InputError, match="bad head name 'foo'"):
+        parse_heads("foo", 2, 4)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(InputError, match="is empty"):
+        pairs_dataset(empty, word_tokenizer)
+    multi = tmp_path / "multi.jsonl"
+    multi.write_text('{"prompt": "the", "answer": "big dog", "wrong": "cat"}\n')
+    with pytest.raises(InputError, match="answer 'big dog' is 2 tokens, not one"):
+        pairs_dataset(multi, word_tokenizer)
+    with pytest.raises(InputError, match="unknown ablation method"):
+        ablate(model, dataset, [(0, 0)], "shuffle")
+    with pytest.raises(InputError, match="unknown metric"):
+        ablate(model, dataset, [(0, 0)], "zero", "accuracy")
+    with pytest.raises(InputError, match="induction-loss needs the repeated-random dataset"):
+        from headscope.capture.datasets import from_tensor
+        ablate(model, from_tensor(dataset.tokens), [(0, 0)], "zero", "induction-loss")
+    with pytest.raises(InputError, match="at least two prompts"):
+        ablate(model, dataset.subset([0]), [(0, 0)], "resample")
