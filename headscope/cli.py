@@ -362,6 +362,83 @@ def _composition(model_source, kind, roles_path, threshold, top_k, outs, device)
         click.echo(f"wrote {out}")
 
 
+@cli.command()
+@click.argument("model_source", metavar="MODEL")
+@_dataset_options(seq_len=64)
+@click.option("--heads", help="Ablate these heads together, e.g. L1H6,L0H3.")
+@click.option("--role", help="Ablate every head holding this role in --roles, e.g. induction.")
+@click.option("--roles", "roles_path", type=click.Path(exists=True, dir_okay=False), help="A roles.json.")
+@click.option("--sweep", "by", type=click.Choice(["head", "layer"]), help="Ablate every head (or layer) alone.")
+@click.option("--method", type=click.Choice(["zero", "mean", "resample"]), default="zero", show_default=True)
+@click.option("--metric", type=click.Choice(["loss", "induction-loss", "kl", "logit-diff"]), default="loss",
+              show_default=True)
+@click.option("--pairs", type=click.Path(dir_okay=False),
+              help='logit-diff prompts: a .jsonl of {"prompt", "answer", "wrong"}.')
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the effects as JSON.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write a heatmap or bar chart page.")
+def ablate(model_source: str, dataset: str, seq_len: int, num_prompts: int, device: str, seed: int, pack: bool,
+           heads: str | None, role: str | None, roles_path: str | None, by: str | None, method: str, metric: str,
+           pairs: str | None, json_path: str | None, html_path: str | None) -> None:
+    """What heads are for: the change in a metric when they are zero-, mean- or resample-ablated."""
+    from pathlib import Path
+
+    from headscope.analysis import ablation
+    from headscope.analysis.roles import RoleTable
+    from headscope.capture.datasets import dataset_for_model
+    from headscope.errors import InputError
+    from headscope.heads import parse_heads
+    from headscope.loading.load import load_model
+
+    if sum(x is not None for x in (heads, role, by)) != 1:
+        raise InputError("choose what to ablate with exactly one of --heads, --role (with --roles) or --sweep")
+    if (metric == "logit-diff") != (pairs is not None):
+        raise InputError("--metric logit-diff and --pairs FILE go together")
+    model = load_model(model_source, device=device)
+    if pairs:
+        data, answers, wrongs = ablation.pairs_dataset(pairs, model.tokenizer)
+        chosen_metric = ablation.logit_diff_metric(answers, wrongs)
+    else:
+        data = dataset_for_model(model, dataset, seq_len=seq_len, num_prompts=num_prompts, seed=seed,
+                                 mode="pack" if pack else "pad")
+        chosen_metric = metric
+    if by:
+        result = ablation.sweep(model, data, method, chosen_metric, by=by, seed=seed)
+    else:
+        if role:
+            if not roles_path:
+                raise InputError("--role needs --roles roles.json (from `headscope classify --json`)")
+            targets = [(r.layer, r.head) for r in RoleTable.from_json(Path(roles_path).read_text()).with_role(role)]
+            if not targets:
+                raise InputError(f"no head holds the role {role!r} in {roles_path}")
+        else:
+            targets = parse_heads(heads, model.cfg.n_layers, model.cfg.n_heads)
+        result = ablation.ablate(model, data, targets, method, chosen_metric, seed=seed)
+    click.echo("\n".join(_ablation_lines(result, metric)))
+    if json_path:
+        write_text_atomically(json_path, result.to_json())
+    if html_path:
+        from headscope.viz import ablation_figure, write_html
+
+        write_html(ablation_figure(result, model.cfg.n_layers, model.cfg.n_heads), html_path)
+    for label, path in (("JSON", json_path), ("HTML", html_path)):
+        if path:
+            click.echo(f"wrote {label} to {path}")
+
+
+def _ablation_lines(result, metric: str, top: int = 15) -> list[str]:
+    """The baseline, then the effects, largest change first (the top ones of a sweep)."""
+    effects = sorted(result.effects, key=lambda e: abs(e.delta), reverse=True)
+    lines = [f"{result.model}: {result.method} ablation, {metric} baseline {result.baseline:.4f} "
+             f"({result.meta['n_prompts']} prompts)"]
+    for effect in effects[:top]:
+        names = ",".join(f"L{l}H{h}" for l, h in effect.heads)
+        lines.append(f"  {names:<24} {effect.value:.4f}  delta {effect.delta:+.4f}  "
+                     f"[{effect.ci[0]:+.4f}, {effect.ci[1]:+.4f}]")
+    if len(effects) > top:
+        lines.append(f"  ... {len(effects) - top} more in --json")
+    return lines
+
+
 def _role_lines(table) -> list[str]:
     """The heads holding roles, top first: name, roles, and each role's score, interval and null."""
     held = table.heads_with_roles()

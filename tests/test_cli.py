@@ -237,3 +237,33 @@ def test_flow_composition_writes_a_head_graph(tiny_checkpoint, tmp_path):
     assert graph.number_of_nodes() == 8 and graph.number_of_edges() == 4  # one source for each layer-1 head
     assert_one_line_error(run("flow", str(tiny_checkpoint), "--method", "composition", "--out",
                               str(tmp_path / "g.html")), "written as .graphml")
+
+
+def test_ablate_sweeps_and_sets(tiny_checkpoint, tmp_path):
+    result = run("ablate", str(tiny_checkpoint), "--sweep", "head", "--seq-len", "8", "--num-prompts", "4",
+                 "--metric", "induction-loss", "--json", str(tmp_path / "sweep.json"))
+    assert result.exit_code == 0, result.output
+    assert "induction-loss baseline" in result.stdout
+    report = json.loads((tmp_path / "sweep.json").read_text())
+    assert report["metric"] == "induction-loss" and len(report["results"]) == 8
+    assert set(report["results"][0]) == {"heads", "value", "delta", "ci"}
+    roles = tmp_path / "roles.json"
+    assert run("classify", str(tiny_checkpoint), "--seq-len", "8", "--json", str(roles)).exit_code == 0
+    report = json.loads(roles.read_text())
+    report["heads"][5]["roles"] = ["induction"]  # pretend L1H1 is an induction head
+    roles.write_text(json.dumps(report))
+    by_role = run("ablate", str(tiny_checkpoint), "--role", "induction", "--roles", str(roles), "--method", "mean",
+                  "--seq-len", "8")
+    assert by_role.exit_code == 0 and "L1H1 " in by_role.stdout
+
+
+def test_ablate_bad_input_is_one_line(tiny_checkpoint, tmp_path):
+    assert_one_line_error(run("ablate", str(tiny_checkpoint), "--heads", "L99H0"), "L99H0 does not exist")
+    assert_one_line_error(run("ablate", str(tiny_checkpoint), "--heads", "foo"), "bad head name 'foo'")
+    assert_one_line_error(run("ablate", str(tiny_checkpoint)), "exactly one of --heads")
+    assert_one_line_error(run("ablate", str(tiny_checkpoint), "--heads", "L0H0", "--metric", "logit-diff"),
+                          "go together")
+    empty = tmp_path / "pairs.jsonl"
+    empty.write_text("")
+    assert_one_line_error(run("ablate", str(tiny_checkpoint), "--heads", "L0H0", "--metric", "logit-diff",
+                              "--pairs", str(empty)), "tokenizer")

@@ -130,3 +130,27 @@ def flow_figure(graph, title: str, width_bins: int = 5) -> go.Figure:
                    ticktext=[_visible(tokens.get(p, "")) for p in range(n_pos)], tickangle=-60),
         yaxis=dict(title="layer (0 = input)", dtick=max(1, graph.graph.get("n_layers", 6) // 6)))
     return fig
+
+
+def ablation_figure(result, n_layers: int, n_heads: int) -> go.Figure:
+    """A head sweep as a layer x head heatmap of effects; other ablations as bars with their intervals."""
+    label = f"change in {result.metric} ({result.method} ablation; baseline {result.baseline:.3f})"
+    single = all(len(e.heads) == 1 for e in result.effects) and len(result.effects) == n_layers * n_heads
+    if single:
+        grid = result.grid(n_layers, n_heads).numpy()
+        hover = [[f"L{l}H{h}<br>delta {e.delta:+.4f} [{e.ci[0]:+.4f}, {e.ci[1]:+.4f}]"
+                  for h, e in enumerate(result.effects[l * n_heads : (l + 1) * n_heads])] for l in range(n_layers)]
+        bound = float(np.nanmax(np.abs(grid))) or 1.0
+        fig = go.Figure(go.Heatmap(z=grid, text=hover, hoverinfo="text", colorscale="RdBu_r", zmin=-bound,
+                                   zmax=bound, colorbar=dict(title=dict(text="delta"))))
+        fig.update_layout(xaxis=dict(title="head", dtick=1), yaxis=dict(title="layer", dtick=1),
+                          width=max(520, 60 * n_heads + 260), height=max(420, 22 * n_layers + 200))
+    else:
+        names = [",".join(f"L{l}H{h}" for l, h in e.heads) for e in result.effects]
+        deltas = [e.delta for e in result.effects]
+        fig = go.Figure(go.Bar(x=names, y=deltas, error_y=dict(
+            type="data", symmetric=False, array=[e.ci[1] - e.delta for e in result.effects],
+            arrayminus=[e.delta - e.ci[0] for e in result.effects])))
+        fig.update_layout(xaxis=dict(title="ablated heads"), yaxis=dict(title="delta"), width=720, height=480)
+    fig.update_layout(title=dict(text=f"{result.model}: {label}"), template="plotly_white")
+    return fig

@@ -127,3 +127,21 @@ def test_flow_command_on_a_model_with_a_tokenizer(tmp_path, minilm_dir):
         result = runner.invoke(cli, ["flow", model, *options])
         assert result.exit_code == 1 and message in result.output, (options, result.output)
     assert not (tmp_path / "x.graphml").exists() and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_ablation_pages_render(tmp_path):
+    from headscope.analysis.ablation import ablate, sweep
+    from headscope.capture.datasets import repeated_random_tokens
+    from headscope.viz import ablation_figure
+
+    torch.manual_seed(0)
+    model = HookedTransformer(TINY_CONFIGS["gpt2"]).eval()
+    data = repeated_random_tokens(4, 6, vocab_size=99, seed=0)
+    swept = sweep(model, data, "zero", "loss", n_bootstrap=20)
+    heatmap = ablation_figure(swept, 2, 4)
+    assert heatmap.data[0].type == "heatmap" and heatmap.data[0].z[1][2] == pytest.approx(swept.effects[6].delta)
+    bars = ablation_figure(ablate(model, data, [(0, 1), (1, 2)], "zero", "loss", n_bootstrap=20), 2, 4)
+    assert bars.data[0].type == "bar" and list(bars.data[0].x) == ["L0H1,L1H2"]
+    for name, fig in (("sweep.html", heatmap), ("set.html", bars)):
+        write_html(fig, tmp_path / name)
+        assert 'class="main-svg"' in rendered_dom(tmp_path / name)
