@@ -1,0 +1,67 @@
+"""Training: induction heads form and are found; runs are deterministic; resumed runs end where
+uninterrupted ones do; bad input is refused."""
+
+import shutil
+
+import pytest
+import torch
+
+from headscope.analysis import classify_heads
+from headscope.capture.datasets import repeated_random_tokens
+from headscope.errors import InputError
+from headscope.loading.checkpoint import load_checkpoint
+from headscope.training import TrainConfig, train
+
+
+def test_a_two_layer_model_grows_an_induction_head_that_classify_finds():
+    result = train(TrainConfig(eval_every=400, checkpoint_every=800, seed=0), progress=False)  # 800 steps, ~7 s
+    probe = repeated_random_tokens(16, 16, vocab_size=64, seed=7, bos_token_id=64)
+    table = classify_heads(result.model, probe, n_bootstrap=200)
+    induction = [(r.layer, r.head) for r in table.with_role("induction")]
+    previous = [(r.layer, r.head) for r in table.with_role("previous_token")]
+    assert induction and all(layer == 1 for layer, _ in induction)
+    assert previous and all(layer == 0 for layer, _ in previous)
+    assert result.log[-1]["icl_score"] < -1.0  # late tokens are far easier than early ones
+    assert max(result.log[-1]["induction"][1]) > 0.8
+
+
+def test_training_is_deterministic_for_a_seed():
+    """Same data and updates; PyTorch's parallel CPU kernels may sum in another order (weights ~1e-7)."""
+    cfg = TrainConfig(steps=40, eval_every=20, checkpoint_every=40, seed=3)
+    first, second = train(cfg, progress=False), train(cfg, progress=False)
+    assert [e["loss"] for e in first.log] == pytest.approx([e["loss"] for e in second.log], abs=1e-6)
+    for a, b in zip(first.model.parameters(), second.model.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    other = train(TrainConfig(steps=40, eval_every=20, checkpoint_every=40, seed=4), progress=False)
+    assert other.log[-1]["loss"] != pytest.approx(first.log[-1]["loss"], abs=1e-6)
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
+    cfg = TrainConfig(steps=60, eval_every=30, checkpoint_every=30, seed=1)
+    whole = train(cfg, tmp_path / "whole", progress=False)
+    train(cfg, tmp_path / "cut", progress=False)
+    # The run is "killed" after its step-30 checkpoint, in the middle of writing step 60.
+    shutil.rmtree(tmp_path / "cut" / "step-000060")
+    (tmp_path / "cut" / ".tmp-step-000060").mkdir()
+    assert load_checkpoint(tmp_path / "cut" / "step-000030").config == cfg.model_config()
+    resumed = train(cfg, tmp_path / "cut", progress=False)
+    assert [e["loss"] for e in resumed.log] == pytest.approx([e["loss"] for e in whole.log], abs=1e-6)
+    for a, b in zip(whole.model.parameters(), resumed.model.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_bad_input_is_refused(tmp_path):
+    with pytest.raises(InputError, match="steps must be a positive integer, got 0"):
+        TrainConfig(steps=0)
+    with pytest.raises(InputError, match="steps must be a positive integer, got -5"):
+        TrainConfig(steps=-5)
+    with pytest.raises(InputError, match="must hold two periods"):
+        TrainConfig(seq_len=10, max_period=16)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="is not a headscope training folder"):
+        train(TrainConfig(steps=5), foreign, progress=False)
+    train(TrainConfig(steps=5, eval_every=5, checkpoint_every=5), tmp_path / "run", progress=False)
+    with pytest.raises(InputError, match="another configuration"):
+        train(TrainConfig(steps=5, eval_every=5, checkpoint_every=5, seed=9), tmp_path / "run", progress=False)
