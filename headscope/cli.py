@@ -149,9 +149,9 @@ def _dataset_options(seq_len: int):
     options = [
         click.option("--dataset", default="repeated-random", show_default=True,
                      help="repeated-random[:period=P][:repeats=R], or a .txt (a prompt per line) or .jsonl file."),
-        click.option("--seq-len", default=seq_len, show_default=True, type=click.IntRange(min=2),
-                     help="Tokens per prompt without BOS (repeated-random: two periods of seq-len / 2); "
-                          "longer texts are cut."),
+        click.option("--seq-len", type=click.IntRange(min=2),
+                     help=f"Tokens per prompt without BOS (repeated-random: two periods of seq-len / 2); longer "
+                          f"texts are cut.  [default: {seq_len}, or what fits the model's context]"),
         click.option("--num-prompts", default=16, show_default=True, type=click.IntRange(min=1)),
         click.option("--device", default="cpu", show_default=True, callback=_check_device),
         click.option("--seed", default=0, show_default=True, help="Seed of every random choice."),
@@ -167,6 +167,14 @@ def _dataset_options(seq_len: int):
     return decorate
 
 
+DEFAULT_MODEL = "toy-induction-2l"  # ships inside headscope: the main job runs with nothing to download
+
+
+def _fit_seq_len(seq_len: int | None, default: int, model) -> int:
+    """The asked length, or the default cut to the model's context (BOS and a frame take a few tokens)."""
+    return seq_len if seq_len is not None else min(default, model.cfg.n_ctx - 2)
+
+
 @cli.command()
 @click.argument("model_source", metavar="MODEL")
 @_dataset_options(seq_len=128)
@@ -176,7 +184,7 @@ def _dataset_options(seq_len: int):
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Prompts per forward pass (default: from memory).")
 @click.option("--max-memory", callback=_parse_bytes, help="Memory budget for activations, e.g. 2GB.")
-def capture(model_source: str, dataset: str, seq_len: int, num_prompts: int, device: str, seed: int, pack: bool,
+def capture(model_source: str, dataset: str, seq_len: int | None, num_prompts: int, device: str, seed: int, pack: bool,
             stats: str | None, patterns: str | None, pattern_prompts: str, out: str, batch_size: int | None,
             max_memory: int | None) -> None:
     """Per-head attention statistics over a dataset, written to OUT (stats.json, stats.safetensors).
@@ -189,7 +197,7 @@ def capture(model_source: str, dataset: str, seq_len: int, num_prompts: int, dev
 
     folder = _output_folder(out)
     model = load_model(model_source, device=device)
-    data = dataset_for_model(model, dataset, seq_len=seq_len, num_prompts=num_prompts, seed=seed,
+    data = dataset_for_model(model, dataset, seq_len=_fit_seq_len(seq_len, 128, model), num_prompts=num_prompts, seed=seed,
                              mode="pack" if pack else "pad")
     prompts = [int(p) for p in _split(pattern_prompts) or [] if p.isdigit()]
     result = run_capture(model, data, _split(stats), batch_size=batch_size, max_memory=max_memory,
@@ -204,12 +212,12 @@ def capture(model_source: str, dataset: str, seq_len: int, num_prompts: int, dev
 
 
 @cli.command()
-@click.argument("model_source", metavar="MODEL")
+@click.argument("model_source", metavar="[MODEL]", default=DEFAULT_MODEL, required=False)
 @_dataset_options(seq_len=64)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the role table as JSON.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write the role table as CSV.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write role heatmaps as a standalone page.")
-def classify(model_source: str, dataset: str, seq_len: int, num_prompts: int, device: str, seed: int, pack: bool,
+def classify(model_source: str, dataset: str, seq_len: int | None, num_prompts: int, device: str, seed: int, pack: bool,
              json_path: str | None, csv_path: str | None, html_path: str | None) -> None:
     """Which heads are previous-token, induction, duplicate-token, sink, self, local heads, with evidence.
 
@@ -222,8 +230,8 @@ def classify(model_source: str, dataset: str, seq_len: int, num_prompts: int, de
     from headscope.loading.load import load_model
 
     model = load_model(model_source, device=device)
-    data = dataset_for_model(model, dataset, seq_len=seq_len, num_prompts=num_prompts, seed=seed,
-                             mode="pack" if pack else "pad")
+    data = dataset_for_model(model, dataset, seq_len=_fit_seq_len(seq_len, 64, model), num_prompts=num_prompts,
+                             seed=seed, mode="pack" if pack else "pad")
     table = classify_heads(model, data, seed=seed, progress=True)
     click.echo("\n".join(_role_lines(table)))
     if json_path:
@@ -288,7 +296,7 @@ _FLOW_SUFFIXES = (".graphml", ".gexf", ".json", ".html")
 
 
 @cli.command()
-@click.argument("model_source", metavar="MODEL")
+@click.argument("model_source", metavar="[MODEL]", default=DEFAULT_MODEL, required=False)
 @click.option("--text", help="The prompt.")
 @click.option("--prompt-file", type=click.Path(dir_okay=False), help="A .txt file: its first non-blank line.")
 @click.option("--method", type=click.Choice(["rollout", "maxflow", "composition"]), default="rollout",
@@ -363,7 +371,7 @@ def _composition(model_source, kind, roles_path, threshold, top_k, outs, device)
 
 
 @cli.command()
-@click.argument("model_source", metavar="MODEL")
+@click.argument("model_source", metavar="[MODEL]", default=DEFAULT_MODEL, required=False)
 @_dataset_options(seq_len=64)
 @click.option("--heads", help="Ablate these heads together, e.g. L1H6,L0H3.")
 @click.option("--role", help="Ablate every head holding this role in --roles, e.g. induction.")
@@ -376,7 +384,7 @@ def _composition(model_source, kind, roles_path, threshold, top_k, outs, device)
               help='logit-diff prompts: a .jsonl of {"prompt", "answer", "wrong"}.')
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the effects as JSON.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write a heatmap or bar chart page.")
-def ablate(model_source: str, dataset: str, seq_len: int, num_prompts: int, device: str, seed: int, pack: bool,
+def ablate(model_source: str, dataset: str, seq_len: int | None, num_prompts: int, device: str, seed: int, pack: bool,
            heads: str | None, role: str | None, roles_path: str | None, by: str | None, method: str, metric: str,
            pairs: str | None, json_path: str | None, html_path: str | None) -> None:
     """What heads are for: the change in a metric when they are zero-, mean- or resample-ablated."""
@@ -398,8 +406,8 @@ def ablate(model_source: str, dataset: str, seq_len: int, num_prompts: int, devi
         data, answers, wrongs = ablation.pairs_dataset(pairs, model.tokenizer)
         chosen_metric = ablation.logit_diff_metric(answers, wrongs)
     else:
-        data = dataset_for_model(model, dataset, seq_len=seq_len, num_prompts=num_prompts, seed=seed,
-                                 mode="pack" if pack else "pad")
+        data = dataset_for_model(model, dataset, seq_len=_fit_seq_len(seq_len, 64, model), num_prompts=num_prompts,
+                                 seed=seed, mode="pack" if pack else "pad")
         chosen_metric = metric
     if by:
         result = ablation.sweep(model, data, method, chosen_metric, by=by, seed=seed)

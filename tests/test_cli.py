@@ -86,7 +86,7 @@ def test_group_hook_names_folds_layers():
 
 
 def test_unknown_model_is_one_line_and_exit_1():
-    assert_one_line_error(run("models", "info", "gpt2"), "unknown model 'gpt2'", "smollm2-135m, minilm-l6")
+    assert_one_line_error(run("models", "info", "gpt2"), "unknown model 'gpt2'", "smollm2-135m, minilm-l6, toy-induction-2l")
 
 
 def test_missing_path_and_foreign_folder_are_one_line(tmp_path):
@@ -103,7 +103,7 @@ def test_debug_shows_the_traceback():
 
 def test_fetch_of_an_unknown_name_downloads_nothing(empty_cache):
     assert_one_line_error(run("models", "fetch", "minilm-l6", "bogus-model"), "unknown model name 'bogus-model'",
-                    "known names are smollm2-135m, minilm-l6")
+                    "known names are smollm2-135m, minilm-l6, toy-induction-2l")
     assert not empty_cache.exists()
 
 
@@ -267,3 +267,13 @@ def test_ablate_bad_input_is_one_line(tiny_checkpoint, tmp_path):
     empty.write_text("")
     assert_one_line_error(run("ablate", str(tiny_checkpoint), "--heads", "L0H0", "--metric", "logit-diff",
                               "--pairs", str(empty)), "tokenizer")
+
+
+def test_classify_with_no_model_uses_the_shipped_toy_model(empty_cache):
+    result = run("classify")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("toy-induction-2l:")
+    held = {line.split()[0]: line.split()[1] for line in result.stdout.splitlines()[2:] if line.startswith("  L")}
+    assert any(head.startswith("L1") and role == "induction" for head, role in held.items())
+    assert any(head.startswith("L0") and role == "previous_token" for head, role in held.items())
+    assert not empty_cache.exists() or not any(empty_cache.iterdir())  # nothing was downloaded

@@ -111,6 +111,16 @@ REGISTRY: dict[str, ModelEntry] = {
                        "special_tokens_map.json", "vocab.txt"),
             ),
         ),
+        ModelEntry(
+            name="toy-induction-2l",
+            architecture="attn-only",
+            n_layers=2,
+            n_heads=4,
+            n_kv_heads=4,
+            format="headscope",
+            description="2-layer attention-only toy model with induction heads (scripts/train_toy_model.py)",
+            source=PackagedFolder(folder="data/toy-induction-2l"),
+        ),
     )
 }
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tokenizers import Tokenizer as RustTokenizer
+from tokenizers import decoders, models, pre_tokenizers
 from tqdm.auto import tqdm
 
 from headscope.capture.datasets import repeated_random_tokens
@@ -30,6 +32,7 @@ from headscope.capture.engine import capture
 from headscope.errors import InputError
 from headscope.loading.checkpoint import load_checkpoint, save_checkpoint
 from headscope.model.config import ModelConfig
+from headscope.model.tokenizer import Tokenizer
 from headscope.model.transformer import HookedTransformer
 
 MARKER = "training.json"
@@ -81,6 +84,17 @@ class TrainConfig:
 class TrainResult:
     model: HookedTransformer
     log: list[dict] = field(default_factory=list)  # per evaluation: step, loss, icl_score, induction, previous_token
+
+
+def toy_tokenizer(vocab: int) -> Tokenizer:
+    """Words `t0` ... `t{vocab-1}` and `<bos>` (id `vocab`), split on whitespace: enough to type a prompt
+    such as "t3 t17 t3" and for datasets to know the BOS id and the special tokens."""
+    words = {f"t{i}": i for i in range(vocab)} | {"<bos>": vocab}
+    backend = RustTokenizer(models.WordLevel(words, unk_token="<bos>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.decoder = decoders.WordPiece(prefix="##")  # joins the words back with spaces
+    backend.add_special_tokens(["<bos>"])
+    return Tokenizer(backend, bos_token_id=vocab)
 
 
 def training_batch(cfg: TrainConfig, step: int, batch_size: int | None = None) -> torch.Tensor:
@@ -153,7 +167,7 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, resume: bool = Tr
           progress: bool = True) -> TrainResult:
     """Train a model as `cfg` says; with `out_dir`, checkpoint every `checkpoint_every` steps and resume."""
     torch.manual_seed(cfg.seed)
-    model = HookedTransformer(cfg.model_config()).train()
+    model = HookedTransformer(cfg.model_config(), toy_tokenizer(cfg.vocab)).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, state, log = 0, None, []
     if out_dir is not None:

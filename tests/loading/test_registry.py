@@ -52,7 +52,7 @@ def test_cache_root_precedence(tmp_path, monkeypatch):
 
 def test_unknown_name_lists_the_known_names():
     with pytest.raises(ModelNotFoundError, match="unknown model name 'smollm2': known names are smollm2-135m, "
-                                                 "minilm-l6; did you mean smollm2-135m"):
+                                                 "minilm-l6, toy-induction-2l; did you mean smollm2-135m"):
         registry.get_entry("smollm2")
     with pytest.raises(ModelNotFoundError, match="known names"):
         registry.fetch("no-such-model")
@@ -60,12 +60,13 @@ def test_unknown_name_lists_the_known_names():
 
 def test_list_models_in_an_empty_cache(cache):
     rows = {s.entry.name: s for s in registry.list_models()}
-    assert list(rows) == ["smollm2-135m", "minilm-l6"]
+    assert list(rows) == ["smollm2-135m", "minilm-l6", "toy-induction-2l"]
     smol, minilm = rows["smollm2-135m"].entry, rows["minilm-l6"].entry
     assert (smol.architecture, smol.n_layers, smol.n_heads, smol.n_kv_heads, smol.format) == ("llama", 30, 9, 3, "gguf")
     assert (minilm.architecture, minilm.n_layers, minilm.n_heads, minilm.n_kv_heads, minilm.format) == (
         "bert", 6, 12, 12, "hf")
-    assert not any(s.cached for s in rows.values())
+    assert not any(s.cached for name, s in rows.items() if name != "toy-induction-2l")
+    assert rows["toy-induction-2l"].cached  # it ships inside the package: never downloaded
 
 
 def test_a_folder_without_the_right_marker_is_not_cached(cache):
@@ -137,7 +138,7 @@ def test_a_checksum_mismatch_is_refused(cache):
 
 def test_load_source_refuses_unknown_names_and_missing_paths(tmp_path):
     with pytest.raises(ModelNotFoundError, match=r"unknown model 'gpt2': not a registered name \(smollm2-135m, "
-                                                 r"minilm-l6\) nor a path to a .gguf file or a model folder"):
+                                                 r"minilm-l6, toy-induction-2l\) nor a path to a .gguf file or a model folder"):
         load_source("gpt2")
     with pytest.raises(ModelNotFoundError, match="no such file or folder: .*missing.gguf"):
         load_source(str(tmp_path / "missing.gguf"))
