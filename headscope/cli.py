@@ -292,7 +292,7 @@ def _prompt(text: str | None, prompt_file: str | None) -> str:
     return text
 
 
-_FLOW_SUFFIXES = (".graphml", ".gexf", ".json", ".html")
+_FLOW_SUFFIXES = (".graphml", ".gexf", ".json", ".html", ".svg", ".pdf")
 
 
 @cli.command()
@@ -325,7 +325,7 @@ def flow(model_source: str, text: str | None, prompt_file: str | None, method: s
     from headscope.export import write_graph
     from headscope.heads import parse_heads
     from headscope.loading.load import load_model
-    from headscope.viz import flow_figure, write_html
+    from headscope.viz import flow_figure, write_figure
 
     bad = [o for o in outs if Path(o).suffix.lower() not in _FLOW_SUFFIXES]
     if bad:
@@ -340,9 +340,9 @@ def flow(model_source: str, text: str | None, prompt_file: str | None, method: s
     built = token_flow(model, model.to_tokens(prompt), method, target_pos, chosen, threshold, top_k)
     built.graph.graph["n_layers"] = built.n_layers
     for out in outs:
-        if out.lower().endswith(".html"):
+        if Path(out).suffix.lower() in (".html", ".svg", ".pdf"):
             title = f"{model.source}: {method} to position {built.graph.graph['target']}"
-            write_html(flow_figure(built.graph, title), out)
+            write_figure(flow_figure(built.graph, title), out)
         else:
             write_graph(built.graph, out)
         click.echo(f"wrote {out}")
@@ -357,7 +357,7 @@ def _composition(model_source, kind, roles_path, threshold, top_k, outs, device)
     from headscope.export import write_graph
     from headscope.loading.load import load_model
 
-    if any(o.lower().endswith(".html") for o in outs):
+    if any(Path(o).suffix.lower() in (".html", ".svg", ".pdf") for o in outs):
         raise InputError("a composition graph is written as .graphml, .gexf or .json")
     model = load_model(model_source, device=device)
     roles = RoleTable.from_json(Path(roles_path).read_text()) if roles_path else None

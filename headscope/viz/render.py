@@ -16,3 +16,24 @@ def write_html(fig: go.Figure, path: str | Path) -> None:
         raise InputError(f"{path}: an interactive figure is written as .html")
     with atomic_path(path) as tmp:
         fig.write_html(tmp, include_plotlyjs=True, full_html=True)
+
+
+STATIC_SUFFIXES = (".svg", ".pdf", ".png")
+
+
+def write_image(fig: go.Figure, path: str | Path) -> None:
+    """A static figure for a paper (.svg and .pdf are vector), drawn by kaleido in a headless Chromium."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in STATIC_SUFFIXES:
+        raise InputError(f"{path}: a static figure is written as {', '.join(STATIC_SUFFIXES)}")
+    with atomic_path(path) as tmp:
+        try:
+            fig.write_image(tmp, format=suffix[1:])
+        except (ImportError, RuntimeError, ValueError, OSError) as err:
+            raise InputError(f"could not draw {path}: static figures need kaleido and Chromium "
+                             f"(scripts/install_chromium.sh): {str(err).splitlines()[0]}") from err
+
+
+def write_figure(fig: go.Figure, path: str | Path) -> None:
+    """.html (interactive) or .svg / .pdf / .png (static), by the suffix."""
+    (write_html if Path(path).suffix.lower() in (".html", ".htm") else write_image)(fig, path)

@@ -109,13 +109,16 @@ def test_flow_command_on_a_model_with_a_tokenizer(tmp_path, minilm_dir):
     import networkx as nx
 
     runner = CliRunner()
-    outs = [tmp_path / "flow.graphml", tmp_path / "flow.gexf", tmp_path / "flow.html"]
+    outs = [tmp_path / "flow.graphml", tmp_path / "flow.gexf", tmp_path / "flow.html", tmp_path / "flow.svg",
+            tmp_path / "flow.pdf"]
     args = ["flow", str(minilm_dir), "--text", "The cat sat on the mat.", "--method", "maxflow", "--top-k", "3"]
     result = runner.invoke(cli, args + [arg for out in outs for arg in ("--out", str(out))])
     assert result.exit_code == 0, result.output
     graph = nx.read_graphml(outs[0])
     assert graph.nodes["L0P2"]["token"] == "cat" and "flow" in graph.nodes["L0P2"]
     assert 'class="main-svg"' in rendered_dom(outs[2])
+    assert outs[3].read_text().startswith("<svg") and "maxflow" in outs[3].read_text()
+    assert outs[4].read_bytes().startswith(b"%PDF")
     model, good_out = str(minilm_dir), ["--out", str(tmp_path / "x.graphml")]
     cases = [
         (["--text", "   ", *good_out], "the prompt is empty"),
@@ -145,3 +148,20 @@ def test_ablation_pages_render(tmp_path):
     for name, fig in (("sweep.html", heatmap), ("set.html", bars)):
         write_html(fig, tmp_path / name)
         assert 'class="main-svg"' in rendered_dom(tmp_path / name)
+
+
+def test_static_figures_are_real_svg_and_pdf(tmp_path):
+    import xml.etree.ElementTree as ElementTree
+
+    from headscope.viz import write_image
+
+    fig = pattern_figure(torch.tensor([[1.0, 0.0], [0.3, 0.7]]), ["<s>", "cat"], "L0H0 on two tokens")
+    write_image(fig, tmp_path / "pattern.svg")
+    write_image(fig, tmp_path / "pattern.pdf")
+    root = ElementTree.parse(tmp_path / "pattern.svg").getroot()
+    assert root.tag.endswith("svg") and "L0H0 on two tokens" in (tmp_path / "pattern.svg").read_text()
+    pdf = (tmp_path / "pattern.pdf").read_bytes()
+    assert pdf.startswith(b"%PDF") and len(pdf) > 2000
+    with pytest.raises(InputError, match="a static figure is written as"):
+        write_image(fig, tmp_path / "pattern.bmp")
+    assert not list(tmp_path.glob("*.tmp")) and not (tmp_path / "pattern.bmp").exists()
