@@ -447,6 +447,45 @@ def _ablation_lines(result, metric: str, top: int = 15) -> list[str]:
     return lines
 
 
+@cli.command("train")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--data", type=click.Choice(["repeated-random", "stdlib"]), default="repeated-random", show_default=True,
+              help="Repeated random segments, or the Python standard library's source as bytes.")
+@click.option("--corpus", type=click.Path(), help="With --data stdlib: another folder of .py/.txt files.")
+@click.option("--layers", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option("--heads", default=4, show_default=True, type=click.IntRange(min=1))
+@click.option("--d-model", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--mlp", default=0, show_default=True, type=click.IntRange(min=0), help="MLP width; 0 = attention-only.")
+@click.option("--no-layernorm", is_flag=True)
+@click.option("--steps", default=800, show_default=True, type=int)
+@click.option("--batch-size", default=32, show_default=True, type=int)
+@click.option("--lr", default=3e-3, show_default=True, type=float)
+@click.option("--seq-len", default=40, show_default=True, type=int)
+@click.option("--eval-every", default=100, show_default=True, type=int)
+@click.option("--checkpoint-every", default=200, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True)
+def train_command(out_dir: str, data: str, corpus: str | None, layers: int, heads: int, d_model: int, mlp: int,
+                  no_layernorm: bool, steps: int, batch_size: int, lr: float, seq_len: int, eval_every: int,
+                  checkpoint_every: int, seed: int) -> None:
+    """Train an attention-only toy model into OUT_DIR (checkpoints step-N/, log.json); rerun to resume."""
+    from headscope.errors import InputError
+    from headscope.training import TrainConfig, train
+
+    if d_model % heads:
+        raise InputError(f"--d-model ({d_model}) must be divisible by --heads ({heads})")
+    config = TrainConfig(
+        n_layers=layers, n_heads=heads, d_model=d_model, d_head=d_model // heads, d_mlp=mlp,
+        layernorm=not no_layernorm, data=data, corpus_dir=corpus, vocab=256 if data == "stdlib" else 64,
+        seq_len=seq_len, batch_size=batch_size, steps=steps, lr=lr, eval_every=eval_every,
+        checkpoint_every=checkpoint_every, seed=seed)
+    result = train(config, out_dir)
+    last = result.log[-1]
+    click.echo(f"step {last['step']}: loss {last['loss']:.3f}, in-context-learning score {last['icl_score']:+.3f}")
+    for layer, (induction, previous) in enumerate(zip(last["induction"], last["previous_token"])):
+        click.echo(f"  layer {layer}: best induction {max(induction):.3f}, best previous-token {max(previous):.3f}")
+    click.echo(f"checkpoints in {out_dir}; `headscope classify {out_dir}/step-{last['step']:06d}` names the heads")
+
+
 def _role_lines(table) -> list[str]:
     """The heads holding roles, top first: name, roles, and each role's score, interval and null."""
     held = table.heads_with_roles()

@@ -34,6 +34,7 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 HUB_FILES = ("config.json", *TOKENIZER_FILES)
 
+
 # ----- reading a folder ----------------------------------------------------------------------------
 def _read_json(path: Path) -> dict[str, Any]:
     try:

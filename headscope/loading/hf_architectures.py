@@ -346,6 +346,7 @@ _CLASSES = {
 
 
 def family_and_head(hf: dict[str, Any], class_name: str | None, source: str) -> tuple[_Family, bool]:
+    """The family of `model_type`, and whether the class carries a language-model head."""
     model_type = hf.get("model_type")
     if model_type not in _MODEL_TYPES:
         raise UnsupportedModelError(f"{source}: model_type {model_type!r} is not supported "
@@ -363,6 +364,7 @@ def family_and_head(hf: dict[str, Any], class_name: str | None, source: str) -> 
 
 
 def architecture_class(hf: dict[str, Any], source: str) -> str | None:
+    """The one class config.json's `architectures` names, or None when it names none."""
     architectures = hf.get("architectures") or [None]
     if len(architectures) != 1:
         raise UnsupportedModelError(f"{source}: config.json lists several architectures {architectures}")
@@ -370,6 +372,7 @@ def architecture_class(hf: dict[str, Any], source: str) -> str | None:
 
 
 def model_config(family: _Family, hf: dict[str, Any], lm_head: bool, source: str) -> ModelConfig:
+    """Our `ModelConfig` for this family; a config the dataclass rejects is a format error."""
     try:
         return family.config(hf, lm_head, source)
     except (ValueError, TypeError) as err:
@@ -436,12 +439,13 @@ def _key_table(family: _Family, cfg: ModelConfig) -> KeyTable:
 
 
 def listed(names: list[str], limit: int = 5) -> str:
+    """The first `limit` names, comma-separated, for an error message."""
     more = f" (and {len(names) - limit} more)" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
 
 
 def convert_state_dict(weights: dict[str, Tensor], family: _Family, cfg: ModelConfig,
-                        source: str) -> dict[str, Tensor]:
+                       source: str) -> dict[str, Tensor]:
     """Hugging Face weights -> float32 tensors in our layout; every weight must be used, none missing."""
     weights = _strip_base_prefix(weights, family.base_prefix, source)
     weights = _drop_known_extras(weights, family, cfg.n_layers)

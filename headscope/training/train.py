@@ -14,9 +14,11 @@ complete checkpoint readable; `train(..., resume=True)` continues from it.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
+import sysconfig
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,7 +48,9 @@ class TrainConfig:
     d_head: int = 16
     d_mlp: int = 0  # 0: attention-only
     layernorm: bool = True
-    vocab: int = 64  # random token ids 0..vocab-1; BOS is id `vocab`
+    data: str = "repeated-random"  # or "stdlib": byte-level text of the Python standard library's source
+    corpus_dir: str | None = None  # for "stdlib": another folder of .py/.txt files instead of the stdlib's
+    vocab: int = 64  # token ids 0..vocab-1 (256 bytes for "stdlib"); BOS is id `vocab`
     seq_len: int = 40  # tokens after BOS
     min_period: int = 6
     max_period: int = 16
@@ -66,6 +70,10 @@ class TrainConfig:
         if bad:
             name, value = next(iter(bad.items()))
             raise InputError(f"{name} must be a positive integer, got {value!r}")
+        if self.data not in ("repeated-random", "stdlib"):
+            raise InputError(f"unknown training data {self.data!r}: use repeated-random or stdlib")
+        if self.data == "stdlib" and self.vocab != 256:
+            raise InputError(f"stdlib data is byte-level: vocab must be 256, got {self.vocab}")
         if not self.min_period <= self.max_period <= self.vocab:
             raise InputError(f"need min_period <= max_period <= vocab, got {self.min_period}, {self.max_period}, "
                              f"{self.vocab}")
@@ -97,9 +105,64 @@ def toy_tokenizer(vocab: int) -> Tokenizer:
     return Tokenizer(backend, bos_token_id=vocab)
 
 
+def byte_tokenizer() -> Tokenizer:
+    """Byte-level: id = byte value (GPT-2's byte-to-character map, no merges), `<bos>` = 256."""
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    alphabet = ByteLevel.alphabet()
+    ordered = sorted(alphabet, key=lambda ch: _BYTE_OF[ch])
+    backend = RustTokenizer(models.BPE({ch: i for i, ch in enumerate(ordered)}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(["<bos>"])
+    return Tokenizer(backend, bos_token_id=256)
+
+
+def _gpt2_byte_map() -> dict[str, int]:
+    """GPT-2's printable stand-in character for each byte (the map byte-level BPE tokenizers use)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            chars[chr(byte)] = byte
+        else:
+            chars[chr(256 + extra)] = byte
+            extra += 1
+    return chars
+
+
+_BYTE_OF = _gpt2_byte_map()
+
+
+@functools.lru_cache(maxsize=4)
+def corpus_bytes(folder: str | None, limit: int = 8 << 20) -> torch.Tensor:
+    """The .py and .txt files under `folder` (default: the running Python's standard library), joined,
+    at most `limit` bytes, as a uint8 tensor; a folder with no text is an InputError."""
+    root = Path(folder) if folder is not None else Path(sysconfig.get_paths()["stdlib"])
+    if not root.is_dir():
+        raise InputError(f"corpus folder {root} does not exist")
+    chunks, size = [], 0
+    for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".txt") and p.is_file()):
+        data = path.read_bytes()
+        if data.strip():
+            chunks.append(data + b"\n\n")
+            size += len(chunks[-1])
+        if size >= limit:
+            break
+    if not chunks:
+        raise InputError(f"corpus folder {root} has no .py or .txt text to train on")
+    return torch.frombuffer(bytearray(b"".join(chunks)[:limit]), dtype=torch.uint8).long()
+
+
 def training_batch(cfg: TrainConfig, step: int, batch_size: int | None = None) -> torch.Tensor:
-    """The batch of one step: BOS + a random-length random segment repeated to fill seq_len."""
+    """The batch of one step: BOS + a random-length random segment repeated to fill seq_len, or BOS +
+    a window of the corpus at a random offset."""
     generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    if cfg.data == "stdlib":
+        text = corpus_bytes(cfg.corpus_dir)
+        starts = torch.randint(0, len(text) - cfg.seq_len, (batch_size or cfg.batch_size,), generator=generator)
+        windows = torch.stack([text[s : s + cfg.seq_len] for s in starts.tolist()])
+        return torch.cat([torch.full((len(windows), 1), cfg.vocab), windows], dim=1)
     rows = []
     for _ in range(batch_size or cfg.batch_size):
         period = int(torch.randint(cfg.min_period, cfg.max_period + 1, (1,), generator=generator))
@@ -167,7 +230,8 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, resume: bool = Tr
           progress: bool = True) -> TrainResult:
     """Train a model as `cfg` says; with `out_dir`, checkpoint every `checkpoint_every` steps and resume."""
     torch.manual_seed(cfg.seed)
-    model = HookedTransformer(cfg.model_config(), toy_tokenizer(cfg.vocab)).train()
+    tokenizer = byte_tokenizer() if cfg.data == "stdlib" else toy_tokenizer(cfg.vocab)
+    model = HookedTransformer(cfg.model_config(), tokenizer).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, state, log = 0, None, []
     if out_dir is not None:

@@ -65,3 +65,41 @@ def test_bad_input_is_refused(tmp_path):
     train(TrainConfig(steps=5, eval_every=5, checkpoint_every=5), tmp_path / "run", progress=False)
     with pytest.raises(InputError, match="another configuration"):
         train(TrainConfig(steps=5, eval_every=5, checkpoint_every=5, seed=9), tmp_path / "run", progress=False)
+
+
+def test_byte_level_training_on_a_corpus_folder_and_an_empty_one(tmp_path):
+    from headscope.training.train import byte_tokenizer
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.py").write_text("def add(a, b):\n    return a + b\n" * 20)
+    (corpus / "notes.txt").write_text("the cat sat on the mat\n" * 20)
+    cfg = TrainConfig(data="stdlib", corpus_dir=str(corpus), vocab=256, seq_len=32, steps=20, eval_every=20,
+                      checkpoint_every=20)
+    result = train(cfg, progress=False)
+    assert result.log[-1]["loss"] < 5.5 and result.model.cfg.d_vocab == 257
+    tokenizer = byte_tokenizer()
+    assert tokenizer.encode("ab\n", prepend_bos=True) == [256, 97, 98, 10]
+    assert tokenizer.decode([104, 195, 169]) == "hé"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "blank.py").write_text("\n\n")
+    with pytest.raises(InputError, match="has no .py or .txt text to train on"):
+        train(TrainConfig(data="stdlib", corpus_dir=str(empty), vocab=256, steps=5), progress=False)
+    with pytest.raises(InputError, match="vocab must be 256"):
+        TrainConfig(data="stdlib")
+
+
+def test_the_train_command_writes_checkpoints_that_classify_reads(tmp_path):
+    from click.testing import CliRunner
+
+    from headscope.cli import cli
+
+    out = tmp_path / "run"
+    runner = CliRunner()
+    result = runner.invoke(cli, ["train", str(out), "--steps", "30", "--eval-every", "15", "--checkpoint-every", "15"])
+    assert result.exit_code == 0, result.output
+    assert "in-context-learning score" in result.stdout and (out / "step-000030" / "config.json").exists()
+    assert runner.invoke(cli, ["classify", str(out / "step-000030"), "--num-prompts", "4"]).exit_code == 0
+    bad = runner.invoke(cli, ["train", str(tmp_path / "other"), "--steps", "0"])
+    assert bad.exit_code == 1 and "steps must be a positive integer, got 0" in bad.output
