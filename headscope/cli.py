@@ -464,9 +464,10 @@ def _ablation_lines(result, metric: str, top: int = 15) -> list[str]:
 @click.option("--eval-every", default=100, show_default=True, type=int)
 @click.option("--checkpoint-every", default=200, show_default=True, type=int)
 @click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True, callback=_check_device)
 def train_command(out_dir: str, data: str, corpus: str | None, layers: int, heads: int, d_model: int, mlp: int,
                   no_layernorm: bool, steps: int, batch_size: int, lr: float, seq_len: int, eval_every: int,
-                  checkpoint_every: int, seed: int) -> None:
+                  checkpoint_every: int, seed: int, device: str) -> None:
     """Train an attention-only toy model into OUT_DIR (checkpoints step-N/, log.json); rerun to resume."""
     from headscope.errors import InputError
     from headscope.training import TrainConfig, train
@@ -478,7 +479,7 @@ def train_command(out_dir: str, data: str, corpus: str | None, layers: int, head
         layernorm=not no_layernorm, data=data, corpus_dir=corpus, vocab=256 if data == "stdlib" else 64,
         seq_len=seq_len, batch_size=batch_size, steps=steps, lr=lr, eval_every=eval_every,
         checkpoint_every=checkpoint_every, seed=seed)
-    result = train(config, out_dir)
+    result = train(config, out_dir, device=device)
     last = result.log[-1]
     click.echo(f"step {last['step']}: loss {last['loss']:.3f}, in-context-learning score {last['icl_score']:+.3f}")
     for layer, (induction, previous) in enumerate(zip(last["induction"], last["previous_token"])):

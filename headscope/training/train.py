@@ -174,7 +174,7 @@ def training_batch(cfg: TrainConfig, step: int, batch_size: int | None = None) -
 def in_context_learning_score(model: HookedTransformer, cfg: TrainConfig) -> float:
     """Olsson et al.'s in-context learning score on held-out sequences: loss at a late token minus loss at
     an early one (the last token vs the 3rd after BOS); negative when context helps."""
-    tokens = training_batch(cfg, step=-1, batch_size=64)  # a step no training batch uses
+    tokens = training_batch(cfg, step=-1, batch_size=64).to(model.device)  # a step no training batch uses
     with torch.no_grad():
         logits = model(tokens)
     losses = F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none").mean(0)
@@ -213,7 +213,7 @@ def _prepare_out_dir(out_dir: Path, cfg: TrainConfig, resume: bool) -> tuple[int
     done = sorted(p for p in out_dir.glob("step-*") if (p / "trainer_state.pt").exists())
     if not resume or not done:
         return 0, None
-    return int(done[-1].name.split("-")[1]), {"folder": done[-1], **torch.load(done[-1] / "trainer_state.pt")}
+    return int(done[-1].name.split("-")[1]), {"folder": done[-1], **torch.load(done[-1] / "trainer_state.pt", map_location="cpu")}
 
 
 def _save(out_dir: Path, model, optimizer, step: int, log: list[dict]) -> None:
@@ -226,28 +226,31 @@ def _save(out_dir: Path, model, optimizer, step: int, log: list[dict]) -> None:
     tmp.rename(final)
 
 
-def train(cfg: TrainConfig, out_dir: str | Path | None = None, resume: bool = True,
-          progress: bool = True) -> TrainResult:
-    """Train a model as `cfg` says; with `out_dir`, checkpoint every `checkpoint_every` steps and resume."""
+def train(cfg: TrainConfig, out_dir: str | Path | None = None, resume: bool = True, progress: bool = True,
+          device: str | torch.device = "cpu") -> TrainResult:
+    """Train a model as `cfg` says; with `out_dir`, checkpoint every `checkpoint_every` steps and resume.
+
+    Batches are drawn on the CPU (so a seed means the same data everywhere) and moved to `device`."""
     torch.manual_seed(cfg.seed)
     tokenizer = byte_tokenizer() if cfg.data == "stdlib" else toy_tokenizer(cfg.vocab)
     model = HookedTransformer(cfg.model_config(), tokenizer).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, state, log = 0, None, []
     if out_dir is not None:
         start, state = _prepare_out_dir(Path(out_dir), cfg, resume)
     if state is not None:
         model.load_weights(load_checkpoint(state["folder"]).state_dict)
         model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        optimizer.load_state_dict(state["optimizer"])
         log = state["log"]
+    model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
     bar = tqdm(range(start + 1, cfg.steps + 1), initial=start, total=cfg.steps, disable=not progress, desc="train")
     began = time.perf_counter()
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(cfg, step)
-        tokens = training_batch(cfg, step)
+        tokens = training_batch(cfg, step).to(device)
         loss = model(tokens, return_type="loss")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
