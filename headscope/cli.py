@@ -292,7 +292,7 @@ def _prompt(text: str | None, prompt_file: str | None) -> str:
     return text
 
 
-_FLOW_SUFFIXES = (".graphml", ".gexf", ".json", ".html", ".svg", ".pdf")
+_FLOW_SUFFIXES = (".graphml", ".gexf", ".json", ".dot", ".html", ".svg", ".pdf")
 
 
 @cli.command()

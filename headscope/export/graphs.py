@@ -1,6 +1,6 @@
-"""Graph files that Gephi, Cytoscape, yEd and networkx read: GraphML, GEXF and node-link JSON.
+"""Graph files that Gephi, Cytoscape, yEd, Graphviz and networkx read: GraphML, GEXF, node-link JSON, DOT.
 
-networkx writes all three; the suffix of the path picks the format. Every node and edge keeps its
+networkx writes them all (DOT through pydot); the suffix of the path picks the format. Every node and edge keeps its
 attributes (layer, position, token, capacity/weight, role...).
 """
 
@@ -28,11 +28,19 @@ def _json(graph: nx.DiGraph, path: str) -> None:
     Path(path).write_text(json.dumps(json_graph.node_link_data(graph, edges="edges"), indent=1))
 
 
-GRAPH_FORMATS = {".graphml": _graphml, ".gexf": _gexf, ".json": _json}
+def _dot(graph: nx.DiGraph, path: str) -> None:
+    # DOT node ids may not contain ':' unquoted and attribute values must be strings: quote everything.
+    quoted = nx.DiGraph()
+    quoted.add_nodes_from((f'"{n}"', {k: f'"{v}"' for k, v in d.items()}) for n, d in graph.nodes(data=True))
+    quoted.add_edges_from((f'"{u}"', f'"{v}"', {k: f'"{w}"' for k, w in d.items()}) for u, v, d in graph.edges(data=True))
+    nx.nx_pydot.write_dot(quoted, path)
+
+
+GRAPH_FORMATS = {".graphml": _graphml, ".gexf": _gexf, ".json": _json, ".dot": _dot}
 
 
 def write_graph(graph: nx.DiGraph, path: str | Path) -> None:
-    """Write `graph` in the format its suffix names (.graphml, .gexf, .json)."""
+    """Write `graph` in the format its suffix names (.graphml, .gexf, .json, .dot)."""
     writer = GRAPH_FORMATS.get(Path(path).suffix.lower())
     if writer is None:
         raise InputError(f"unknown graph format {Path(path).suffix or '(no suffix)'!r} for {path}: "

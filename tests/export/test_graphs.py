@@ -18,6 +18,26 @@ def graph() -> nx.DiGraph:
     return flow_graph(attention, tokens=["<s>", "the", "cat"]).graph
 
 
+def read_dot_back(path) -> nx.DiGraph:
+    """DOT keeps strings only: unquote names and turn numbers back into numbers."""
+    def value(text):
+        text = text.strip('"')
+        for kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+        return text
+
+    raw = nx.nx_pydot.read_dot(path)
+    graph = nx.DiGraph()
+    graph.add_nodes_from((n.strip('"'), {k: value(v) for k, v in d.items()}) for n, d in raw.nodes(data=True)
+                         if n.strip('"') not in ("node", "graph", "edge", "\\n"))
+    graph.add_edges_from((u.strip('"'), v.strip('"'), {k: value(w) for k, w in d.items()})
+                         for u, v, d in raw.edges(data=True))
+    return graph
+
+
 def same_graph(read: nx.DiGraph, original: nx.DiGraph) -> None:
     assert set(read.nodes) == set(original.nodes) and set(read.edges) == set(original.edges)
     for node, data in original.nodes(data=True):
@@ -30,6 +50,7 @@ def same_graph(read: nx.DiGraph, original: nx.DiGraph) -> None:
     (".graphml", nx.read_graphml),
     (".gexf", nx.read_gexf),
     (".json", lambda p: json_graph.node_link_graph(json.loads(open(p).read()), edges="edges")),
+    (".dot", lambda p: read_dot_back(p)),
 ])
 def test_exports_read_back(graph, tmp_path, suffix, reader):
     path = tmp_path / f"flow{suffix}"
