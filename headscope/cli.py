@@ -306,6 +306,7 @@ _FLOW_SUFFIXES = (".graphml", ".gexf", ".json", ".dot", ".html", ".svg", ".pdf")
 @click.option("--roles", "roles_path", type=click.Path(exists=True, dir_okay=False),
               help="A roles.json from `headscope classify`, to label the heads of a composition graph.")
 @click.option("--target-pos", default=-1, show_default=True, help="The output position the flow goes to.")
+@click.option("--gradient", is_flag=True, help="Weight attention by its gradient for the predicted token's logit.")
 @click.option("--heads", help="Average only these heads, e.g. L1H6,L0H3 (default: every head).")
 @click.option("--threshold", type=float, help="Leave out edges weaker than this.")
 @click.option("--top-k", type=int, help="Keep the k strongest edges into each node.")
@@ -313,7 +314,7 @@ _FLOW_SUFFIXES = (".graphml", ".gexf", ".json", ".dot", ".html", ".svg", ".pdf")
               help="Output file; the suffix picks the format: " + ", ".join(_FLOW_SUFFIXES) + ". Repeatable.")
 @click.option("--device", default="cpu", show_default=True, callback=_check_device)
 def flow(model_source: str, text: str | None, prompt_file: str | None, method: str, kind: str,
-         roles_path: str | None, target_pos: int, heads: str | None, threshold: float | None, top_k: int | None,
+         roles_path: str | None, target_pos: int, gradient: bool, heads: str | None, threshold: float | None, top_k: int | None,
          outs: tuple[str, ...], device: str) -> None:
     """How attention carries information from each token to a target position (Abnar & Zuidema 2020):
     rollout or max-flow through the layers, as a graph file or an interactive page; or, with
@@ -337,7 +338,7 @@ def flow(model_source: str, text: str | None, prompt_file: str | None, method: s
     prompt = _prompt(text, prompt_file)
     model = load_model(model_source, device=device)
     chosen = parse_heads(heads, model.cfg.n_layers, model.cfg.n_heads) if heads else None
-    built = token_flow(model, model.to_tokens(prompt), method, target_pos, chosen, threshold, top_k)
+    built = token_flow(model, model.to_tokens(prompt), method, target_pos, chosen, threshold, top_k, gradient)
     built.graph.graph["n_layers"] = built.n_layers
     for out in outs:
         if Path(out).suffix.lower() in (".html", ".svg", ".pdf"):

@@ -56,6 +56,33 @@ def layer_attention(model: HookedTransformer, tokens: torch.Tensor,
     return torch.stack(layers)
 
 
+def gradient_weighted_attention(model: HookedTransformer, tokens: torch.Tensor, target: int = -1,
+                                heads: list[tuple[int, int]] | None = None) -> torch.Tensor:
+    """(layers, pos, pos) attention weighted by how much it matters for the output: the positive part of
+    A * dy/dA, averaged over heads, where y is the logit of the model's own prediction at `target` (Chefer
+    et al. 2021's weighting, which Abnar & Zuidema's flow then propagates)."""
+    if not model.cfg.has_unembed:
+        raise InputError("gradient weighting needs an output logit; this model (an encoder) has none")
+    tokens = tokens if tokens.dim() == 2 else tokens[None]
+    patterns: dict[int, torch.Tensor] = {}
+
+    def keep(pattern: torch.Tensor, hook) -> None:
+        pattern.retain_grad()
+        patterns[int(hook.name.split(".")[1])] = pattern
+
+    with torch.enable_grad(), model.hooks([(lambda n: n.endswith("attn.hook_pattern"), keep)]):
+        logits = model(tokens)
+        position = _position(target, tokens.shape[1])
+        logits[0, position, logits[0, position].argmax()].backward()
+    model.zero_grad(set_to_none=True)
+    layers = []
+    for layer in range(model.cfg.n_layers):
+        weighted = (patterns[layer].detach() * patterns[layer].grad)[0].clamp(min=0).double()  # (head, pos, pos)
+        chosen = [h for l, h in heads if l == layer] if heads else list(range(weighted.shape[0]))
+        layers.append(weighted[chosen].mean(0) if chosen else torch.eye(weighted.shape[-1], dtype=torch.float64))
+    return torch.stack(layers)
+
+
 def with_residual(attention: torch.Tensor) -> torch.Tensor:
     """0.5 A + 0.5 I with rows renormalised, for (..., pos, pos) attention."""
     eye = torch.eye(attention.shape[-1], dtype=attention.dtype, device=attention.device)
@@ -149,7 +176,7 @@ def _position(target: int, n_pos: int) -> int:
 
 def token_flow(model: HookedTransformer, tokens: torch.Tensor, method: str = "rollout", target: int = -1,
                heads: list[tuple[int, int]] | None = None, threshold: float | None = None,
-               top_k: int | None = None) -> FlowGraph:
+               top_k: int | None = None, gradient: bool = False) -> FlowGraph:
     """The flow graph of one prompt, ready to export: every node carries `relevance`, the rollout share of
     the target position it feeds; with method "maxflow" input nodes also carry `flow`, their max-flow to
     the target. Edges are then pruned for readability: below `threshold`, or beyond the `top_k` strongest
@@ -159,7 +186,8 @@ def token_flow(model: HookedTransformer, tokens: torch.Tensor, method: str = "ro
     if threshold is not None and top_k is not None:
         raise InputError("prune with --threshold or with --top-k, not both")
     tokens = tokens if tokens.dim() == 2 else tokens[None]
-    attention = layer_attention(model, tokens, heads)
+    attention = gradient_weighted_attention(model, tokens, target, heads) if gradient else \
+        layer_attention(model, tokens, heads)
     target = _position(target, attention.shape[-1])
     text = model.to_str_tokens(tokens[0]) if model.tokenizer is not None else None
     built = flow_graph(attention, text, min_capacity=threshold or 0.0)
@@ -170,7 +198,7 @@ def token_flow(model: HookedTransformer, tokens: torch.Tensor, method: str = "ro
             built.graph.nodes[node_name(0, position)]["flow"] = value
     if top_k is not None:
         _keep_top_k(built.graph, top_k)
-    built.graph.graph.update(method=method, target=target, heads="all" if heads is None else
+    built.graph.graph.update(method=method, target=target, weighting="gradient" if gradient else "attention", heads="all" if heads is None else
                              ",".join(f"L{l}H{h}" for l, h in heads))
     return built
 

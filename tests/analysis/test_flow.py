@@ -94,3 +94,26 @@ def test_token_flow_annotates_nodes_and_prunes_edges():
         token_flow(model, tokens, threshold=0.1, top_k=2)
     with pytest.raises(InputError, match="unknown flow method"):
         token_flow(model, tokens, method="magic")
+
+
+def test_gradient_weighted_attention_equals_a_direct_autograd_computation():
+    from headscope.analysis.flow import gradient_weighted_attention, token_flow
+
+    torch.manual_seed(5)
+    model = HookedTransformer(TINY_CONFIGS["gpt2"]).eval()
+    tokens = torch.randint(0, 99, (1, 6))
+    weighted = gradient_weighted_attention(model, tokens, target=-1)
+    # independently: torch.autograd.grad of the same logit with respect to the patterns themselves
+    # (total derivatives: through each pattern's values and through later layers' queries and keys)
+    patterns = {}
+    with torch.enable_grad(), model.hooks([(lambda n: n.endswith("hook_pattern"),
+                                            lambda p, hook: patterns.__setitem__(hook.name, p))]):
+        logits = model(tokens)
+        names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(2)]
+        grads = torch.autograd.grad(logits[0, -1, logits[0, -1].argmax()], [patterns[n] for n in names])
+    for layer, (name, grad) in enumerate(zip(names, grads)):
+        expected = (patterns[name].detach() * grad)[0].clamp(min=0).double().mean(0)
+        torch.testing.assert_close(weighted[layer], expected)
+    assert all(p.grad is None for p in model.parameters())  # nothing left behind
+    graph = token_flow(model, tokens, "rollout", gradient=True).graph
+    assert graph.graph["weighting"] == "gradient"
