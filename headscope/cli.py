@@ -299,8 +299,9 @@ _FLOW_SUFFIXES = (".graphml", ".gexf", ".json", ".dot", ".html", ".svg", ".pdf")
 @click.argument("model_source", metavar="[MODEL]", default=DEFAULT_MODEL, required=False)
 @click.option("--text", help="The prompt.")
 @click.option("--prompt-file", type=click.Path(dir_okay=False), help="A .txt file: its first non-blank line.")
-@click.option("--method", type=click.Choice(["rollout", "maxflow", "composition"]), default="rollout",
-              show_default=True, help="Token flow (rollout, maxflow) or head composition from the weights.")
+@click.option("--method", type=click.Choice(["rollout", "maxflow", "composition", "ablation"]), default="rollout",
+              show_default=True, help="Token flow (rollout, maxflow); head composition from the weights; or the "
+                                      "composition graph's edges weighted by measured path ablation.")
 @click.option("--composition", "kind", type=click.Choice(["q", "k", "v"]), default="k", show_default=True,
               help="With --method composition: Q-, K- or V-composition.")
 @click.option("--roles", "roles_path", type=click.Path(exists=True, dir_okay=False),
@@ -332,8 +333,8 @@ def flow(model_source: str, text: str | None, prompt_file: str | None, method: s
     if bad:
         raise InputError(f"unknown output format {Path(bad[0]).suffix or '(no suffix)'!r} for {bad[0]}: "
                          f"use {', '.join(_FLOW_SUFFIXES)}")
-    if method == "composition":
-        _composition(model_source, kind, roles_path, threshold, top_k, outs, device)
+    if method in ("composition", "ablation"):
+        _composition(model_source, kind, roles_path, threshold, top_k, outs, device, measured=method == "ablation")
         return
     prompt = _prompt(text, prompt_file)
     model = load_model(model_source, device=device)
@@ -349,7 +350,7 @@ def flow(model_source: str, text: str | None, prompt_file: str | None, method: s
         click.echo(f"wrote {out}")
 
 
-def _composition(model_source, kind, roles_path, threshold, top_k, outs, device) -> None:
+def _composition(model_source, kind, roles_path, threshold, top_k, outs, device, measured: bool) -> None:
     from pathlib import Path
 
     from headscope.analysis.composition import composition_graph
@@ -365,7 +366,14 @@ def _composition(model_source, kind, roles_path, threshold, top_k, outs, device)
     if roles is not None and (roles.n_layers, roles.n_heads) != (model.cfg.n_layers, model.cfg.n_heads):
         raise InputError(f"{roles_path} describes {roles.n_layers} x {roles.n_heads} heads, the model has "
                          f"{model.cfg.n_layers} x {model.cfg.n_heads}")
-    graph = composition_graph(model, kind, threshold, top_k if top_k is not None else 3, roles)
+    if measured:  # each of the k strongest edges into a head, re-weighted by its path-ablation effect on loss
+        from headscope.analysis.composition import measured_composition_graph
+        from headscope.capture.datasets import dataset_for_model
+
+        data = dataset_for_model(model, "repeated-random", seq_len=_fit_seq_len(None, 64, model), num_prompts=8)
+        graph = measured_composition_graph(model, data, kind, top_k if top_k is not None else 3, "loss", roles)
+    else:
+        graph = composition_graph(model, kind, threshold, top_k if top_k is not None else 3, roles)
     for out in outs:
         write_graph(graph, out)
         click.echo(f"wrote {out}")

@@ -277,3 +277,14 @@ def test_classify_with_no_model_uses_the_shipped_toy_model(empty_cache):
     assert any(head.startswith("L1") and role == "induction" for head, role in held.items())
     assert any(head.startswith("L0") and role == "previous_token" for head, role in held.items())
     assert not empty_cache.exists() or not any(empty_cache.iterdir())  # nothing was downloaded
+
+
+def test_flow_ablation_weights_the_head_graph_by_measured_effects(tmp_path):
+    import networkx as nx
+
+    out = tmp_path / "measured.graphml"
+    result = run("flow", "--method", "ablation", "--top-k", "2", "--out", str(out))  # the shipped toy model
+    assert result.exit_code == 0, result.output
+    graph = nx.read_graphml(out)
+    assert graph.number_of_edges() == 8 and all("effect" in d and "composition_score" in d
+                                                for _, _, d in graph.edges(data=True))
