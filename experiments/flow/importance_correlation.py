@@ -61,6 +61,25 @@ def main() -> None:
     (HERE / "importance_correlation.json").write_text(json.dumps(result, indent=2))
     for name in names:
         print(f"mean Spearman, {name:<26} vs blank-out importance: {means[name]:+.3f}")
+    figure(rows, names, means)
+
+
+def figure(rows: list[dict], names: tuple[str, ...], means: dict[str, float]) -> None:
+    """Each sentence's rank correlation per measure, with the mean: importance_correlation.html / .svg."""
+    import plotly.graph_objects as go
+
+    from headscope.viz import write_figure
+
+    fig = go.Figure()
+    for name in names:
+        fig.add_trace(go.Box(y=[r[name] for r in rows], name=f"{name.replace('_', ' ')}<br>(mean {means[name]:+.2f})",
+                             boxpoints="all", jitter=0.4, pointpos=0, text=[r["sentence"] for r in rows]))
+    fig.add_hline(y=0, line=dict(color="grey", dash="dot"))
+    fig.update_layout(title="SmolLM2-135M: Spearman correlation with blank-out importance, 32 sentences",
+                      yaxis=dict(title="Spearman rho per sentence", range=[-1, 1]), template="plotly_white",
+                      showlegend=False, width=820, height=560, font=dict(size=14))
+    write_figure(fig, HERE / "importance_correlation.html")
+    write_figure(fig, HERE / "importance_correlation.svg")
 
 
 if __name__ == "__main__":
