@@ -10,7 +10,8 @@ import torch
 from click.testing import CliRunner
 
 import headscope
-from headscope.cli import cli, group_hook_names
+from headscope.cli import cli
+from headscope.reports import group_hook_names
 from headscope.errors import ModelNotFoundError
 from headscope.loading.checkpoint import save_checkpoint
 from headscope.model.config import ModelConfig

@@ -38,7 +38,7 @@ def read_dot_back(path) -> nx.DiGraph:
     return graph
 
 
-def same_graph(read: nx.DiGraph, original: nx.DiGraph) -> None:
+def assert_same_graph(read: nx.DiGraph, original: nx.DiGraph) -> None:
     assert set(read.nodes) == set(original.nodes) and set(read.edges) == set(original.edges)
     for node, data in original.nodes(data=True):
         assert {k: read.nodes[node][k] for k in data} == data
@@ -55,7 +55,7 @@ def same_graph(read: nx.DiGraph, original: nx.DiGraph) -> None:
 def test_exports_read_back(graph, tmp_path, suffix, reader):
     path = tmp_path / f"flow{suffix}"
     write_graph(graph, path)
-    same_graph(reader(path), graph)
+    assert_same_graph(reader(path), graph)
 
 
 def test_unknown_suffix_and_missing_folder_leave_no_file(graph, tmp_path):

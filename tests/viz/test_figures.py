@@ -123,7 +123,7 @@ def test_flow_command_on_a_model_with_a_tokenizer(tmp_path, minilm_dir):
     cases = [
         (["--text", "   ", *good_out], "the prompt is empty"),
         (["--text", "The cat sat.", "--target-pos", "99", *good_out], "out of range"),
-        (["--text", "The cat sat.", "--out", str(tmp_path / "g.dot")], "unknown output format '.dot'"),
+        (["--text", "The cat sat.", "--out", str(tmp_path / "g.xyz")], "unknown output format '.xyz'"),
         (["--text", "The cat sat.", "--out", str(tmp_path / "missing" / "g.graphml")], "does not exist"),
     ]
     for options, message in cases:

@@ -1,0 +1,88 @@
+"""Plain-text reports the command line prints: folded hook names, capture summaries, role and ablation
+tables. Functions return lines; printing is the caller's.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+
+def describe_model(model) -> list[str]:
+    """The lines of `models info`: source, size, tokenizer, config fields, folded hook names."""
+    tok = model.tokenizer
+    lines = [f"source: {model.source}",
+             f"parameters: {sum(p.numel() for p in model.parameters()):,}",
+             "tokenizer: " + (f"vocab {tok.vocab_size}, bos {tok.bos_token_id}, eos {tok.eos_token_id}, "
+                              f"pad {tok.pad_token_id}" if tok is not None else "none"),
+             "config:"]
+    config = model.cfg.to_dict()
+    width = max(map(len, config))
+    lines += [f"  {key.ljust(width)}  {value}" for key, value in config.items()]
+    names = model.hook_names()
+    lines.append(f"hook points ({len(names)}):")
+    return lines + [f"  {line}" for line in group_hook_names(names)]
+
+
+def group_hook_names(names: Iterable[str]) -> list[str]:
+    """Fold per-layer hook names: `blocks.0.attn.hook_q` ... `blocks.29.attn.hook_q` -> `blocks.{0..29}.attn.hook_q`."""
+    layers: dict[str, list[int]] = {}
+    for name in names:
+        match = re.match(r"blocks\.(\d+)\.(.*)", name)
+        key = f"blocks.{{}}.{match.group(2)}" if match else name
+        layers.setdefault(key, []).append(int(match.group(1)) if match else -1)
+    lines = []
+    for key, found in layers.items():
+        if found == [-1]:
+            lines.append(key)
+            continue
+        found = sorted(set(found))
+        contiguous = found == list(range(found[0], found[-1] + 1))
+        span = f"{found[0]}..{found[-1]}" if contiguous and len(found) > 1 else ",".join(map(str, found))
+        lines.append(key.replace("{}", f"{{{span}}}", 1))
+    return lines
+
+
+def capture_summary(result, top: int = 3) -> list[str]:
+    """The `top` heads of every statistic, highest mean first (lowest for entropy and distance)."""
+    lines = [f"{result.n_prompts} prompts x {result.meta['seq_len']} tokens; top heads per statistic:"]
+    width = max(map(len, result.statistics))
+    for name in result.statistics:
+        means = result.mean(name)
+        flat = means.flatten().nan_to_num(nan=float("-inf"))
+        order = flat.argsort(descending=name not in ("entropy", "mean_distance"))[:top]
+        heads = [f"L{int(i) // means.shape[1]}H{int(i) % means.shape[1]} {float(flat[i]):.3f}" for i in order]
+        lines.append(f"  {name.ljust(width)}  " + "   ".join(heads) + f"   ({result.count(name)} queries)")
+    return lines
+
+
+def ablation_lines(result, metric: str, top: int = 15) -> list[str]:
+    """The baseline, then the effects, largest change first (the top ones of a sweep)."""
+    effects = sorted(result.effects, key=lambda e: abs(e.delta), reverse=True)
+    lines = [f"{result.model}: {result.method} ablation, {metric} baseline {result.baseline:.4f} "
+             f"({result.meta['n_prompts']} prompts)"]
+    for effect in effects[:top]:
+        names = ",".join(f"L{l}H{h}" for l, h in effect.heads)
+        lines.append(f"  {names:<24} {effect.value:.4f}  delta {effect.delta:+.4f}  "
+                     f"[{effect.ci[0]:+.4f}, {effect.ci[1]:+.4f}]")
+    if len(effects) > top:
+        lines.append(f"  ... {len(effects) - top} more in --json")
+    return lines
+
+
+def role_lines(table) -> list[str]:
+    """The heads holding roles, top first: name, roles, and each role's score, interval and null."""
+    held = table.heads_with_roles()
+    lines = [f"{table.model}: {len(held)} of {table.n_layers * table.n_heads} heads hold roles "
+             f"({table.meta['num_prompts']} prompts x {table.meta['seq_len']} tokens, {table.meta['dataset']})"]
+    if not held:
+        return lines + ["  no head's attention clears its null: no roles assigned"]
+    lines.append(f"  {'head':<7}{'role':<17}{'score':>7}  {'95% interval':<15}{'null':>6}  copying")
+    for row in held:
+        for n, role in enumerate(row.roles):
+            lo, hi = row.intervals[role]
+            copying = f"{row.copying:+.2f}" if role == "induction" and row.copying is not None else ""
+            name = row.name if n == 0 else ""
+            lines.append(f"  {name:<7}{role:<17}{row.scores[role]:>7.3f}  [{lo:.3f}, {hi:.3f}]  "
+                         f"{float(row.nulls[role]):>6.3f}  {copying}")
+    return lines
