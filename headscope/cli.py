@@ -352,6 +352,8 @@ def _composition(model_source, kind, roles_path, threshold, top_k, outs, device,
 @click.option("--roles", "roles_path", type=click.Path(exists=True, dir_okay=False), help="A roles.json.")
 @click.option("--sweep", "by", type=click.Choice(["head", "layer"]), help="Ablate every head (or layer) alone.")
 @click.option("--method", type=click.Choice(["zero", "mean", "resample"]), default="zero", show_default=True)
+@click.option("--knockout", "knockout_keys", help="Instead of removing the heads' output, cut only their attention "
+                                                  "to these key positions, e.g. 0 (the BOS sink) or 0,3.")
 @click.option("--metric", type=click.Choice(["loss", "induction-loss", "kl", "logit-diff"]), default="loss",
               show_default=True)
 @click.option("--pairs", type=click.Path(dir_okay=False),
@@ -359,8 +361,9 @@ def _composition(model_source, kind, roles_path, threshold, top_k, outs, device,
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the effects as JSON.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write a heatmap or bar chart page.")
 def ablate(model_source: str, dataset: str, seq_len: int | None, num_prompts: int, device: str, seed: int, pack: bool,
-           heads: str | None, role: str | None, roles_path: str | None, by: str | None, method: str, metric: str,
-           pairs: str | None, json_path: str | None, html_path: str | None) -> None:
+           heads: str | None, role: str | None, roles_path: str | None, by: str | None, method: str,
+           knockout_keys: str | None, metric: str, pairs: str | None, json_path: str | None,
+           html_path: str | None) -> None:
     """What heads are for: the change in a metric when they are zero-, mean- or resample-ablated."""
     from pathlib import Path
 
@@ -373,6 +376,8 @@ def ablate(model_source: str, dataset: str, seq_len: int | None, num_prompts: in
 
     if sum(x is not None for x in (heads, role, by)) != 1:
         raise InputError("choose what to ablate with exactly one of --heads, --role (with --roles) or --sweep")
+    if knockout_keys and by:
+        raise InputError("--knockout cuts the attention of named heads (--heads or --role), not a --sweep")
     if (metric == "logit-diff") != (pairs is not None):
         raise InputError("--metric logit-diff and --pairs FILE go together")
     model = load_model(model_source, device=device)
@@ -394,7 +399,11 @@ def ablate(model_source: str, dataset: str, seq_len: int | None, num_prompts: in
                 raise InputError(f"no head holds the role {role!r} in {roles_path}")
         else:
             targets = parse_heads(heads, model.cfg.n_layers, model.cfg.n_heads)
-        result = ablation.ablate(model, data, targets, method, chosen_metric, seed=seed)
+        if knockout_keys:
+            keys = [int(k) for k in _split(knockout_keys) or [] if k.lstrip("-").isdigit()]
+            result = ablation.knockout(model, data, targets, keys, chosen_metric, seed=seed)
+        else:
+            result = ablation.ablate(model, data, targets, method, chosen_metric, seed=seed)
     click.echo("\n".join(ablation_lines(result, metric)))
     if json_path:
         write_text_atomically(json_path, result.to_json())

@@ -289,3 +289,12 @@ def test_flow_ablation_weights_the_head_graph_by_measured_effects(tmp_path):
     graph = nx.read_graphml(out)
     assert graph.number_of_edges() == 8 and all("effect" in d and "composition_score" in d
                                                 for _, _, d in graph.edges(data=True))
+
+
+def test_ablate_knockout_cuts_attention_edges(tiny_checkpoint):
+    result = run("ablate", str(tiny_checkpoint), "--heads", "L1H0", "--knockout", "0", "--seq-len", "8")
+    assert result.exit_code == 0, result.output
+    assert "knockout ablation" in result.stdout and "L1H0" in result.stdout
+    assert_one_line_error(run("ablate", str(tiny_checkpoint), "--sweep", "head", "--knockout", "0"), "not a --sweep")
+    assert_one_line_error(run("ablate", str(tiny_checkpoint), "--heads", "L1H0", "--knockout", "99",
+                              "--seq-len", "8"), "out of range")

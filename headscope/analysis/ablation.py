@@ -11,6 +11,10 @@ Metrics are per prompt, so effects get bootstrap intervals over prompts: "loss" 
 clean next-token distribution), "logit-diff" (logit of the answer minus the wrong answer at the last
 position, for prompt pairs), or any callable `metric(logits, tokens, mask, clean_logits) -> (prompts,)`.
 
+"knockout" (attention-edge knockout) leaves a head's output alone and cuts only its attention to chosen key
+positions: their scores are masked before the softmax, so the rest renormalises (a query row whose only
+visible keys are cut is left as it is).
+
 `sweep` ablates every head (or layer) one at a time, fast: the clean residual stream entering each layer
 is kept from one clean pass, each ablated run starts there (`run_from_layer`) instead of re-running the
 layers before, and several ablated variants share one forward pass along the batch dimension. It equals
@@ -39,7 +43,7 @@ from headscope.model.transformer import HookedTransformer
 
 Heads = list[tuple[int, int]]
 MetricFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-METHODS = ("zero", "mean", "resample")
+METHODS = ("zero", "mean", "resample")  # of a head's output; `knockout` cuts attention edges instead
 
 
 # ----- metrics: (logits, tokens, real mask, clean logits) -> one value per prompt ---------------------------
@@ -286,6 +290,45 @@ def ablate(model: HookedTransformer, dataset: TokenDataset, heads: Heads, method
     effect = _effect(heads, fn(logits, tokens, real, clean_logits), clean, n_bootstrap, seed)
     return AblationResult(getattr(model, "source", ""), method, name, float(clean.mean()), (effect,),
                           _meta(model, dataset, seed))
+
+
+@torch.no_grad()
+def knockout(model: HookedTransformer, dataset: TokenDataset, heads: Heads, key_positions: list[int],
+             metric: str | MetricFn = "loss", *, seed: int = 0, n_bootstrap: int = 1000) -> AblationResult:
+    """The metric when `heads` may no longer attend to `key_positions` (e.g. [0]: the BOS sink)."""
+    _check(model, dataset, "zero")
+    if not heads or not key_positions:
+        raise InputError("knockout needs heads and key positions")
+    n_pos = dataset.tokens.shape[1]
+    bad = [p for p in key_positions if not 0 <= p < n_pos]
+    if bad:
+        raise InputError(f"key position {bad[0]} is out of range for prompts of {n_pos} tokens")
+    name, fn = _resolve_metric(metric, dataset, model)
+    tokens, real = dataset.tokens.to(model.device), _real(dataset).to(model.device)
+    mask = _mask(dataset, model)
+    clean_logits = model(tokens, attention_mask=mask)
+    cut = torch.zeros(n_pos, dtype=torch.bool, device=model.device)
+    cut[key_positions] = True
+
+    def hook_for(layer):
+        def hook(scores, hook):
+            scores = scores.clone()
+            lowest = torch.finfo(scores.dtype).min
+            for l, h in heads:
+                if l == layer:
+                    visible = scores[:, h] > lowest  # (batch, query, key)
+                    keeps_one = (visible & ~cut).any(-1, keepdim=True)  # rows that still see some key
+                    scores[:, h] = scores[:, h].masked_fill(cut & keeps_one, lowest)
+            return scores
+        return hook
+
+    layers = sorted({l for l, _ in heads})
+    logits = model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{l}.attn.hook_attn_scores", hook_for(l)) for l in layers],
+                                  attention_mask=mask, return_type="logits")
+    clean = fn(clean_logits, tokens, real, clean_logits)
+    effect = _effect(heads, fn(logits, tokens, real, clean_logits), clean, n_bootstrap, seed)
+    meta = _meta(model, dataset, seed) | {"key_positions": list(key_positions)}
+    return AblationResult(getattr(model, "source", ""), "knockout", name, float(clean.mean()), (effect,), meta)
 
 
 @torch.no_grad()

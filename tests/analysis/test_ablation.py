@@ -116,3 +116,29 @@ def test_bad_input_is_a_clear_error(word_tokenizer, dataset, tmp_path):
         ablate(model, from_tensor(dataset.tokens), [(0, 0)], "zero", "induction-loss")
     with pytest.raises(InputError, match="at least two prompts"):
         ablate(model, dataset.subset([0]), [(0, 0)], "resample")
+
+
+@torch.no_grad()
+def test_edge_knockout_equals_renormalising_the_pattern_without_those_keys(dataset):
+    from headscope.analysis.ablation import knockout
+
+    torch.manual_seed(7)
+    model = HookedTransformer(TINY_CONFIGS["llama-gqa"]).eval()
+    result = knockout(model, dataset, [(1, 2)], key_positions=[0, 3], metric="loss", n_bootstrap=20)
+
+    def renormalise(pattern, hook):
+        pattern = pattern.clone()
+        head = pattern[:, 2]
+        kept = head.clone()
+        kept[..., [0, 3]] = 0
+        rows = kept.sum(-1, keepdim=True) > 0  # rows 0..: row 0 sees only key 0 and is left alone
+        pattern[:, 2] = torch.where(rows, kept / kept.sum(-1, keepdim=True).clamp(min=1e-30), head)
+        return pattern
+
+    logits = model.run_with_hooks(dataset.tokens, fwd_hooks=[("blocks.1.attn.hook_pattern", renormalise)])
+    expected = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), dataset.tokens[:, 1:],
+                                                 reduction="none").mean(1).mean()
+    assert result.effects[0].value == pytest.approx(float(expected), abs=1e-5)
+    assert result.effects[0].delta != 0 and result.method == "knockout"
+    with pytest.raises(InputError, match="key position 99 is out of range"):
+        knockout(model, dataset, [(1, 2)], key_positions=[99])
