@@ -2,6 +2,9 @@
 
 Every user error is a `HeadscopeError`; `_Group.invoke` turns it into one `Error: ...` line and exit
 code 1, or re-raises it with its traceback under `--debug`.
+
+Launched by torchrun (`torchrun --nproc-per-node N -m headscope capture|classify|ablate --sweep ...`), every
+process joins the process group, takes its shard of the work, and only rank 0 prints and writes files.
 """
 
 from __future__ import annotations
@@ -11,11 +14,13 @@ import re
 import click
 
 from headscope import __version__
-from headscope.errors import HeadscopeError
+from headscope import distributed
+from headscope.errors import HeadscopeError, InputError
 from headscope.io import write_text_atomically
 from headscope.reports import ablation_lines, capture_summary, describe_model, role_lines
 
 _DEBUG = "headscope.debug"
+_SHARDED_COMMANDS = ("capture", "classify", "ablate")  # what torchrun may launch; `ablate` only with --sweep
 
 
 class _Group(click.Group):
@@ -27,7 +32,10 @@ class _Group(click.Group):
         except HeadscopeError as err:
             if ctx.meta.get(_DEBUG):
                 raise
-            raise click.ClickException(" ".join(str(err).splitlines()) or type(err).__name__) from err
+            message = " ".join(str(err).splitlines()) or type(err).__name__
+            if distributed.launched_by_torchrun():
+                message = f"[rank {distributed.rank()}] {message}"
+            raise click.ClickException(message) from err
 
 
 @click.group(cls=_Group)
@@ -37,6 +45,12 @@ class _Group(click.Group):
 def cli(ctx: click.Context, debug: bool) -> None:
     """Mechanistic interpretability of attention heads."""
     ctx.meta[_DEBUG] = debug
+    if distributed.launched_by_torchrun():
+        if ctx.invoked_subcommand not in _SHARDED_COMMANDS:
+            raise InputError(f"`headscope {ctx.invoked_subcommand}` does not run across processes: run it without "
+                             f"torchrun (torchrun can launch {', '.join(_SHARDED_COMMANDS)} --sweep)")
+        distributed.init_from_environment()
+        ctx.call_on_close(distributed.close)
 
 
 @cli.group()
@@ -102,7 +116,7 @@ def _check_device(ctx: click.Context, param: click.Parameter, value: str) -> str
 
     if value.startswith("cuda") and not torch.cuda.is_available():
         raise click.BadParameter("CUDA is not available on this machine; use --device cpu")
-    return value
+    return distributed.local_device(value)  # under torchrun, `cuda` is each process's own GPU
 
 
 def _split(value: str | None) -> list[str] | None:
@@ -170,6 +184,8 @@ def capture(model_source: str, dataset: str, seq_len: int | None, num_prompts: i
                          patterns_out=folder / "patterns.safetensors" if patterns else None,
                          resume=folder / "progress.safetensors")
     result.meta["seed"] = seed
+    if not distributed.is_writer():  # under torchrun, rank 0 writes and prints
+        return
     result.save(folder / "stats.safetensors")
     write_text_atomically(folder / "stats.json", result.to_json())
     click.echo("\n".join(capture_summary(result)))
@@ -198,6 +214,8 @@ def classify(model_source: str, dataset: str, seq_len: int | None, num_prompts: 
     data = dataset_for_model(model, dataset, seq_len=_fit_seq_len(seq_len, 64, model), num_prompts=num_prompts,
                              seed=seed, mode="pack" if pack else "pad")
     table = classify_heads(model, data, seed=seed, progress=True)
+    if not distributed.is_writer():  # under torchrun, rank 0 writes and prints
+        return
     click.echo("\n".join(role_lines(table)))
     if json_path:
         write_text_atomically(json_path, table.to_json())
@@ -380,6 +398,9 @@ def ablate(model_source: str, dataset: str, seq_len: int | None, num_prompts: in
         raise InputError("--knockout cuts the attention of named heads (--heads or --role), not a --sweep")
     if (metric == "logit-diff") != (pairs is not None):
         raise InputError("--metric logit-diff and --pairs FILE go together")
+    if distributed.launched_by_torchrun() and not by:
+        raise InputError("under torchrun, ablate splits a --sweep across processes; run --heads or --role as one "
+                         "process")
     model = load_model(model_source, device=device)
     if pairs:
         data, answers, wrongs = ablation.pairs_dataset(pairs, model.tokenizer)
@@ -404,6 +425,8 @@ def ablate(model_source: str, dataset: str, seq_len: int | None, num_prompts: in
             result = ablation.knockout(model, data, targets, keys, chosen_metric, seed=seed)
         else:
             result = ablation.ablate(model, data, targets, method, chosen_metric, seed=seed)
+    if not distributed.is_writer():  # under torchrun, rank 0 writes and prints
+        return
     click.echo("\n".join(ablation_lines(result, metric)))
     if json_path:
         write_text_atomically(json_path, result.to_json())

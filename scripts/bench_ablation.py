@@ -1,11 +1,13 @@
 """Benchmark: a zero-ablation sweep of every head, headscope's against TransformerLens' one head at a time.
 
 Same weights (a `transformers` model of SmolLM2-135M's shape, seeded random weights, or the real file),
-same prompts (repeated random tokens), same metric (mean next-token loss): headscope's `sweep` (clean
-residuals reused, variants stacked along the batch) against the bridge's `run_with_hooks` with a hook
-zeroing one head's `hook_z`, head after head. Prints both times, the ratio and the largest difference of
+same prompts (repeated random tokens), same metric (mean next-token loss, or with --metric induction-loss
+the loss on the repeated half): headscope's `sweep` (clean residuals reused, variants stacked along the
+batch, only the read positions unembedded) against the bridge's `run_with_hooks` with a hook zeroing one
+head's `hook_z`, head after head. Prints both times, the ratio and the largest difference of
 the per-head losses (target 1e-4).
 
+  python scripts/bench_ablation.py --device cpu --batch 1 --seq 32             # a small sweep, all 270 heads
   python scripts/bench_ablation.py --device cpu --batch 2 --seq 128 --layers 10
   python scripts/bench_ablation.py --device cuda --batch 8 --seq 256          # the issue's GPU setting
 """
@@ -17,9 +19,8 @@ import json
 import time
 
 import torch
-import torch.nn.functional as F
 
-from headscope.analysis.ablation import sweep
+from headscope.analysis.ablation import METRICS, induction_loss_metric, sweep
 from headscope.capture.datasets import repeated_random_tokens
 from headscope.loading.load import load_model
 from headscope.loading.transformer_lens import boot_bridge
@@ -32,6 +33,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--layers", type=int, default=None, help="keep only the first N layers (a smaller sweep)")
+    parser.add_argument("--metric", default="loss", choices=["loss", "induction-loss"],
+                        help="mean next-token loss, or the loss on the repeated half only")
     parser.add_argument("--json")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
@@ -47,10 +50,12 @@ def main() -> None:
     data = repeated_random_tokens(args.batch, (args.seq - 1) // 2, vocab_size=ours.cfg.d_vocab, seed=0,
                                   bos_token_id=1, low=100)
     tokens = data.tokens.to(args.device)
+    real = torch.ones_like(tokens, dtype=torch.bool)
 
-    sweep(ours, data.subset([0]), "zero", "loss", n_bootstrap=10)  # warm-up
+    metric = induction_loss_metric(data) if args.metric == "induction-loss" else METRICS["loss"]
+    sweep(ours, data.subset([0]), "zero", metric, n_bootstrap=10)  # warm-up
     start = time.perf_counter()
-    result = sweep(ours, data, "zero", "loss", n_bootstrap=10)
+    result = sweep(ours, data, "zero", metric, n_bootstrap=10)
     if args.device == "cuda":
         torch.cuda.synchronize()
     ours_s = time.perf_counter() - start
@@ -64,7 +69,7 @@ def main() -> None:
                 z[:, :, head] = 0
                 return z
             logits = bridge.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", zero_head)])
-            theirs[layer, head] = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten())
+            theirs[layer, head] = metric(logits, tokens, real, logits).mean()  # the same formula, from full logits
     if args.device == "cuda":
         torch.cuda.synchronize()
     theirs_s = time.perf_counter() - start

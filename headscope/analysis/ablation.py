@@ -10,6 +10,8 @@ Metrics are per prompt, so effects get bootstrap intervals over prompts: "loss" 
 "induction-loss" (loss on the repeated half of repeated-random prompts), "kl" (KL divergence from the
 clean next-token distribution), "logit-diff" (logit of the answer minus the wrong answer at the last
 position, for prompt pairs), or any callable `metric(logits, tokens, mask, clean_logits) -> (prompts,)`.
+The built-in ones are `Metric`s that can also be computed from the final hidden states, unembedding only
+the positions (or vocabulary columns) they read.
 
 "knockout" (attention-edge knockout) leaves a head's output alone and cuts only its attention to chosen key
 positions: their scores are masked before the softmax, so the rest renormalises (a query row whose only
@@ -33,9 +35,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 import headscope
+from headscope import distributed as distributed_run
 from headscope.capture.datasets import TokenDataset
 from headscope.errors import InputError
 from headscope.heads import head_name
@@ -46,10 +48,37 @@ MetricFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], to
 METHODS = ("zero", "mean", "resample")  # of a head's output; `knockout` cuts attention edges instead
 
 
-# ----- metrics: (logits, tokens, real mask, clean logits) -> one value per prompt ---------------------------
+# ----- metrics: one value per prompt -----------------------------------------------------------------------
 def _token_losses(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """(batch, pos - 1) loss of predicting token i + 1 at position i."""
-    return F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), tokens[:, 1:], reduction="none")
+    """(batch, pos - 1) loss of predicting token i + 1 at position i.
+
+    logsumexp minus the target's logit, both along the contiguous vocabulary axis: `cross_entropy` on
+    (batch, vocab, pos) would first copy the logits into that strided layout, a third of a CPU sweep's time.
+    """
+    predicting = logits[:, :-1].float()
+    target = predicting.gather(-1, tokens[:, 1:, None]).squeeze(-1)
+    return torch.logsumexp(predicting, -1) - target
+
+
+def _token_losses_from_hidden(model, hidden: torch.Tensor, tokens: torch.Tensor, keep: torch.Tensor,
+                              chunk_bytes: int = 1 << 26) -> torch.Tensor:
+    """`_token_losses` at the predicting positions `keep` (batch, pos - 1) only, zero elsewhere.
+
+    Only those rows of the final hidden states are unembedded, a chunk at a time, so the
+    (batch, pos, vocabulary) logits never exist: in a sweep that tensor costs more than the layers.
+    """
+    where = keep.nonzero(as_tuple=True)
+    rows, targets = hidden[:, :-1][where], tokens[:, 1:][where]
+    step = max(1, chunk_bytes // (4 * model.cfg.d_vocab))
+    losses = torch.zeros(keep.shape, dtype=torch.float32, device=hidden.device)
+    parts = []
+    for start in range(0, len(rows), step):
+        logits = model.unembed_hidden(rows[start : start + step]).float()
+        target = logits.gather(-1, targets[start : start + step, None]).squeeze(-1)
+        parts.append(torch.logsumexp(logits, -1) - target)
+    if parts:
+        losses[where] = torch.cat(parts)
+    return losses
 
 
 def _masked_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -57,8 +86,50 @@ def _masked_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return (values * keep).sum(-1) / keep.sum(-1).clamp(min=1)
 
 
-def _loss(logits, tokens, real, clean_logits):
-    return _masked_mean(_token_losses(logits, tokens), real[:, 1:])
+def _last_real(real: torch.Tensor) -> torch.Tensor:
+    return real.long().sum(1) - 1
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric of a forward pass, one value per prompt.
+
+    Called as `metric(logits, tokens, real, clean_logits)`, the form any callable metric takes. The built-in
+    metrics also have `on_hidden(model, hidden, tokens, real)`: the same value from the final hidden states,
+    unembedding only the positions (for logit-diff, only the two vocabulary columns) that the metric reads.
+    Ablation runs use it when it is there; most of a sweep's time otherwise goes into logits nobody reads.
+    """
+
+    name: str
+    on_logits: MetricFn
+    on_hidden: Callable[..., torch.Tensor] | None = None
+
+    def __call__(self, logits, tokens, real, clean_logits) -> torch.Tensor:
+        return self.on_logits(logits, tokens, real, clean_logits)
+
+    @property
+    def reads(self) -> str:
+        """The forward pass's return_type this metric takes: "hidden" or "logits"."""
+        return "logits" if self.on_hidden is None else "hidden"
+
+    def of(self, model, output, tokens, real, clean_output) -> torch.Tensor:
+        """The metric of a forward pass that returned `self.reads`."""
+        if self.on_hidden is None:
+            return self.on_logits(output, tokens, real, clean_output)
+        return self.on_hidden(model, output, tokens, real)
+
+
+def _mean_token_loss(name: str, predicted_kept: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Metric:
+    """Mean next-token loss over the predicting positions that `predicted_kept(tokens, real)` selects."""
+
+    def on_logits(logits, tokens, real, clean_logits):
+        return _masked_mean(_token_losses(logits, tokens), predicted_kept(tokens, real))
+
+    def on_hidden(model, hidden, tokens, real):
+        keep = predicted_kept(tokens, real)
+        return _masked_mean(_token_losses_from_hidden(model, hidden, tokens, keep), keep)
+
+    return Metric(name, on_logits, on_hidden)
 
 
 def _kl(logits, tokens, real, clean_logits):
@@ -67,37 +138,39 @@ def _kl(logits, tokens, real, clean_logits):
     return _masked_mean(kl, real)
 
 
-def _last_real(real: torch.Tensor) -> torch.Tensor:
-    return real.long().sum(1) - 1
+METRICS: dict[str, Metric] = {"loss": _mean_token_loss("loss", lambda tokens, real: real[:, 1:]),
+                              "kl": Metric("kl", _kl)}
 
 
-METRICS: dict[str, MetricFn] = {"loss": _loss, "kl": _kl}
-
-
-def induction_loss_metric(dataset: TokenDataset) -> MetricFn:
+def induction_loss_metric(dataset: TokenDataset) -> Metric:
     """Loss on the predictable part of the repeated periods of repeated-random prompts."""
     period = dataset.meta.get("period")
     if dataset.name != "repeated-random" or not period:
         raise InputError("induction-loss needs the repeated-random dataset (its period says what repeats)")
     first = 1 if dataset.has_bos else 0
 
-    def metric(logits, tokens, real, clean_logits):
+    def repeated(tokens, real):
         predicted = torch.arange(1, tokens.shape[1], device=tokens.device)  # position of each predicted token
-        repeated = (predicted >= first + period + 1).expand(tokens.shape[0], -1)
-        return _masked_mean(_token_losses(logits, tokens), repeated & real[:, 1:])
+        return (predicted >= first + period + 1).expand(tokens.shape[0], -1) & real[:, 1:]
 
-    return metric
+    return _mean_token_loss("induction-loss", repeated)
 
 
-def logit_diff_metric(answers: torch.Tensor, wrongs: torch.Tensor) -> MetricFn:
+def logit_diff_metric(answers: torch.Tensor, wrongs: torch.Tensor) -> Metric:
     """logit(answer) - logit(wrong) at each prompt's last real position."""
 
-    def metric(logits, tokens, real, clean_logits):
-        last = logits[torch.arange(len(tokens)), _last_real(real)].float()
+    def on_logits(logits, tokens, real, clean_logits):
         rows = torch.arange(len(tokens))
+        last = logits[rows, _last_real(real)].float()
         return last[rows, answers.to(logits.device)] - last[rows, wrongs.to(logits.device)]
 
-    return metric
+    def on_hidden(model, hidden, tokens, real):
+        last = hidden[torch.arange(len(tokens)), _last_real(real)]  # (prompts, d_model)
+        answer = model.unembed_hidden(last, columns=answers.to(hidden.device))
+        wrong = model.unembed_hidden(last, columns=wrongs.to(hidden.device))
+        return (answer - wrong).float()
+
+    return Metric("logit-diff", on_logits, on_hidden)
 
 
 def pairs_dataset(path, tokenizer) -> tuple[TokenDataset, torch.Tensor, torch.Tensor]:
@@ -160,12 +233,12 @@ def _derangement(n: int, seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _clean_pass(model, dataset, layers, method, seed, want_resid: bool):
-    """One clean forward: logits, each layer's residual stream in, and what the method needs."""
+def _clean_pass(model, dataset, layers, method, seed, want_resid: bool, reads: str):
+    """One clean forward: its output (`reads`), each layer's residual stream in, and what the method needs."""
     names = [f"blocks.{l}.attn.hook_z" for l in layers] if method != "zero" else []
     names += [f"blocks.{l}.hook_resid_pre" for l in layers] if want_resid else []
     logits, cache = model.run_with_cache(dataset.tokens.to(model.device), names_filter=names,
-                                         attention_mask=_mask(dataset, model), return_type="logits")
+                                         attention_mask=_mask(dataset, model), return_type=reads)
     real = _real(dataset).to(model.device)
     replacements = _Replacements(method)
     for layer in layers if method != "zero" else []:
@@ -238,14 +311,16 @@ def _effect(heads, ablated: torch.Tensor, clean: torch.Tensor, n_bootstrap: int,
 
 
 # ----- the public functions --------------------------------------------------------------------------------
-def _resolve_metric(metric: str | MetricFn, dataset: TokenDataset, model) -> tuple[str, MetricFn]:
+def _resolve_metric(metric: str | MetricFn | Metric, dataset: TokenDataset) -> Metric:
+    if isinstance(metric, Metric):
+        return metric
     if callable(metric):
-        return getattr(metric, "__name__", "custom"), metric
+        return Metric(getattr(metric, "__name__", "custom"), metric)
     if metric == "induction-loss":
-        return metric, induction_loss_metric(dataset)
+        return induction_loss_metric(dataset)
     if metric not in METRICS:
         raise InputError(f"unknown metric {metric!r}: use loss, induction-loss, kl, logit-diff or a callable")
-    return metric, METRICS[metric]
+    return METRICS[metric]
 
 
 def _check(model, dataset, method) -> None:
@@ -269,9 +344,9 @@ def ablate(model: HookedTransformer, dataset: TokenDataset, heads: Heads, method
     _check(model, dataset, method)
     if not heads:
         raise InputError("no heads to ablate")
-    name, fn = _resolve_metric(metric, dataset, model)
+    chosen = _resolve_metric(metric, dataset)
     layers = sorted({l for l, _ in heads})
-    clean_logits, _, replacements = _clean_pass(model, dataset, layers, method, seed, want_resid=False)
+    clean_output, _, replacements = _clean_pass(model, dataset, layers, method, seed, False, chosen.reads)
     tokens, real = dataset.tokens.to(model.device), _real(dataset).to(model.device)
     rows = torch.arange(len(dataset), device=model.device)
 
@@ -284,11 +359,11 @@ def ablate(model: HookedTransformer, dataset: TokenDataset, heads: Heads, method
             return z
         return hook
 
-    logits = model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{l}.attn.hook_z", hook_for(l)) for l in layers],
-                                  attention_mask=_mask(dataset, model), return_type="logits")
-    clean = fn(clean_logits, tokens, real, clean_logits)
-    effect = _effect(heads, fn(logits, tokens, real, clean_logits), clean, n_bootstrap, seed)
-    return AblationResult(getattr(model, "source", ""), method, name, float(clean.mean()), (effect,),
+    output = model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{l}.attn.hook_z", hook_for(l)) for l in layers],
+                                  attention_mask=_mask(dataset, model), return_type=chosen.reads)
+    clean = chosen.of(model, clean_output, tokens, real, clean_output)
+    effect = _effect(heads, chosen.of(model, output, tokens, real, clean_output), clean, n_bootstrap, seed)
+    return AblationResult(getattr(model, "source", ""), method, chosen.name, float(clean.mean()), (effect,),
                           _meta(model, dataset, seed))
 
 
@@ -303,10 +378,10 @@ def knockout(model: HookedTransformer, dataset: TokenDataset, heads: Heads, key_
     bad = [p for p in key_positions if not 0 <= p < n_pos]
     if bad:
         raise InputError(f"key position {bad[0]} is out of range for prompts of {n_pos} tokens")
-    name, fn = _resolve_metric(metric, dataset, model)
+    chosen = _resolve_metric(metric, dataset)
     tokens, real = dataset.tokens.to(model.device), _real(dataset).to(model.device)
     mask = _mask(dataset, model)
-    clean_logits = model(tokens, attention_mask=mask)
+    clean_output = model(tokens, attention_mask=mask, return_type=chosen.reads)
     cut = torch.zeros(n_pos, dtype=torch.bool, device=model.device)
     cut[key_positions] = True
 
@@ -323,46 +398,68 @@ def knockout(model: HookedTransformer, dataset: TokenDataset, heads: Heads, key_
         return hook
 
     layers = sorted({l for l, _ in heads})
-    logits = model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{l}.attn.hook_attn_scores", hook_for(l)) for l in layers],
-                                  attention_mask=mask, return_type="logits")
-    clean = fn(clean_logits, tokens, real, clean_logits)
-    effect = _effect(heads, fn(logits, tokens, real, clean_logits), clean, n_bootstrap, seed)
+    output = model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{l}.attn.hook_attn_scores", hook_for(l)) for l in layers],
+                                  attention_mask=mask, return_type=chosen.reads)
+    clean = chosen.of(model, clean_output, tokens, real, clean_output)
+    effect = _effect(heads, chosen.of(model, output, tokens, real, clean_output), clean, n_bootstrap, seed)
     meta = _meta(model, dataset, seed) | {"key_positions": list(key_positions)}
-    return AblationResult(getattr(model, "source", ""), "knockout", name, float(clean.mean()), (effect,), meta)
+    return AblationResult(getattr(model, "source", ""), "knockout", chosen.name, float(clean.mean()), (effect,), meta)
 
 
 @torch.no_grad()
 def sweep(model: HookedTransformer, dataset: TokenDataset, method: str = "zero", metric: str | MetricFn = "loss",
-          *, by: str = "head", seed: int = 0, n_bootstrap: int = 1000, max_memory: int = 1 << 30) -> AblationResult:
-    """Every single head (by="head") or every whole layer (by="layer") ablated on its own."""
+          *, by: str = "head", seed: int = 0, n_bootstrap: int = 1000, max_memory: int = 1 << 30,
+          distributed: bool | None = None) -> AblationResult:
+    """Every single head (by="head") or every whole layer (by="layer") ablated on its own.
+
+    distributed: split the variants across the processes of a torch.distributed group (None: when there is
+    one), every world-th variant to each (so each gets early and late layers alike); every process gets the
+    whole result (see `headscope.distributed`).
+    """
     _check(model, dataset, method)
     if by not in ("head", "layer"):
         raise InputError(f"sweep by {by!r}: use head or layer")
-    name, fn = _resolve_metric(metric, dataset, model)
+    chosen = _resolve_metric(metric, dataset)
     cfg = model.cfg
-    layers = list(range(cfg.n_layers))
-    clean_logits, resid, replacements = _clean_pass(model, dataset, layers, method, seed, want_resid=True)
+    clean_output, resid, replacements = _clean_pass(model, dataset, range(cfg.n_layers), method, seed, True,
+                                                    chosen.reads)
     tokens, real = dataset.tokens.to(model.device), _real(dataset).to(model.device)
-    mask = _mask(dataset, model)
-    clean = fn(clean_logits, tokens, real, clean_logits)
-    n, n_pos = tokens.shape
-    # Variants per pass: the logits of every variant are the largest tensors held at once.
-    per_variant = 3 * n * n_pos * cfg.d_vocab * 4
-    stack = max(1, int(max_memory // per_variant))
-    effects = []
-    for layer in layers:
-        variants = [[(layer, h)] for h in range(cfg.n_heads)] if by == "head" else \
-            [[(layer, h) for h in range(cfg.n_heads)]]
-        for start in range(0, len(variants), stack):
-            chunk = variants[start : start + stack]
-            values = _run_variants(model, layer, chunk, resid[layer], tokens, real, mask, clean_logits, fn,
-                                   replacements)
-            effects += [_effect(v, value, clean, n_bootstrap, seed) for v, value in zip(chunk, values)]
-    meta = _meta(model, dataset, seed) | {"by": by}
-    return AblationResult(getattr(model, "source", ""), method, name, float(clean.mean()), tuple(effects), meta)
+    clean = chosen.of(model, clean_output, tokens, real, clean_output)
+    variants = [[(layer, h)] for layer in range(cfg.n_layers) for h in range(cfg.n_heads)] if by == "head" else \
+        [[(layer, h) for h in range(cfg.n_heads)] for layer in range(cfg.n_layers)]
+    stack = max(1, int(max_memory // _bytes_per_variant(cfg, *tokens.shape, chosen.reads)))
+
+    def values_of(indices: range) -> list[torch.Tensor]:
+        """Per-prompt metric values of the variants `indices`, those of one layer stacked `stack` at a time."""
+        mine, out = [variants[i] for i in indices], []
+        for layer in sorted({v[0][0] for v in mine}):
+            of_layer = [v for v in mine if v[0][0] == layer]
+            for start in range(0, len(of_layer), stack):
+                out += _run_variants(model, layer, of_layer[start : start + stack], resid[layer], tokens, real,
+                                     _mask(dataset, model), clean_output, chosen, replacements)
+        return [value.cpu() for value in out]
+
+    processes = 1
+    if distributed_run.active(distributed):
+        processes = distributed_run.world_size()
+        per_rank = distributed_run.gather(lambda: values_of(range(distributed_run.rank(), len(variants), processes)))
+        values = [per_rank[i % processes][i // processes] for i in range(len(variants))]
+    else:
+        values = values_of(range(len(variants)))
+    effects = tuple(_effect(v, value, clean.cpu(), n_bootstrap, seed) for v, value in zip(variants, values))
+    meta = _meta(model, dataset, seed) | {"by": by, "processes": processes}
+    return AblationResult(getattr(model, "source", ""), method, chosen.name, float(clean.mean()), effects, meta)
 
 
-def _run_variants(model, layer, variants, resid, tokens, real, mask, clean_logits, fn, replacements):
+def _bytes_per_variant(cfg, n_prompts: int, n_pos: int, reads: str) -> int:
+    """Rough float32 memory one stacked variant holds at once: its logits when the metric reads them, else
+    the largest activations of a block (residual copies, MLP hidden, one layer's attention scores)."""
+    if reads == "logits":
+        return 3 * n_prompts * n_pos * cfg.d_vocab * 4
+    return n_prompts * n_pos * (4 * cfg.d_model + 2 * cfg.d_mlp + cfg.n_heads * n_pos) * 4
+
+
+def _run_variants(model, layer, variants, resid, tokens, real, mask, clean_output, metric, replacements):
     """Several ablated variants of one layer in one pass, stacked along the batch (variant-major)."""
     k, n = len(variants), len(tokens)
     rows = torch.arange(n, device=tokens.device)
@@ -377,5 +474,6 @@ def _run_variants(model, layer, variants, resid, tokens, real, mask, clean_logit
 
     stacked_mask = None if mask is None else mask.repeat(k, 1)
     with model.hooks([(f"blocks.{layer}.attn.hook_z", hook)]):
-        logits = model.run_from_layer(resid.repeat(k, 1, 1), layer, attention_mask=stacked_mask, return_type="logits")
-    return [fn(logits[i * n : (i + 1) * n], tokens, real, clean_logits) for i in range(k)]
+        output = model.run_from_layer(resid.repeat(k, 1, 1), layer, attention_mask=stacked_mask,
+                                      return_type=metric.reads)
+    return [metric.of(model, output[i * n : (i + 1) * n], tokens, real, clean_output) for i in range(k)]

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import torch
 
+from headscope import distributed as distributed_run
 from headscope.capture.datasets import TokenDataset, induction_target_pairs
 from headscope.errors import InputError
 from headscope.model.transformer import HookedTransformer
 
 
 def copying_scores(model: HookedTransformer, dataset: TokenDataset, heads: list[tuple[int, int]],
-                   batch_size: int = 8) -> dict[tuple[int, int], float]:
+                   batch_size: int = 8, distributed: bool | None = None) -> dict[tuple[int, int], float]:
     """Each head's mean direct logit effect (in logits) on the token its induction target holds.
 
     heads: (layer, head) pairs. Queries are those whose latest earlier occurrence's next token is also
@@ -43,18 +44,30 @@ def copying_scores(model: HookedTransformer, dataset: TokenDataset, heads: list[
     if bad:
         raise InputError(f"head L{bad[0][0]}H{bad[0][1]} does not exist in a model of {model.cfg.n_layers} "
                          f"layers x {model.cfg.n_heads} heads")
+    if distributed_run.active(distributed):  # each process sums its shard of the prompts
+        shard = distributed_run.shard(len(dataset))
+        parts = distributed_run.gather(lambda: _copying_totals(model, dataset, shard, heads, batch_size))
+    else:
+        parts = [_copying_totals(model, dataset, range(len(dataset)), heads, batch_size)]
+    totals = {head: sum(part[0][head] for part in parts) for head in heads}
+    n_queries = sum(part[1] for part in parts)
+    if n_queries == 0:
+        raise InputError("no query in this dataset repeats an earlier bigram: copying needs repeated tokens "
+                         "(e.g. the repeated-random dataset)")
+    return {head: total / n_queries for head, total in totals.items()}
+
+
+def _copying_totals(model, dataset: TokenDataset, rows: range, heads, batch_size: int) -> tuple[dict, int]:
+    """Each head's summed direct logit effect over the copy queries of the prompts `rows`, and their number."""
     totals = {head: 0.0 for head in heads}
     n_queries = 0
-    for rows, tokens, mask in dataset.batches(batch_size):
+    for _, tokens, mask in dataset.batches(batch_size, within=rows):
         b, i, target = _copy_queries(tokens, mask, dataset.has_bos)
         if len(b):
             for head, value in _batch_effects(model, tokens, mask, heads, b, i, target).items():
                 totals[head] += value
             n_queries += len(b)
-    if n_queries == 0:
-        raise InputError("no query in this dataset repeats an earlier bigram: copying needs repeated tokens "
-                         "(e.g. the repeated-random dataset)")
-    return {head: total / n_queries for head, total in totals.items()}
+    return totals, n_queries
 
 
 def _copy_queries(tokens: torch.Tensor, mask: torch.Tensor | None, has_bos: bool):

@@ -212,6 +212,7 @@ def classify_heads(
     margin: float = DEFAULT_MARGIN,
     device: str | torch.device | None = None,
     progress: bool = False,
+    distributed: bool | None = None,
 ) -> RoleTable:
     """Give every head of `model` the roles its attention supports (see the module docstring).
 
@@ -222,6 +223,8 @@ def classify_heads(
     lower end of the bootstrap 95% interval (`n_bootstrap` resamples of the prompts, seeded) must exceed
     the null. A head may hold several roles; a head scoring above a threshold without the role says why
     in `rejected`. Induction candidates get a copying score (`headscope.analysis.detectors`).
+    distributed: split the prompts across the processes of a torch.distributed group (None: when there is
+    one); every process gets the whole table (see `headscope.distributed`).
 
     References
     ----------
@@ -234,13 +237,13 @@ def classify_heads(
     limits = _check_options(thresholds, margin, n_bootstrap, roles)
     dataset = _resolve_dataset(model, dataset, seq_len, num_prompts, seed)
     stats = [ROLE_STATISTICS[r] for r in roles]
-    probe = capture(model, dataset, stats, device=device, progress=progress)
+    probe = capture(model, dataset, stats, device=device, progress=progress, distributed=distributed)
     control = capture(model, shuffled_control(dataset, seed), [ROLE_STATISTICS[r] for r in CONTENT_ROLES],
-                      device=device, plan_dataset=dataset, progress=progress)
+                      device=device, plan_dataset=dataset, progress=progress, distributed=distributed)
     scores = {r: probe.mean(ROLE_STATISTICS[r]) for r in roles}
     intervals = {r: bootstrap_interval(probe, ROLE_STATISTICS[r], n_bootstrap, seed) for r in roles}
     nulls = _nulls(model, dataset, control, roles)
-    copying = _copying_candidates(model, dataset, scores["induction"], limits["induction"])
+    copying = _copying_candidates(model, dataset, scores["induction"], limits["induction"], distributed)
     heads = tuple(
         _judge(layer, head, roles, scores, intervals, nulls, limits, margin, copying)
         for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)
@@ -350,14 +353,15 @@ def _nulls(model, dataset, control: CaptureResult, roles) -> dict[str, torch.Ten
     return nulls
 
 
-def _copying_candidates(model, dataset, induction: torch.Tensor, threshold: float) -> dict[tuple[int, int], float]:
+def _copying_candidates(model, dataset, induction: torch.Tensor, threshold: float,
+                        distributed: bool | None) -> dict[tuple[int, int], float]:
     from headscope.analysis.detectors import copying_scores
 
     heads = [(int(l), int(h)) for l, h in (induction >= threshold).nonzero().tolist()]
     if not heads or not model.cfg.has_unembed:
         return {}
     try:
-        return copying_scores(model, dataset, heads)
+        return copying_scores(model, dataset, heads, distributed=distributed)
     except InputError:  # a dataset with no repeated bigram (natural text can have none): no copying evidence
         return {}
 

@@ -44,12 +44,14 @@ class TokenDataset:
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
-    def batches(self, batch_size: int) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor | None]]:
-        """Consecutive prompts, `batch_size` at a time: (which rows, their tokens, their mask or None)."""
+    def batches(self, batch_size: int, within: range | None = None) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor | None]]:
+        """Consecutive prompts (of the range `within`, default all), `batch_size` at a time: (which rows,
+        their tokens, their mask or None)."""
         if batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")
-        for start in range(0, len(self), batch_size):
-            rows = slice(start, min(start + batch_size, len(self)))
+        within = range(len(self)) if within is None else within
+        for start in range(within.start, within.stop, batch_size):
+            rows = slice(start, min(start + batch_size, within.stop))
             mask = None if self.attention_mask is None else self.attention_mask[rows]
             yield rows, self.tokens[rows], mask
 

@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 import headscope
+from headscope import distributed as distributed_run
 from headscope.capture.budget import choose_batch_size, is_out_of_memory
 from headscope.capture.datasets import TokenDataset
 from headscope.capture.kernels import fused_attention_with_lse
@@ -232,6 +233,7 @@ def capture(
     save_every_s: float = 30.0,
     plan_dataset: TokenDataset | None = None,
     progress: bool = True,
+    distributed: bool | None = None,
 ) -> CaptureResult:
     """Per-head statistics of `model` over every prompt of `dataset`, and patterns of chosen heads.
 
@@ -245,6 +247,10 @@ def capture(
     same model, tokens, statistics and method continues after the prompts it holds. Removed at the end.
     plan_dataset: where the statistics look is read from these tokens (same shape) while the model runs on
     `dataset`'s: a control that keeps the positions a role would attend to but not what stands there.
+    distributed: split the prompts across the processes of the initialised torch.distributed group (None:
+    when there is one of several processes). Every process passes the same dataset and gets the whole
+    result; each resumes its own shard from `resume` with `.rankRofW` before the suffix, and keeps that
+    file until every shard is done, so a rerun after a failure recounts nothing that was finished.
     """
     if method not in ("fused", "explicit"):
         raise InputError(f"unknown capture method {method!r}: use fused or explicit")
@@ -257,23 +263,71 @@ def capture(
     recorder = _make_recorder(model, dataset, patterns, pattern_prompts)
     if device is not None:
         model.to(device)
-    device = model.device
     n_pos = dataset.tokens.shape[1]
     if n_pos > model.cfg.n_ctx:
         raise InputError(f"prompts of {n_pos} tokens are longer than the model's context of {model.cfg.n_ctx}: "
                          "use a shorter --seq-len")
+    fingerprint = _fingerprint(model, dataset, names, method, plan_dataset)
+    if not distributed_run.active(distributed):
+        part, resumed, progress_file = _capture_rows(model, dataset, names, method, range(len(dataset)), batch_size,
+                                                     max_memory, recorder, plan_dataset, progress,
+                                                     _Progress(resume, fingerprint, save_every_s))
+        parts, processes = [part], 1
+    else:
+        processes = distributed_run.world_size()
+        if len(dataset) < processes:
+            raise InputError(f"the dataset has {len(dataset)} prompts for {processes} processes: give every "
+                             "process at least one prompt")
+        distributed_run.check_same("model, dataset or statistics", fingerprint)
+        rows = distributed_run.shard(len(dataset))
+        progress_file = _Progress(_rank_file(resume), f"{fingerprint} prompts {rows.start}-{rows.stop}",
+                                  save_every_s, keep_finished=True)
+        shards = distributed_run.gather(lambda: _capture_rows(
+            model, dataset, names, method, rows, batch_size, max_memory, recorder, plan_dataset,
+            progress and distributed_run.is_writer(), progress_file)[:2])
+        parts, resumed = [part for part, _ in shards], sum(count for _, count in shards)
+    if recorder is not None:
+        _record_skipped_prompts(model, dataset, names, method, recorder)
+    meta = {
+        "model": getattr(model, "source", "") or model.cfg.architecture,
+        "dataset": dataset.name,
+        "dataset_meta": dataset.meta,
+        "n_prompts": len(dataset),
+        "seq_len": n_pos,
+        "method": method,
+        "processes": processes,
+        "resumed_prompts": resumed,
+        "headscope_version": headscope.__version__,
+        "torch_version": torch.__version__,
+    }
+    result = CaptureResult.concat(parts, meta)
+    progress_file.remove()
+    if recorder is not None:
+        if patterns_out is not None and distributed_run.is_writer():
+            recorder.save(patterns_out, meta)
+        result.patterns = Patterns(
+            {(key.split("/")[1], int(key.split("/")[2])): t for key, t in recorder.patterns.items()},
+            recorder.tokens, meta)
+    return result
+
+
+def _capture_rows(model, dataset, names, method, rows: range, batch_size, max_memory, recorder, plan_dataset,
+                  progress: bool, progress_file: "_Progress") -> tuple[CaptureResult, int, "_Progress"]:
+    """The prompts `rows` (a contiguous range), continued from the progress file: their result, how many
+    prompts the file already held, and the file."""
+    device, n_pos = model.device, dataset.tokens.shape[1]
     if batch_size is None:
-        batch_size = choose_batch_size(model.cfg, n_pos, len(dataset), max_memory, device, method,
+        batch_size = choose_batch_size(model.cfg, n_pos, len(rows), max_memory, device, method,
                                        dtype_size=model.embed.W_E.element_size(),
                                        padded=dataset.attention_mask is not None)
-    progress_file = _Progress(resume, _fingerprint(model, dataset, names, method, plan_dataset), save_every_s)
     done = progress_file.load()
     parts = [done] if done is not None else []
-    start = 0 if done is None else done.n_prompts
-    bar = tqdm(total=len(dataset) * n_pos, initial=start * n_pos, unit="tok", unit_scale=True,
+    resumed = 0 if done is None else done.n_prompts
+    start = rows.start + resumed
+    bar = tqdm(total=len(rows) * n_pos, initial=resumed * n_pos, unit="tok", unit_scale=True,
                disable=not progress, desc="capture")
-    while start < len(dataset):
-        stop = min(start + batch_size, len(dataset))
+    while start < rows.stop:
+        stop = min(start + batch_size, rows.stop)
         tokens = dataset.tokens[start:stop].to(device)
         mask = None if dataset.attention_mask is None else dataset.attention_mask[start:stop].to(device)
         plan_tokens = None if plan_dataset is None else plan_dataset.tokens[start:stop].to(device)
@@ -288,29 +342,17 @@ def capture(
         parts.append(CaptureResult(sums, counts))
         bar.update((stop - start) * n_pos)
         start = stop
-        progress_file.save(parts, final=start == len(dataset))
+        progress_file.save(parts, final=start == rows.stop)
     bar.close()
-    if recorder is not None:
-        _record_skipped_prompts(model, dataset, names, method, recorder)
-    meta = {
-        "model": getattr(model, "source", "") or model.cfg.architecture,
-        "dataset": dataset.name,
-        "dataset_meta": dataset.meta,
-        "n_prompts": len(dataset),
-        "seq_len": n_pos,
-        "method": method,
-        "headscope_version": headscope.__version__,
-        "torch_version": torch.__version__,
-    }
-    result = CaptureResult.concat(parts, meta)
-    progress_file.remove()
-    if recorder is not None:
-        if patterns_out is not None:
-            recorder.save(patterns_out, meta)
-        result.patterns = Patterns(
-            {(key.split("/")[1], int(key.split("/")[2])): t for key, t in recorder.patterns.items()},
-            recorder.tokens, meta)
-    return result
+    return CaptureResult.concat(parts), resumed, progress_file
+
+
+def _rank_file(resume: str | Path | None) -> Path | None:
+    """This rank's progress file: progress.safetensors -> progress.rank1of4.safetensors."""
+    if resume is None:
+        return None
+    path = Path(resume)
+    return path.with_name(f"{path.stem}.rank{distributed_run.rank()}of{distributed_run.world_size()}{path.suffix}")
 
 
 def _make_recorder(model, dataset, patterns, pattern_prompts) -> PatternRecorder | None:
@@ -347,12 +389,17 @@ def _fingerprint(model: HookedTransformer, dataset: TokenDataset, names: tuple[s
 
 
 class _Progress:
-    """The progress file of a resumable capture: partial sums and counts of the prompts done so far."""
+    """The progress file of a resumable capture: partial sums and counts of the prompts done so far.
 
-    def __init__(self, path: str | Path | None, fingerprint: str, every_s: float) -> None:
+    keep_finished: also save when the last prompt is done (a rank's finished shard waits there for the
+    other ranks; `remove` once the whole run is combined).
+    """
+
+    def __init__(self, path: str | Path | None, fingerprint: str, every_s: float, keep_finished: bool = False) -> None:
         self.path = None if path is None else Path(path)
         self.fingerprint = fingerprint
         self.every_s = every_s
+        self.keep_finished = keep_finished
         self.last_save = time.monotonic()
 
     def load(self) -> CaptureResult | None:
@@ -365,7 +412,9 @@ class _Progress:
         return saved
 
     def save(self, parts: list[CaptureResult], final: bool) -> None:
-        if self.path is None or final or time.monotonic() - self.last_save < self.every_s:
+        if self.path is None:
+            return
+        if final and not self.keep_finished or not final and time.monotonic() - self.last_save < self.every_s:
             return
         CaptureResult.concat(parts, {"fingerprint": self.fingerprint}).save(self.path)
         self.last_save = time.monotonic()

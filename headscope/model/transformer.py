@@ -255,14 +255,25 @@ class HookedTransformer(HookedModule):
             return resid
         if not self.cfg.has_unembed:
             raise InputError("this model has no unembedding (an encoder): use return_type='hidden'")
-        logits = resid @ self.W_U
-        if self.cfg.unembed_bias:
-            logits = logits + self.unembed.b_U
+        logits = self.unembed_hidden(resid)
         if return_type == "logits":
             return logits
         if return_type == "loss":
             return self.next_token_loss(logits, tokens, attention_mask)
         raise InputError(f"unknown return_type {return_type!r}: use auto, logits, hidden, loss or None")
+
+    def unembed_hidden(self, hidden: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits from final hidden states (after ln_final), (..., d_model) -> (..., d_vocab).
+
+        With `columns` (one vocabulary index per row of a (rows, d_model) `hidden`), only that logit of each
+        row: what a logit difference needs, without the rest of the vocabulary.
+        """
+        bias = self.unembed.b_U if self.cfg.unembed_bias else None
+        if columns is None:
+            logits = hidden @ self.W_U
+            return logits if bias is None else logits + bias
+        picked = (hidden * self.W_U[:, columns].T).sum(-1)
+        return picked if bias is None else picked + bias[columns]
 
     @staticmethod
     def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None):

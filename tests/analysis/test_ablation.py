@@ -1,5 +1,6 @@
 """The fast sweep equals one-at-a-time ablation; methods, metrics and bad input behave."""
 
+import dataclasses
 import json
 
 import pytest
@@ -7,7 +8,8 @@ import torch
 from tokenizers import Tokenizer as RustTokenizer
 from tokenizers import models, pre_tokenizers
 
-from headscope.analysis.ablation import ablate, logit_diff_metric, pairs_dataset, sweep
+from headscope.analysis.ablation import (METRICS, ablate, induction_loss_metric, logit_diff_metric, pairs_dataset,
+                                        sweep)
 from headscope.capture.datasets import repeated_random_tokens
 from headscope.errors import InputError
 from headscope.heads import parse_heads
@@ -34,6 +36,29 @@ def test_fast_sweep_equals_one_head_at_a_time(arch, method, dataset):
             naive = ablate(model, dataset, list(one_pass.heads), method, metric, n_bootstrap=20).effects[0]
             assert one_pass.value == pytest.approx(naive.value, abs=1e-5)
             assert many.value == pytest.approx(naive.value, abs=1e-5)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("arch", ["gpt2", "neox"])  # tied unembedding; unembedding with a bias
+def test_metrics_from_hidden_states_equal_the_same_metrics_from_logits(arch, dataset):
+    torch.manual_seed(5)
+    model = HookedTransformer(TINY_CONFIGS[arch]).eval()
+    padded = dataset.subset([0, 1, 2])
+    mask = torch.ones_like(padded.tokens)
+    mask[1, -3:] = 0  # a prompt with padding at the end
+    padded = dataclasses.replace(padded, attention_mask=mask)
+    tokens, real = padded.tokens, mask.bool()
+    logits = model(tokens, attention_mask=mask)
+    hidden = model(tokens, attention_mask=mask, return_type="hidden")
+    answers, wrongs = torch.tensor([3, 4, 5]), torch.tensor([6, 7, 8])
+    for metric in (METRICS["loss"], induction_loss_metric(padded), logit_diff_metric(answers, wrongs)):
+        assert metric.reads == "hidden"
+        from_hidden = metric.of(model, hidden, tokens, real, hidden)
+        assert torch.allclose(from_hidden, metric(logits, tokens, real, logits), atol=1e-5)
+    # A sweep with a plain callable (which reads logits) equals the built-in metric's sweep.
+    plain = sweep(model, dataset, "zero", lambda *args: METRICS["loss"](*args), n_bootstrap=10)
+    built_in = sweep(model, dataset, "zero", "loss", n_bootstrap=10)
+    assert [e.value for e in plain.effects] == pytest.approx([e.value for e in built_in.effects], abs=1e-5)
 
 
 def test_layer_sweep_equals_ablating_the_whole_layer(dataset):

@@ -80,7 +80,6 @@ def test_composition_graph_keeps_the_strongest_edges():
 
 @torch.no_grad()
 def test_path_ablation_equals_an_independent_construction_when_the_reader_is_alone_in_its_layer():
-    from headscope.analysis.ablation import _loss
     from headscope.analysis.composition import path_ablation_effects
     from headscope.capture.datasets import repeated_random_tokens
 
@@ -96,8 +95,7 @@ def test_path_ablation_equals_an_independent_construction_when_the_reader_is_alo
     hooks = [("blocks.2.hook_resid_pre", lambda x, hook: x - removed),
              ("blocks.2.hook_attn_out", lambda y, hook: y + removed)]
     logits = model.run_with_hooks(data.tokens, fwd_hooks=hooks)
-    real = torch.ones_like(data.tokens, dtype=torch.bool)
-    expected = float(_loss(logits, data.tokens, real, clean).mean() - _loss(clean, data.tokens, real, clean).mean())
+    expected = float(model.next_token_loss(logits, data.tokens) - model.next_token_loss(clean, data.tokens))
     assert effect == pytest.approx(expected, abs=1e-6) and abs(effect) > 1e-4
 
 
