@@ -16,6 +16,7 @@ with that rank's message; a rank that dies or hangs makes the others fail after 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from datetime import timedelta
@@ -45,13 +46,19 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def _local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def init_from_environment() -> None:
-    """Join the process group that torchrun's environment describes; NCCL when CUDA is there, else gloo."""
+    """Join the process group that torchrun's environment describes: NCCL when every process of this node
+    has a GPU of its own, else gloo (CPU processes)."""
     if dist.is_initialized():
         return
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    backend = "nccl" if torch.cuda.is_available() and processes_here <= torch.cuda.device_count() else "gloo"
     if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(_local_rank())
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s()))
 
 
@@ -84,9 +91,12 @@ def is_writer() -> bool:
 
 def local_device(device: str) -> str:
     """`cuda` means this process's own GPU (cuda:LOCAL_RANK) under a launcher; anything else is kept."""
-    if device == "cuda" and launched_by_torchrun():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return device
+    if device != "cuda" or not launched_by_torchrun():
+        return device
+    if _local_rank() >= torch.cuda.device_count():
+        raise DistributedError(f"process {_local_rank()} of this node has no GPU of its own (the node has "
+                               f"{torch.cuda.device_count()}): launch at most that many processes per node")
+    return f"cuda:{_local_rank()}"
 
 
 def shard(n: int, of_rank: int | None = None, of_world: int | None = None) -> range:
@@ -118,6 +128,14 @@ def gather(work: Callable[[], T]) -> list[T]:
         failed_rank, message = failed[0]
         raise DistributedError(f"rank {failed_rank} of {world_size()} failed: {message}")
     return [value for _, value in gathered]
+
+
+def check_same_dataset(dataset) -> None:
+    """Fail every rank unless every rank holds the same prompts (same tokens, same padding)."""
+    digest = hashlib.sha256(dataset.tokens.cpu().numpy().tobytes())
+    if dataset.attention_mask is not None:
+        digest.update(dataset.attention_mask.cpu().numpy().tobytes())
+    check_same("dataset", digest.hexdigest())
 
 
 def check_same(what: str, value: object) -> None:

@@ -102,6 +102,34 @@ def test_a_failing_rank_fails_every_rank_and_a_rerun_recounts_no_finished_shard(
                 assert_close(ours[key], value)
 
 
+def _api_rank(rank: int, rendezvous: str) -> None:
+    """One of two gloo processes: the Python API picks the group up by itself."""
+    import torch.distributed as dist
+
+    from headscope.analysis.ablation import sweep
+
+    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model = HookedTransformer(TINY_CONFIGS["llama-gqa"]).eval()
+    data = repeated_random_tokens(5, 6, vocab_size=99, seed=0, bos_token_id=98, exclude_ids=[98])
+    shared = capture(model, data, progress=False)  # split across both processes
+    alone = capture(model, data, progress=False, distributed=False)
+    assert shared.meta["processes"] == 2 and alone.meta["processes"] == 1
+    for stat in alone.statistics:
+        assert torch.allclose(shared.sums[stat], alone.sums[stat], rtol=1e-6, atol=1e-9)
+    split = [e.value for e in sweep(model, data, "resample", "kl", n_bootstrap=10).effects]
+    whole = [e.value for e in sweep(model, data, "resample", "kl", n_bootstrap=10, distributed=False).effects]
+    assert split == pytest.approx(whole, rel=1e-6, abs=1e-9)
+    other = repeated_random_tokens(5, 6, vocab_size=99, seed=rank, bos_token_id=98, exclude_ids=[98])
+    with pytest.raises(distributed.DistributedError, match="rank 1 was given another dataset than rank 0"):
+        sweep(model, other, "zero", "loss", n_bootstrap=10)
+    dist.destroy_process_group()
+
+
+def test_the_python_api_splits_work_in_an_initialised_group_and_refuses_different_datasets(tmp_path):
+    torch.multiprocessing.spawn(_api_rank, args=(f"file://{tmp_path / 'rendezvous'}",), nprocs=2)
+
+
 def test_commands_that_are_not_split_refuse_a_launcher_and_the_api_asks_for_a_group(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     result = CliRunner().invoke(cli, ["pattern", "toy-induction-2l", "L1H0", "--text", "a", "--html", "x.html"])
@@ -111,3 +139,14 @@ def test_commands_that_are_not_split_refuse_a_launcher_and_the_api_asks_for_a_gr
     data = repeated_random_tokens(2, 4, vocab_size=99, seed=0)
     with pytest.raises(distributed.DistributedError, match="needs an initialised process group"):
         capture(model, data, ["induction"], distributed=True, progress=False)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs (NCCL, one GPU per process)")
+def test_two_gpus_under_torchrun_equal_one_gpu(tmp_path):
+    args = ["capture", "toy-induction-2l", "--device", "cuda", "--num-prompts", "8", "--out"]
+    launched = torchrun(*args, str(tmp_path / "two"))
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    one_process(*args, str(tmp_path / "one"))
+    one, two = (CaptureResult.load(tmp_path / n / "stats.safetensors") for n in ("one", "two"))
+    for stat in one.statistics:
+        assert torch.allclose(two.sums[stat], one.sums[stat], rtol=1e-5, atol=1e-7)

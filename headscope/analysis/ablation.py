@@ -442,6 +442,7 @@ def sweep(model: HookedTransformer, dataset: TokenDataset, method: str = "zero",
     processes = 1
     if distributed_run.active(distributed):
         processes = distributed_run.world_size()
+        distributed_run.check_same_dataset(dataset)
         per_rank = distributed_run.gather(lambda: values_of(range(distributed_run.rank(), len(variants), processes)))
         values = [per_rank[i % processes][i // processes] for i in range(len(variants))]
     else:

@@ -45,6 +45,7 @@ def copying_scores(model: HookedTransformer, dataset: TokenDataset, heads: list[
         raise InputError(f"head L{bad[0][0]}H{bad[0][1]} does not exist in a model of {model.cfg.n_layers} "
                          f"layers x {model.cfg.n_heads} heads")
     if distributed_run.active(distributed):  # each process sums its shard of the prompts
+        distributed_run.check_same_dataset(dataset)
         shard = distributed_run.shard(len(dataset))
         parts = distributed_run.gather(lambda: _copying_totals(model, dataset, shard, heads, batch_size))
     else:
