@@ -297,7 +297,9 @@ def _neox_config(hf: dict[str, Any], lm_head: bool, source: str) -> ModelConfig:
 
 # ----- families ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class _Family:
+class Family:
+    """One Hugging Face architecture family: its config map, weight-name table and layout quirks."""
+
     config: Callable[[dict[str, Any], bool, str], ModelConfig]
     keys: KeyTable
     base_prefix: str  # what a head class puts before the base model's keys
@@ -310,15 +312,15 @@ class _Family:
 
 
 _FAMILIES = {
-    "gpt2": _Family(
+    "gpt2": Family(
         _gpt2_config, _GPT2_KEYS, "transformer.", "wte.weight", ("lm_head.weight",),
         buffers=("h.{}.attn.bias", "h.{}.attn.masked_bias"),
     ),
-    "llama": _Family(
+    "llama": Family(
         _llama_config, _LLAMA_KEYS, "model.", "embed_tokens.weight", ("lm_head.weight",),
         buffers=("rotary_emb.inv_freq", "layers.{}.self_attn.rotary_emb.inv_freq"),
     ),
-    "bert": _Family(
+    "bert": Family(
         _bert_config, _BERT_KEYS, "bert.", "embeddings.word_embeddings.weight",
         buffers=("embeddings.position_ids",),
         # BertModel's pooler and BertForMaskedLM's prediction head sit on top of the last hidden state.
@@ -328,7 +330,7 @@ _FAMILIES = {
                        "cls.predictions.transform.LayerNorm.weight", "cls.predictions.transform.LayerNorm.bias"),
         encoder=True,
     ),
-    "neox": _Family(
+    "neox": Family(
         _neox_config, _NEOX_KEYS, "gpt_neox.", "embed_in.weight", ("embed_out.weight", "lm_head.weight"),
         attn_bias_keys=_NEOX_ATTN_BIAS_KEYS,
         buffers=("layers.{}.attention.rotary_emb.inv_freq", "layers.{}.attention.bias",
@@ -345,7 +347,7 @@ _CLASSES = {
 }
 
 
-def family_and_head(hf: dict[str, Any], class_name: str | None, source: str) -> tuple[_Family, bool]:
+def family_and_head(hf: dict[str, Any], class_name: str | None, source: str) -> tuple[Family, bool]:
     """The family of `model_type`, and whether the class carries a language-model head."""
     model_type = hf.get("model_type")
     if model_type not in _MODEL_TYPES:
@@ -371,7 +373,7 @@ def architecture_class(hf: dict[str, Any], source: str) -> str | None:
     return architectures[0]
 
 
-def model_config(family: _Family, hf: dict[str, Any], lm_head: bool, source: str) -> ModelConfig:
+def model_config(family: Family, hf: dict[str, Any], lm_head: bool, source: str) -> ModelConfig:
     """Our `ModelConfig` for this family; a config the dataclass rejects is a format error."""
     try:
         return family.config(hf, lm_head, source)
@@ -394,13 +396,13 @@ def _strip_base_prefix(weights: dict[str, Tensor], prefix: str, source: str) -> 
     return stripped
 
 
-def _drop_known_extras(weights: dict[str, Tensor], family: _Family, n_layers: int) -> dict[str, Tensor]:
+def _drop_known_extras(weights: dict[str, Tensor], family: Family, n_layers: int) -> dict[str, Tensor]:
     """Remove the buffers and task heads this family lists by name; nothing else."""
     extras = _expand(family.buffers, n_layers) | set(family.dropped_heads)
     return {key: tensor for key, tensor in weights.items() if key not in extras}
 
 
-def _take_unembedding(weights: dict[str, Tensor], family: _Family, cfg: ModelConfig,
+def _take_unembedding(weights: dict[str, Tensor], family: Family, cfg: ModelConfig,
                       source: str) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Split off the LM head's weight: (the other weights, {"unembed.W_U": ...} when untied, else {}).
 
@@ -425,7 +427,7 @@ def _take_unembedding(weights: dict[str, Tensor], family: _Family, cfg: ModelCon
     return rest, {}
 
 
-def _key_table(family: _Family, cfg: ModelConfig) -> KeyTable:
+def _key_table(family: Family, cfg: ModelConfig) -> KeyTable:
     """The family's table, with the attention-bias entries when the config has them, one row per layer."""
     templates = dict(family.keys)
     if family.attn_bias_keys is not None and cfg.attn_bias:
@@ -444,7 +446,7 @@ def listed(names: list[str], limit: int = 5) -> str:
     return ", ".join(names[:limit]) + more
 
 
-def convert_state_dict(weights: dict[str, Tensor], family: _Family, cfg: ModelConfig,
+def convert_state_dict(weights: dict[str, Tensor], family: Family, cfg: ModelConfig,
                        source: str) -> dict[str, Tensor]:
     """Hugging Face weights -> float32 tensors in our layout; every weight must be used, none missing."""
     weights = _strip_base_prefix(weights, family.base_prefix, source)
