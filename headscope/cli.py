@@ -198,8 +198,10 @@ def capture(model_source: str, dataset: str, seq_len: int | None, num_prompts: i
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the role table as JSON.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write the role table as CSV.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write role heatmaps as a standalone page.")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
+              help="Keep progress in this folder; rerun with the same options to continue after an interruption.")
 def classify(model_source: str, dataset: str, seq_len: int | None, num_prompts: int, device: str, seed: int, pack: bool,
-             json_path: str | None, csv_path: str | None, html_path: str | None) -> None:
+             json_path: str | None, csv_path: str | None, html_path: str | None, resume_dir: str | None) -> None:
     """Which heads are previous-token, induction, duplicate-token, sink, self, local heads, with evidence.
 
     A head gets a role when its score passes the role's threshold and the lower end of its 95% bootstrap
@@ -213,7 +215,7 @@ def classify(model_source: str, dataset: str, seq_len: int | None, num_prompts: 
     model = load_model(model_source, device=device)
     data = dataset_for_model(model, dataset, seq_len=_fit_seq_len(seq_len, 64, model), num_prompts=num_prompts,
                              seed=seed, mode="pack" if pack else "pad")
-    table = classify_heads(model, data, seed=seed, progress=True)
+    table = classify_heads(model, data, seed=seed, progress=True, resume=resume_dir)
     if not distributed.is_writer():  # under torchrun, rank 0 writes and prints
         return
     click.echo("\n".join(role_lines(table)))
@@ -378,10 +380,12 @@ def _composition(model_source, kind, roles_path, threshold, top_k, outs, device,
               help='logit-diff prompts: a .jsonl of {"prompt", "answer", "wrong"}.')
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the effects as JSON.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write a heatmap or bar chart page.")
+@click.option("--resume", "resume_path", type=click.Path(dir_okay=False),
+              help="With --sweep: keep finished variants in this file; rerun with the same options to continue.")
 def ablate(model_source: str, dataset: str, seq_len: int | None, num_prompts: int, device: str, seed: int, pack: bool,
            heads: str | None, role: str | None, roles_path: str | None, by: str | None, method: str,
            knockout_keys: str | None, metric: str, pairs: str | None, json_path: str | None,
-           html_path: str | None) -> None:
+           html_path: str | None, resume_path: str | None) -> None:
     """What heads are for: the change in a metric when they are zero-, mean- or resample-ablated."""
     from pathlib import Path
 
@@ -398,6 +402,8 @@ def ablate(model_source: str, dataset: str, seq_len: int | None, num_prompts: in
         raise InputError("--knockout cuts the attention of named heads (--heads or --role), not a --sweep")
     if (metric == "logit-diff") != (pairs is not None):
         raise InputError("--metric logit-diff and --pairs FILE go together")
+    if resume_path and not by:
+        raise InputError("--resume keeps the progress of a --sweep; a single ablation is one pass")
     if distributed.launched_by_torchrun() and not by:
         raise InputError("under torchrun, ablate splits a --sweep across processes; run --heads or --role as one "
                          "process")
@@ -410,7 +416,7 @@ def ablate(model_source: str, dataset: str, seq_len: int | None, num_prompts: in
                                  seed=seed, mode="pack" if pack else "pad")
         chosen_metric = metric
     if by:
-        result = ablation.sweep(model, data, method, chosen_metric, by=by, seed=seed)
+        result = ablation.sweep(model, data, method, chosen_metric, by=by, seed=seed, resume=resume_path)
     else:
         if role:
             if not roles_path:

@@ -16,7 +16,6 @@ with that rank's message; a rank that dies or hangs makes the others fail after 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from datetime import timedelta
@@ -132,10 +131,7 @@ def gather(work: Callable[[], T]) -> list[T]:
 
 def check_same_dataset(dataset) -> None:
     """Fail every rank unless every rank holds the same prompts (same tokens, same padding)."""
-    digest = hashlib.sha256(dataset.tokens.cpu().numpy().tobytes())
-    if dataset.attention_mask is not None:
-        digest.update(dataset.attention_mask.cpu().numpy().tobytes())
-    check_same("dataset", digest.hexdigest())
+    check_same("dataset", dataset.digest())
 
 
 def check_same(what: str, value: object) -> None:

@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 from click.testing import CliRunner
+from safetensors.torch import load_file
 
 from headscope import distributed
 from headscope.capture import CaptureResult, capture, repeated_random_tokens
@@ -83,10 +84,10 @@ def test_a_failing_rank_fails_every_rank_and_a_rerun_recounts_no_finished_shard(
     args = ("capture", "toy-induction-2l", "--num-prompts", "6", "--out", str(out))
     failed = torchrun(*args)
     assert failed.returncode != 0
-    assert "[rank 0] rank 1 of 2 failed" in failed.stderr and "not a headscope capture file" in failed.stderr
+    assert "[rank 0] rank 1 of 2 failed" in failed.stderr and "not a headscope progress file" in failed.stderr
     assert not (out / "stats.json").exists()
-    finished = CaptureResult.load(out / "progress.rank0of2.safetensors")  # rank 0's shard waits, complete
-    assert finished.n_prompts == 3
+    finished = load_file(out / "progress.rank0of2.safetensors")  # rank 0's shard waits, complete
+    assert finished["count/induction"].shape == (3,)
 
     (out / "progress.rank1of2.safetensors").unlink()
     again = torchrun(*args)
@@ -100,6 +101,24 @@ def test_a_failing_rank_fails_every_rank_and_a_rerun_recounts_no_finished_shard(
         for key, value in reference.items():
             if isinstance(value, float):
                 assert_close(ours[key], value)
+
+
+def test_a_sweep_resumes_each_ranks_finished_variants(tmp_path):
+    progress = tmp_path / "sweep.safetensors"
+    (tmp_path / "sweep.rank1of2.safetensors").write_text("not a sweep")
+    args = ["ablate", "toy-induction-2l", "--sweep", "head", "--num-prompts", "4", "--resume", str(progress),
+            "--json"]
+    failed = torchrun(*args, str(tmp_path / "two.json"))
+    assert failed.returncode != 0 and "rank 1 of 2 failed" in failed.stderr
+    assert len(load_file(tmp_path / "sweep.rank0of2.safetensors")) == 4  # rank 0's four heads, finished
+    (tmp_path / "sweep.rank1of2.safetensors").unlink()
+    again = torchrun(*args, str(tmp_path / "two.json"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert not list(tmp_path.glob("sweep*"))
+    one_process(*args[:-3], "--json", str(tmp_path / "one.json"))
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    for effect_one, effect_two in zip(one["results"], two["results"], strict=True):
+        assert_close(effect_two["value"], effect_one["value"])
 
 
 def _api_rank(rank: int, rendezvous: str) -> None:

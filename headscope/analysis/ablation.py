@@ -33,11 +33,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 import headscope
 from headscope import distributed as distributed_run
+from headscope.progress import ProgressFile, rank_path
 from headscope.capture.datasets import TokenDataset
 from headscope.errors import InputError
 from headscope.heads import head_name
@@ -409,12 +411,15 @@ def knockout(model: HookedTransformer, dataset: TokenDataset, heads: Heads, key_
 @torch.no_grad()
 def sweep(model: HookedTransformer, dataset: TokenDataset, method: str = "zero", metric: str | MetricFn = "loss",
           *, by: str = "head", seed: int = 0, n_bootstrap: int = 1000, max_memory: int = 1 << 30,
-          distributed: bool | None = None) -> AblationResult:
+          distributed: bool | None = None, resume: str | Path | None = None,
+          save_every_s: float = 30.0) -> AblationResult:
     """Every single head (by="head") or every whole layer (by="layer") ablated on its own.
 
     distributed: split the variants across the processes of a torch.distributed group (None: when there is
     one), every world-th variant to each (so each gets early and late layers alike); every process gets the
     whole result (see `headscope.distributed`).
+    resume: a progress file keeping the per-prompt values of finished variants (saved every `save_every_s`
+    seconds); a rerun with the same model, prompts and options skips them. Removed at the end.
     """
     _check(model, dataset, method)
     if by not in ("head", "layer"):
@@ -429,24 +434,36 @@ def sweep(model: HookedTransformer, dataset: TokenDataset, method: str = "zero",
         [[(layer, h) for h in range(cfg.n_heads)] for layer in range(cfg.n_layers)]
     stack = max(1, int(max_memory // _bytes_per_variant(cfg, *tokens.shape, chosen.reads)))
 
-    def values_of(indices: range) -> list[torch.Tensor]:
-        """Per-prompt metric values of the variants `indices`, those of one layer stacked `stack` at a time."""
-        mine, out = [variants[i] for i in indices], []
-        for layer in sorted({v[0][0] for v in mine}):
-            of_layer = [v for v in mine if v[0][0] == layer]
-            for start in range(0, len(of_layer), stack):
-                out += _run_variants(model, layer, of_layer[start : start + stack], resid[layer], tokens, real,
-                                     _mask(dataset, model), clean_output, chosen, replacements)
-        return [value.cpu() for value in out]
+    split = distributed_run.active(distributed)
+    processes = distributed_run.world_size() if split else 1
+    mine = range(distributed_run.rank(), len(variants), processes) if split else range(len(variants))
+    fingerprint = json.dumps({"model": getattr(model, "source", ""), "config": cfg.to_dict(),
+                              "dataset": dataset.digest(), "method": method, "metric": chosen.name,
+                              "by": by, "seed": seed, "variants": [mine.start, mine.step]}, sort_keys=True)
+    progress_file = ProgressFile(rank_path(resume, split), fingerprint, save_every_s, keep_finished=split)
 
-    processes = 1
-    if distributed_run.active(distributed):
-        processes = distributed_run.world_size()
+    def values_of_mine() -> list[torch.Tensor]:
+        """Per-prompt metric values of this process's variants, those of one layer stacked `stack` at a time."""
+        saved = progress_file.load()
+        done = {} if saved is None else {int(key): value for key, value in saved[0].items()}
+        todo = [i for i in mine if i not in done]
+        for layer in sorted({variants[i][0][0] for i in todo}):
+            of_layer = [i for i in todo if variants[i][0][0] == layer]
+            for start in range(0, len(of_layer), stack):
+                chunk = of_layer[start : start + stack]
+                values = _run_variants(model, layer, [variants[i] for i in chunk], resid[layer], tokens, real,
+                                       _mask(dataset, model), clean_output, chosen, replacements)
+                done |= {i: value.cpu() for i, value in zip(chunk, values)}
+                progress_file.save(lambda: ({str(i): v for i, v in done.items()}, {}), final=len(done) == len(mine))
+        return [done[i] for i in mine]
+
+    if split:
         distributed_run.check_same_dataset(dataset)
-        per_rank = distributed_run.gather(lambda: values_of(range(distributed_run.rank(), len(variants), processes)))
+        per_rank = distributed_run.gather(values_of_mine)
         values = [per_rank[i % processes][i // processes] for i in range(len(variants))]
     else:
-        values = values_of(range(len(variants)))
+        values = values_of_mine()
+    progress_file.remove()
     effects = tuple(_effect(v, value, clean.cpu(), n_bootstrap, seed) for v, value in zip(variants, values))
     meta = _meta(model, dataset, seed) | {"by": by, "processes": processes}
     return AblationResult(getattr(model, "source", ""), method, chosen.name, float(clean.mean()), effects, meta)

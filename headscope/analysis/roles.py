@@ -50,12 +50,14 @@ from pathlib import Path
 import torch
 
 import headscope
+from headscope import distributed as distributed_run
 from headscope.capture.datasets import TokenDataset, dataset_for_model
 from headscope.capture.engine import capture
 from headscope.capture.result import CaptureResult
 from headscope.capture.statistics import Batch, EntryPlan, make_plans
 from headscope.errors import InputError
 from headscope.model.transformer import HookedTransformer
+from headscope.progress import discard
 
 # role -> the capture statistic that scores it
 ROLE_STATISTICS = {
@@ -213,6 +215,7 @@ def classify_heads(
     device: str | torch.device | None = None,
     progress: bool = False,
     distributed: bool | None = None,
+    resume: str | Path | None = None,
 ) -> RoleTable:
     """Give every head of `model` the roles its attention supports (see the module docstring).
 
@@ -225,6 +228,8 @@ def classify_heads(
     in `rejected`. Induction candidates get a copying score (`headscope.analysis.detectors`).
     distributed: split the prompts across the processes of a torch.distributed group (None: when there is
     one); every process gets the whole table (see `headscope.distributed`).
+    resume: a folder for the two captures' progress files: a rerun with the same model, data and options
+    continues where the last stopped, a finished capture included; they are removed at the end.
 
     References
     ----------
@@ -237,9 +242,18 @@ def classify_heads(
     limits = _check_options(thresholds, margin, n_bootstrap, roles)
     dataset = _resolve_dataset(model, dataset, seq_len, num_prompts, seed)
     stats = [ROLE_STATISTICS[r] for r in roles]
-    probe = capture(model, dataset, stats, device=device, progress=progress, distributed=distributed)
+    stages = {name: None if resume is None else Path(resume) / f"{name}.progress.safetensors"
+              for name in ("probe", "control")}
+    if resume is not None:
+        try:
+            Path(resume).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise InputError(f"cannot create the resume folder {resume}: {err.strerror}") from err
+    probe = capture(model, dataset, stats, device=device, progress=progress, distributed=distributed,
+                    resume=stages["probe"], keep_progress=True)
     control = capture(model, shuffled_control(dataset, seed), [ROLE_STATISTICS[r] for r in CONTENT_ROLES],
-                      device=device, plan_dataset=dataset, progress=progress, distributed=distributed)
+                      device=device, plan_dataset=dataset, progress=progress, distributed=distributed,
+                      resume=stages["control"], keep_progress=True)
     scores = {r: probe.mean(ROLE_STATISTICS[r]) for r in roles}
     intervals = {r: bootstrap_interval(probe, ROLE_STATISTICS[r], n_bootstrap, seed) for r in roles}
     nulls = _nulls(model, dataset, control, roles)
@@ -253,6 +267,8 @@ def classify_heads(
             "thresholds": limits, "margin": margin, "n_bootstrap": n_bootstrap, "confidence": CONFIDENCE,
             "nulls": {r: "shuffled control, same positions" if r in CONTENT_ROLES else "uniform attention"
                       for r in roles}}
+    for path in stages.values():
+        discard(path, distributed_run.active(distributed))
     model_name = getattr(model, "source", "") or model.cfg.architecture
     return RoleTable(model_name, model.cfg.n_layers, model.cfg.n_heads, heads, meta)
 

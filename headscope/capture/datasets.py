@@ -55,6 +55,14 @@ class TokenDataset:
             mask = None if self.attention_mask is None else self.attention_mask[rows]
             yield rows, self.tokens[rows], mask
 
+    def digest(self) -> str:
+        """sha256 of the exact prompts (tokens, padding, BOS): what a resumable or multi-process run checks."""
+        digest = hashlib.sha256(self.tokens.cpu().numpy().tobytes())
+        if self.attention_mask is not None:
+            digest.update(self.attention_mask.cpu().numpy().tobytes())
+        digest.update(b"bos" if self.has_bos else b"")
+        return digest.hexdigest()
+
     def subset(self, indices: Sequence[int] | torch.Tensor) -> TokenDataset:
         """The chosen prompts, in the given order, with padding columns no prompt uses any more dropped."""
         index = torch.as_tensor(indices, dtype=torch.long).reshape(-1)

@@ -10,9 +10,7 @@ tests hold the fused path to.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +31,7 @@ from headscope.errors import InputError
 from headscope.heads import parse_heads
 from headscope.model.attention import Attention, attention_bias
 from headscope.model.transformer import HookedTransformer
+from headscope.progress import ProgressFile, rank_path
 
 PAIR_CHUNK = 1 << 15  # pairs gathered at once: memory is PAIR_CHUNK x heads x d_head
 
@@ -234,6 +233,7 @@ def capture(
     plan_dataset: TokenDataset | None = None,
     progress: bool = True,
     distributed: bool | None = None,
+    keep_progress: bool = False,
 ) -> CaptureResult:
     """Per-head statistics of `model` over every prompt of `dataset`, and patterns of chosen heads.
 
@@ -244,7 +244,8 @@ def capture(
     patterns: heads ("L5H1") whose full patterns are kept for `pattern_prompts` (default: prompt 0);
     they are returned in `result.patterns` and written to `patterns_out` if given.
     resume: a progress file; partial sums are saved there every `save_every_s` seconds, and a run with the
-    same model, tokens, statistics and method continues after the prompts it holds. Removed at the end.
+    same model, tokens, statistics and method continues after the prompts it holds. Removed at the end,
+    unless `keep_progress` (a stage of a longer run, which removes it with `headscope.progress.discard`).
     plan_dataset: where the statistics look is read from these tokens (same shape) while the model runs on
     `dataset`'s: a control that keeps the positions a role would attend to but not what stands there.
     distributed: split the prompts across the processes of the initialised torch.distributed group (None:
@@ -268,10 +269,13 @@ def capture(
         raise InputError(f"prompts of {n_pos} tokens are longer than the model's context of {model.cfg.n_ctx}: "
                          "use a shorter --seq-len")
     fingerprint = _fingerprint(model, dataset, names, method, plan_dataset)
-    if not distributed_run.active(distributed):
-        part, resumed, progress_file = _capture_rows(model, dataset, names, method, range(len(dataset)), batch_size,
-                                                     max_memory, recorder, plan_dataset, progress,
-                                                     _Progress(resume, fingerprint, save_every_s))
+    split = distributed_run.active(distributed)
+    rows = distributed_run.shard(len(dataset)) if split else range(len(dataset))
+    progress_file = ProgressFile(rank_path(resume, split), f"{fingerprint} prompts {rows.start}-{rows.stop}",
+                                 save_every_s, keep_finished=split or keep_progress)
+    if not split:
+        part, resumed = _capture_rows(model, dataset, names, method, rows, batch_size, max_memory, recorder,
+                                      plan_dataset, progress, progress_file)
         parts, processes = [part], 1
     else:
         processes = distributed_run.world_size()
@@ -279,12 +283,9 @@ def capture(
             raise InputError(f"the dataset has {len(dataset)} prompts for {processes} processes: give every "
                              "process at least one prompt")
         distributed_run.check_same("model, dataset or statistics", fingerprint)
-        rows = distributed_run.shard(len(dataset))
-        progress_file = _Progress(_rank_file(resume), f"{fingerprint} prompts {rows.start}-{rows.stop}",
-                                  save_every_s, keep_finished=True)
         shards = distributed_run.gather(lambda: _capture_rows(
             model, dataset, names, method, rows, batch_size, max_memory, recorder, plan_dataset,
-            progress and distributed_run.is_writer(), progress_file)[:2])
+            progress and distributed_run.is_writer(), progress_file))
         parts, resumed = [part for part, _ in shards], sum(count for _, count in shards)
     if recorder is not None:
         _record_skipped_prompts(model, dataset, names, method, recorder)
@@ -301,7 +302,8 @@ def capture(
         "torch_version": torch.__version__,
     }
     result = CaptureResult.concat(parts, meta)
-    progress_file.remove()
+    if not keep_progress:
+        progress_file.remove()
     if recorder is not None:
         if patterns_out is not None and distributed_run.is_writer():
             recorder.save(patterns_out, meta)
@@ -312,15 +314,16 @@ def capture(
 
 
 def _capture_rows(model, dataset, names, method, rows: range, batch_size, max_memory, recorder, plan_dataset,
-                  progress: bool, progress_file: "_Progress") -> tuple[CaptureResult, int, "_Progress"]:
-    """The prompts `rows` (a contiguous range), continued from the progress file: their result, how many
-    prompts the file already held, and the file."""
+                  progress: bool, progress_file: ProgressFile) -> tuple[CaptureResult, int]:
+    """The prompts `rows` (a contiguous range), continued from the progress file: their result, and how
+    many prompts the file already held."""
     device, n_pos = model.device, dataset.tokens.shape[1]
     if batch_size is None:
         batch_size = choose_batch_size(model.cfg, n_pos, len(rows), max_memory, device, method,
                                        dtype_size=model.embed.W_E.element_size(),
                                        padded=dataset.attention_mask is not None)
-    done = progress_file.load()
+    saved = progress_file.load()
+    done = None if saved is None else CaptureResult.from_tensors(saved[0], saved[1]["statistics"])
     parts = [done] if done is not None else []
     resumed = 0 if done is None else done.n_prompts
     start = rows.start + resumed
@@ -342,17 +345,10 @@ def _capture_rows(model, dataset, names, method, rows: range, batch_size, max_me
         parts.append(CaptureResult(sums, counts))
         bar.update((stop - start) * n_pos)
         start = stop
-        progress_file.save(parts, final=start == rows.stop)
+        progress_file.save(lambda: (CaptureResult.concat(parts).tensors(), {"statistics": list(names)}),
+                           final=start == rows.stop)
     bar.close()
-    return CaptureResult.concat(parts), resumed, progress_file
-
-
-def _rank_file(resume: str | Path | None) -> Path | None:
-    """This rank's progress file: progress.safetensors -> progress.rank1of4.safetensors."""
-    if resume is None:
-        return None
-    path = Path(resume)
-    return path.with_name(f"{path.stem}.rank{distributed_run.rank()}of{distributed_run.world_size()}{path.suffix}")
+    return CaptureResult.concat(parts), resumed
 
 
 def _make_recorder(model, dataset, patterns, pattern_prompts) -> PatternRecorder | None:
@@ -378,50 +374,9 @@ def _record_skipped_prompts(model, dataset, names, method, recorder: PatternReco
 def _fingerprint(model: HookedTransformer, dataset: TokenDataset, names: tuple[str, ...], method: str,
                  plan_dataset: TokenDataset | None = None) -> str:
     """What a progress file must match to be continued: the model, the exact tokens, statistics, method."""
-    digest = hashlib.sha256(dataset.tokens.cpu().numpy().tobytes())
-    if plan_dataset is not None:
-        digest.update(plan_dataset.tokens.cpu().numpy().tobytes())
-    if dataset.attention_mask is not None:
-        digest.update(dataset.attention_mask.cpu().numpy().tobytes())
     return json.dumps({"model": getattr(model, "source", ""), "config": model.cfg.to_dict(),
-                       "tokens": digest.hexdigest(), "has_bos": dataset.has_bos, "stats": list(names),
-                       "method": method}, sort_keys=True)
-
-
-class _Progress:
-    """The progress file of a resumable capture: partial sums and counts of the prompts done so far.
-
-    keep_finished: also save when the last prompt is done (a rank's finished shard waits there for the
-    other ranks; `remove` once the whole run is combined).
-    """
-
-    def __init__(self, path: str | Path | None, fingerprint: str, every_s: float, keep_finished: bool = False) -> None:
-        self.path = None if path is None else Path(path)
-        self.fingerprint = fingerprint
-        self.every_s = every_s
-        self.keep_finished = keep_finished
-        self.last_save = time.monotonic()
-
-    def load(self) -> CaptureResult | None:
-        if self.path is None or not self.path.exists():
-            return None
-        saved = CaptureResult.load(self.path)
-        if saved.meta.get("fingerprint") != self.fingerprint:
-            raise InputError(f"{self.path} holds a capture of another model, dataset or statistics: "
-                             "delete it or choose another --resume file")
-        return saved
-
-    def save(self, parts: list[CaptureResult], final: bool) -> None:
-        if self.path is None:
-            return
-        if final and not self.keep_finished or not final and time.monotonic() - self.last_save < self.every_s:
-            return
-        CaptureResult.concat(parts, {"fingerprint": self.fingerprint}).save(self.path)
-        self.last_save = time.monotonic()
-
-    def remove(self) -> None:
-        if self.path is not None and self.path.exists():
-            self.path.unlink()
+                       "tokens": dataset.digest(), "plan": None if plan_dataset is None else plan_dataset.digest(),
+                       "stats": list(names), "method": method}, sort_keys=True)
 
 
 def _out_of_memory_error(err: Exception, n_pos: int) -> InputError:

@@ -64,13 +64,20 @@ class CaptureResult:
         counts = {name: self.count(name) for name in self.statistics}
         return json.dumps({"meta": self.meta, "counts": counts, "heads": self.to_rows()}, indent=2)
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """`sum/NAME` and `count/NAME` of every statistic: what `save` and progress files hold."""
+        tensors = {f"sum/{n}": t.contiguous() for n, t in self.sums.items()}
+        return tensors | {f"count/{n}": t.contiguous() for n, t in self.counts.items()}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], names: list[str], meta: dict | None = None) -> "CaptureResult":
+        return cls({n: tensors[f"sum/{n}"] for n in names}, {n: tensors[f"count/{n}"] for n in names}, meta or {})
+
     def save(self, path: str | Path) -> None:
         """Sums and counts as safetensors, meta inside its header; written atomically."""
-        tensors = {f"sum/{n}": t.contiguous() for n, t in self.sums.items()}
-        tensors |= {f"count/{n}": t.contiguous() for n, t in self.counts.items()}
         metadata = {"meta": json.dumps(self.meta), "statistics": json.dumps(self.statistics)}
         with atomic_path(path) as tmp:
-            save_file(tensors, tmp, metadata=metadata)
+            save_file(self.tensors(), tmp, metadata=metadata)
 
     @classmethod
     def load(cls, path: str | Path) -> "CaptureResult":
@@ -79,9 +86,7 @@ class CaptureResult:
         try:
             with safe_open(str(path), "pt") as f:
                 header = f.metadata() or {}
-            tensors = load_file(str(path))
-            meta, names = json.loads(header["meta"]), json.loads(header["statistics"])
-            return cls({n: tensors[f"sum/{n}"] for n in names}, {n: tensors[f"count/{n}"] for n in names}, meta)
+            return cls.from_tensors(load_file(str(path)), json.loads(header["statistics"]), json.loads(header["meta"]))
         except Exception as err:  # safetensors and json raise their own types for a damaged file
             raise InputError(f"{path} is not a headscope capture file: {err}") from err
 

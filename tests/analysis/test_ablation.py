@@ -15,6 +15,7 @@ from headscope.errors import InputError
 from headscope.heads import parse_heads
 from headscope.model.tokenizer import Tokenizer
 from headscope.model.transformer import HookedTransformer
+from headscope.progress import ProgressFile
 from tests.conftest import TINY_CONFIGS
 
 
@@ -167,3 +168,40 @@ def test_edge_knockout_equals_renormalising_the_pattern_without_those_keys(datas
     assert result.effects[0].delta != 0 and result.method == "knockout"
     with pytest.raises(InputError, match="key position 99 is out of range"):
         knockout(model, dataset, [(1, 2)], key_positions=[99])
+
+
+class Interrupt(Exception):
+    pass
+
+
+@torch.no_grad()
+def test_an_interrupted_sweep_resumes_without_rerunning_finished_variants(dataset, tmp_path):
+    torch.manual_seed(8)
+    model = HookedTransformer(TINY_CONFIGS["gpt2"]).eval()
+    passes = []
+    count = [(f"blocks.{l}.attn.hook_z", lambda z, hook: passes.append(1)) for l in range(2)]
+    with model.hooks(count):
+        whole = sweep(model, dataset, "mean", "loss", n_bootstrap=20, max_memory=1)  # one variant per pass
+    uninterrupted = len(passes)  # clean pass 2, each layer-0 variant 2 (both layers), each layer-1 variant 1
+    progress = tmp_path / "sweep.safetensors"
+    passes.clear()
+
+    def stop_at_the_sixth(z, hook):
+        passes.append(1)
+        if len(passes) == 6:
+            raise Interrupt
+
+    with pytest.raises(Interrupt), model.hooks([(f"blocks.{l}.attn.hook_z", stop_at_the_sixth) for l in range(2)]):
+        sweep(model, dataset, "mean", "loss", n_bootstrap=20, max_memory=1, resume=progress, save_every_s=0)
+    assert progress.exists()
+    passes.clear()
+    with model.hooks(count):
+        resumed = sweep(model, dataset, "mean", "loss", n_bootstrap=20, max_memory=1, resume=progress,
+                        save_every_s=0)
+    # Interrupted in its sixth hook call, the run had finished one variant (L0H0: two calls) after the
+    # clean pass; the rerun does not run it again.
+    assert len(passes) == uninterrupted - 2 and resumed == whole
+    assert not progress.exists()
+    ProgressFile(progress, "another run", keep_finished=True).save(lambda: ({}, {}), final=True)
+    with pytest.raises(InputError, match="holds the progress of another run"):
+        sweep(model, dataset, "zero", "loss", n_bootstrap=20, resume=progress)

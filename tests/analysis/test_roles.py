@@ -270,3 +270,34 @@ def test_a_fixed_offset_head_is_not_an_induction_head(forced_model):
     assert head.scores["induction"] > 0.95  # the attention is all on the targets...
     assert "induction" not in head.roles  # ...but the control, same positions, scores as high
     assert head.nulls["induction"] > 0.95 and "induction" in head.rejected
+
+
+class Interrupt(Exception):
+    pass
+
+
+@torch.no_grad()
+def test_an_interrupted_classification_resumes_without_recounting_the_finished_capture(tmp_path):
+    torch.manual_seed(0)
+    model = HookedTransformer(TINY_CONFIGS["attn-only"]).eval()
+    data = repeated_random_tokens(6, 8, vocab_size=99, seed=0, bos_token_id=98, exclude_ids=[98])
+    forwards = []
+    with model.hooks([("hook_embed", lambda t, hook: forwards.append(1))]):
+        whole = classify_heads(model, data, n_bootstrap=50)
+    per_run = len(forwards)  # the probe capture, the control capture, the copying scores
+
+    def stop_at_the_control(tensor, hook):
+        forwards.append(1)
+        if len(forwards) == 2:
+            raise Interrupt
+
+    forwards.clear()
+    with pytest.raises(Interrupt), model.hooks([("hook_embed", stop_at_the_control)]):
+        classify_heads(model, data, n_bootstrap=50, resume=tmp_path)
+    assert (tmp_path / "probe.progress.safetensors").exists()  # the finished probe capture waits there
+    forwards.clear()
+    with model.hooks([("hook_embed", lambda t, hook: forwards.append(1))]):
+        resumed = classify_heads(model, data, n_bootstrap=50, resume=tmp_path)
+    assert len(forwards) == per_run - 1  # the probe capture was not run again
+    assert resumed.to_json() == whole.to_json()
+    assert not list(tmp_path.iterdir())

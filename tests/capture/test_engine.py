@@ -10,6 +10,7 @@ from headscope.capture.engine import capture, statistics_from_patterns
 from headscope.capture.statistics import CAUSAL_STATISTICS, STATISTICS
 from headscope.errors import InputError
 from headscope.model.transformer import HookedTransformer
+from headscope.progress import ProgressFile
 from tests.conftest import TINY_CONFIGS
 
 
@@ -192,9 +193,9 @@ def test_a_progress_file_of_another_run_is_refused(tmp_path):
     model = HookedTransformer(TINY_CONFIGS["gpt2"]).eval()
     progress_file = tmp_path / "progress.safetensors"
     first = capture(model, from_tensor(natural_like_tokens(n_prompts=2, seed=1)), progress=False)
-    first.meta = {"fingerprint": "something else"}
-    first.save(progress_file)
-    with pytest.raises(InputError, match="holds a capture of another model, dataset or statistics"):
+    ProgressFile(progress_file, "another run", keep_finished=True).save(
+        lambda: (first.tensors(), {"statistics": list(first.statistics)}), final=True)
+    with pytest.raises(InputError, match="holds the progress of another run"):
         capture(model, from_tensor(natural_like_tokens(n_prompts=2, seed=1)), resume=progress_file, progress=False)
 
 
