@@ -34,6 +34,8 @@ class ProgressFile:
     def __init__(self, path: str | Path | None, fingerprint: str, every_s: float = 30.0,
                  keep_finished: bool = False) -> None:
         self.path = None if path is None else Path(path)
+        if self.path is not None and not self.path.parent.is_dir():
+            raise InputError(f"cannot keep progress in {self.path}: folder {self.path.parent} does not exist")
         self.fingerprint = fingerprint
         self.every_s = every_s
         self.keep_finished = keep_finished
