@@ -205,3 +205,13 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_variants(datase
     ProgressFile(progress, "another run", keep_finished=True).save(lambda: ({}, {}), final=True)
     with pytest.raises(InputError, match="holds the progress of another run"):
         sweep(model, dataset, "zero", "loss", n_bootstrap=20, resume=progress)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@torch.no_grad()
+def test_gpu_sweep_equals_cpu_sweep(dataset):
+    torch.manual_seed(9)
+    model = HookedTransformer(TINY_CONFIGS["llama-gqa"]).eval()
+    on_cpu = sweep(model, dataset, "mean", "induction-loss", n_bootstrap=20)
+    on_gpu = sweep(model.to("cuda"), dataset, "mean", "induction-loss", n_bootstrap=20)
+    assert [e.value for e in on_gpu.effects] == pytest.approx([e.value for e in on_cpu.effects], abs=1e-4)
