@@ -17,9 +17,9 @@ from headscope.model.transformer import HookedTransformer
 from tests.conftest import TINY_CONFIGS
 
 
-def torchrun(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
+def torchrun(*args: str, processes: int = 2, timeout_s: int = 120) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc-per-node N -m headscope ARGS`, as a user launches it."""
-    env = os.environ | {"OMP_NUM_THREADS": "1", distributed.TIMEOUT_ENV: "120"}
+    env = os.environ | {"OMP_NUM_THREADS": "1", distributed.TIMEOUT_ENV: str(timeout_s)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
                "-m", "headscope", *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
@@ -101,6 +101,16 @@ def test_a_failing_rank_fails_every_rank_and_a_rerun_recounts_no_finished_shard(
         for key, value in reference.items():
             if isinstance(value, float):
                 assert_close(ours[key], value)
+
+
+def test_a_stuck_rank_makes_the_others_give_up_after_the_timeout(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    os.mkfifo(out / "progress.rank1of2.safetensors")  # reading it blocks forever, as a dead network mount would
+    stuck = torchrun("capture", "toy-induction-2l", "--num-prompts", "6", "--out", str(out), timeout_s=8)
+    assert stuck.returncode != 0
+    assert "[rank 0] rank 0 of 2: the other processes did not answer within 8 s" in stuck.stderr
+    assert not (out / "stats.json").exists()
 
 
 def test_a_sweep_resumes_each_ranks_finished_variants(tmp_path):
