@@ -416,7 +416,8 @@ def ablate(model_source: str, dataset: str, seq_len: int | None, num_prompts: in
                                  seed=seed, mode="pack" if pack else "pad")
         chosen_metric = metric
     if by:
-        result = ablation.sweep(model, data, method, chosen_metric, by=by, seed=seed, resume=resume_path)
+        result = ablation.sweep(model, data, method, chosen_metric, by=by, seed=seed, resume=resume_path,
+                                progress=True)
     else:
         if role:
             if not roles_path:

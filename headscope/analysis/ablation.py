@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 import headscope
 from headscope import distributed as distributed_run
@@ -412,7 +413,7 @@ def knockout(model: HookedTransformer, dataset: TokenDataset, heads: Heads, key_
 def sweep(model: HookedTransformer, dataset: TokenDataset, method: str = "zero", metric: str | MetricFn = "loss",
           *, by: str = "head", seed: int = 0, n_bootstrap: int = 1000, max_memory: int = 1 << 30,
           distributed: bool | None = None, resume: str | Path | None = None,
-          save_every_s: float = 30.0) -> AblationResult:
+          save_every_s: float = 30.0, progress: bool = False) -> AblationResult:
     """Every single head (by="head") or every whole layer (by="layer") ablated on its own.
 
     distributed: split the variants across the processes of a torch.distributed group (None: when there is
@@ -420,6 +421,7 @@ def sweep(model: HookedTransformer, dataset: TokenDataset, method: str = "zero",
     whole result (see `headscope.distributed`).
     resume: a progress file keeping the per-prompt values of finished variants (saved every `save_every_s`
     seconds); a rerun with the same model, prompts and options skips them. Removed at the end.
+    progress: show a progress bar of this process's variants (rank 0's only, under several processes).
     """
     _check(model, dataset, method)
     if by not in ("head", "layer"):
@@ -447,6 +449,8 @@ def sweep(model: HookedTransformer, dataset: TokenDataset, method: str = "zero",
         saved = progress_file.load()
         done = {} if saved is None else {int(key): value for key, value in saved[0].items()}
         todo = [i for i in mine if i not in done]
+        bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="variant", desc="sweep",
+                   disable=not progress or not distributed_run.is_writer())
         for layer in sorted({variants[i][0][0] for i in todo}):
             of_layer = [i for i in todo if variants[i][0][0] == layer]
             for start in range(0, len(of_layer), stack):
@@ -455,6 +459,8 @@ def sweep(model: HookedTransformer, dataset: TokenDataset, method: str = "zero",
                                        _mask(dataset, model), clean_output, chosen, replacements)
                 done |= {i: value.cpu() for i, value in zip(chunk, values)}
                 progress_file.save(lambda: ({str(i): v for i, v in done.items()}, {}), final=len(done) == len(mine))
+                bar.update(len(chunk))
+        bar.close()
         return [done[i] for i in mine]
 
     if split:
