@@ -37,7 +37,14 @@ class DistributedError(HeadscopeError):
 
 def timeout_s() -> float:
     """How long a rank waits for the others at a collective: $HEADSCOPE_DIST_TIMEOUT_S, else 30 minutes."""
-    return float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
+    value = os.environ.get(TIMEOUT_ENV, str(DEFAULT_TIMEOUT_S))
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0:
+        raise DistributedError(f"${TIMEOUT_ENV} must be a positive number of seconds, not {value!r}")
+    return seconds
 
 
 def launched_by_torchrun() -> bool:

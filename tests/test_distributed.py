@@ -179,3 +179,9 @@ def test_two_gpus_under_torchrun_equal_one_gpu(tmp_path):
     one, two = (CaptureResult.load(tmp_path / n / "stats.safetensors") for n in ("one", "two"))
     for stat in one.statistics:
         assert torch.allclose(two.sums[stat], one.sums[stat], rtol=1e-5, atol=1e-7)
+
+
+def test_a_bad_timeout_is_one_clear_line(monkeypatch):
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "soon")
+    with pytest.raises(distributed.DistributedError, match="must be a positive number of seconds, not 'soon'"):
+        distributed.timeout_s()

@@ -122,8 +122,12 @@ class Metric:
         return self.on_hidden(model, output, tokens, real)
 
 
-def _mean_token_loss(name: str, predicted_kept: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Metric:
-    """Mean next-token loss over the predicting positions that `predicted_kept(tokens, real)` selects."""
+def mean_token_loss(name: str, predicted_kept: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Metric:
+    """Mean next-token loss over the predicting positions that `predicted_kept(tokens, real)` selects.
+
+    `predicted_kept` returns a (prompts, pos - 1) bool mask: entry i says whether the prediction of token
+    i + 1 counts. A metric of your own over some positions, as fast as the built-in ones.
+    """
 
     def on_logits(logits, tokens, real, clean_logits):
         return _masked_mean(_token_losses(logits, tokens), predicted_kept(tokens, real))
@@ -141,7 +145,7 @@ def _kl(logits, tokens, real, clean_logits):
     return _masked_mean(kl, real)
 
 
-METRICS: dict[str, Metric] = {"loss": _mean_token_loss("loss", lambda tokens, real: real[:, 1:]),
+METRICS: dict[str, Metric] = {"loss": mean_token_loss("loss", lambda tokens, real: real[:, 1:]),
                               "kl": Metric("kl", _kl)}
 
 
@@ -156,7 +160,7 @@ def induction_loss_metric(dataset: TokenDataset) -> Metric:
         predicted = torch.arange(1, tokens.shape[1], device=tokens.device)  # position of each predicted token
         return (predicted >= first + period + 1).expand(tokens.shape[0], -1) & real[:, 1:]
 
-    return _mean_token_loss("induction-loss", repeated)
+    return mean_token_loss("induction-loss", repeated)
 
 
 def logit_diff_metric(answers: torch.Tensor, wrongs: torch.Tensor) -> Metric:
