@@ -1,13 +1,14 @@
-"""Benchmark: one capture over a fixed dataset with 1, 2, ... processes under torchrun (scaling).
+"""Benchmark: one capture (or ablation sweep) over fixed prompts with 1, 2, ... processes under torchrun.
 
 Run without torchrun; the script launches itself once per process count with
 `python -m torch.distributed.run --standalone --nproc-per-node N` (gloo on CPUs, NCCL on GPUs, one GPU
-per process), and each launch times only the capture (after loading and a warm-up, between barriers).
+per process), and each launch times only the work (after loading and a warm-up, between barriers).
 Prints seconds, speed-up over one process, and the largest relative difference of every head's
-statistics from the one-process result.
+statistics (or ablation effect) from the one-process result.
 
   python scripts/bench_distributed.py --processes 1,2 --threads 1        # CPU: one core per process
   python scripts/bench_distributed.py --processes 1,2 --threads 2        # CPU: 2 threads each
+  python scripts/bench_distributed.py --processes 1,2 --threads 1 --work sweep --prompts 4 --seq 64
   python scripts/bench_distributed.py --processes 1,2,4,8 --device cuda  # a multi-GPU node
 """
 
@@ -29,6 +30,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per process (OMP_NUM_THREADS)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--model", default="smollm2-135m", help="a headscope model name or path")
+    parser.add_argument("--work", default="capture", choices=["capture", "sweep"],
+                        help="every statistic, or a zero-ablation sweep of every head (induction loss)")
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--json", help="write the figures here")
@@ -41,6 +44,7 @@ def worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
     from headscope import distributed
+    from headscope.analysis.ablation import sweep
     from headscope.capture import capture, repeated_random_tokens
     from headscope.loading.load import load_model
 
@@ -48,16 +52,21 @@ def worker(args: argparse.Namespace) -> None:
     model = load_model(args.model, device=distributed.local_device(args.device))
     data = repeated_random_tokens(args.prompts, args.seq // 2, vocab_size=model.cfg.d_vocab, seed=0,
                                   bos_token_id=1, low=100)
-    capture(model, data.subset(list(range(dist.get_world_size()))), progress=False)  # warm-up
+    def work(prompts):
+        if args.work == "capture":
+            result = capture(model, prompts, progress=False)
+            return {name: result.mean(name).tolist() for name in result.statistics}
+        return {"value": [[e.value] for e in sweep(model, prompts, "zero", "induction-loss", n_bootstrap=10).effects]}
+
+    work(data.subset(list(range(dist.get_world_size()))))  # warm-up
     dist.barrier()
     start = time.perf_counter()
-    result = capture(model, data, progress=False)
+    means = work(data)
     if args.device == "cuda":
         torch.cuda.synchronize()
     dist.barrier()
     seconds = time.perf_counter() - start
     if distributed.is_writer():
-        means = {name: result.mean(name).tolist() for name in result.statistics}
         print("RESULT " + json.dumps({"processes": dist.get_world_size(), "seconds": seconds, "means": means}))
     distributed.close()
 
@@ -65,7 +74,7 @@ def worker(args: argparse.Namespace) -> None:
 def launch(args: argparse.Namespace, processes: int) -> dict:
     env = os.environ | {"OMP_NUM_THREADS": str(args.threads)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-               __file__, "--worker", "--device", args.device, "--model", args.model,
+               __file__, "--worker", "--device", args.device, "--model", args.model, "--work", args.work,
                "--prompts", str(args.prompts), "--seq", str(args.seq)]
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
@@ -93,7 +102,8 @@ def main() -> None:
                      "max_relative_difference": difference})
     figures = {"command": "python scripts/bench_distributed.py " + " ".join(
                    f"--{k} {v}" for k, v in vars(args).items() if v not in (None, False) and k not in ("json", "worker")),
-               "model": args.model, "device": args.device, "prompts": args.prompts, "tokens": args.seq + 1,
+               "work": args.work, "model": args.model, "device": args.device, "prompts": args.prompts,
+               "tokens": args.seq + 1,
                "threads_per_process": args.threads, "torch": torch.__version__, "runs": rows}
     print(f"{'processes':>9} {'seconds':>8} {'speed-up':>8} {'max rel diff':>12}")
     for row in rows:
