@@ -389,7 +389,7 @@ def ablate(model_source: str, dataset: str, seq_len: int | None, num_prompts: in
     """What heads are for: the change in a metric when they are zero-, mean- or resample-ablated."""
     from pathlib import Path
 
-    from headscope.analysis import ablation
+    from headscope.analysis import ablation, metrics
     from headscope.analysis.roles import RoleTable
     from headscope.capture.datasets import dataset_for_model
     from headscope.errors import InputError
@@ -409,8 +409,8 @@ def ablate(model_source: str, dataset: str, seq_len: int | None, num_prompts: in
                          "process")
     model = load_model(model_source, device=device)
     if pairs:
-        data, answers, wrongs = ablation.pairs_dataset(pairs, model.tokenizer)
-        chosen_metric = ablation.logit_diff_metric(answers, wrongs)
+        data, answers, wrongs = metrics.pairs_dataset(pairs, model.tokenizer)
+        chosen_metric = metrics.logit_diff_metric(answers, wrongs)
     else:
         data = dataset_for_model(model, dataset, seq_len=_fit_seq_len(seq_len, 64, model), num_prompts=num_prompts,
                                  seed=seed, mode="pack" if pack else "pad")

@@ -20,7 +20,8 @@ import time
 
 import torch
 
-from headscope.analysis.ablation import METRICS, induction_loss_metric, sweep
+from headscope.analysis.ablation import sweep
+from headscope.analysis.metrics import METRICS, induction_loss_metric
 from headscope.capture.datasets import repeated_random_tokens
 from headscope.loading.load import load_model
 from headscope.loading.transformer_lens import boot_bridge

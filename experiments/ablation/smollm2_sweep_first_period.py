@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 import headscope
-from headscope.analysis.ablation import mean_token_loss, sweep
+from headscope.analysis.ablation import sweep
+from headscope.analysis.metrics import mean_token_loss
 from headscope.capture.datasets import dataset_for_model
 from headscope.heads import head_name
 

@@ -6,12 +6,8 @@ A head's output is its `hook_z` slice, `z[:, :, head]` (batch, pos, d_head), rep
   computed once per call from a clean pass);
 - "resample": its value on another prompt of the same dataset at the same position, the pairing a seeded
   derangement of the prompts (Chan et al.'s resampling ablation).
-Metrics are per prompt, so effects get bootstrap intervals over prompts: "loss" (next-token loss),
-"induction-loss" (loss on the repeated half of repeated-random prompts), "kl" (KL divergence from the
-clean next-token distribution), "logit-diff" (logit of the answer minus the wrong answer at the last
-position, for prompt pairs), or any callable `metric(logits, tokens, mask, clean_logits) -> (prompts,)`.
-The built-in ones are `Metric`s that can also be computed from the final hidden states, unembedding only
-the positions (or vocabulary columns) they read.
+Metrics (`headscope.analysis.metrics`: loss, induction-loss, kl, logit-diff, or a callable) give one value
+per prompt, so effects get bootstrap intervals over prompts.
 
 "knockout" (attention-edge knockout) leaves a head's output alone and cuts only its attention to chosen key
 positions: their scores are masked before the softmax, so the rest renormalises (a query row whose only
@@ -31,7 +27,6 @@ Chan et al. (2022), "Causal Scrubbing" (resampling ablation).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,173 +35,15 @@ from tqdm.auto import tqdm
 
 import headscope
 from headscope import distributed as distributed_run
-from headscope.progress import ProgressFile, rank_path
+from headscope.analysis.metrics import MetricFn, resolve_metric
 from headscope.capture.datasets import TokenDataset
 from headscope.errors import InputError
 from headscope.heads import head_name
 from headscope.model.transformer import HookedTransformer
+from headscope.progress import ProgressFile, rank_path
 
 Heads = list[tuple[int, int]]
-MetricFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 METHODS = ("zero", "mean", "resample")  # of a head's output; `knockout` cuts attention edges instead
-
-
-# ----- metrics: one value per prompt -----------------------------------------------------------------------
-def _token_losses(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """(batch, pos - 1) loss of predicting token i + 1 at position i.
-
-    logsumexp minus the target's logit, both along the contiguous vocabulary axis: `cross_entropy` on
-    (batch, vocab, pos) would first copy the logits into that strided layout, a third of a CPU sweep's time.
-    """
-    predicting = logits[:, :-1].float()
-    target = predicting.gather(-1, tokens[:, 1:, None]).squeeze(-1)
-    return torch.logsumexp(predicting, -1) - target
-
-
-def _token_losses_from_hidden(model, hidden: torch.Tensor, tokens: torch.Tensor, keep: torch.Tensor,
-                              chunk_bytes: int = 1 << 26) -> torch.Tensor:
-    """`_token_losses` at the predicting positions `keep` (batch, pos - 1) only, zero elsewhere.
-
-    Only those rows of the final hidden states are unembedded, a chunk at a time, so the
-    (batch, pos, vocabulary) logits never exist: in a sweep that tensor costs more than the layers.
-    """
-    where = keep.nonzero(as_tuple=True)
-    rows, targets = hidden[:, :-1][where], tokens[:, 1:][where]
-    step = max(1, chunk_bytes // (4 * model.cfg.d_vocab))
-    losses = torch.zeros(keep.shape, dtype=torch.float32, device=hidden.device)
-    parts = []
-    for start in range(0, len(rows), step):
-        logits = model.unembed_hidden(rows[start : start + step]).float()
-        target = logits.gather(-1, targets[start : start + step, None]).squeeze(-1)
-        parts.append(torch.logsumexp(logits, -1) - target)
-    if parts:
-        losses[where] = torch.cat(parts)
-    return losses
-
-
-def _masked_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    keep = keep.to(values.dtype)
-    return (values * keep).sum(-1) / keep.sum(-1).clamp(min=1)
-
-
-def _last_real(real: torch.Tensor) -> torch.Tensor:
-    return real.long().sum(1) - 1
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A metric of a forward pass, one value per prompt.
-
-    Called as `metric(logits, tokens, real, clean_logits)`, the form any callable metric takes. The built-in
-    metrics also have `on_hidden(model, hidden, tokens, real)`: the same value from the final hidden states,
-    unembedding only the positions (for logit-diff, only the two vocabulary columns) that the metric reads.
-    Ablation runs use it when it is there; most of a sweep's time otherwise goes into logits nobody reads.
-    """
-
-    name: str
-    on_logits: MetricFn
-    on_hidden: Callable[..., torch.Tensor] | None = None
-
-    def __call__(self, logits, tokens, real, clean_logits) -> torch.Tensor:
-        return self.on_logits(logits, tokens, real, clean_logits)
-
-    @property
-    def reads(self) -> str:
-        """The forward pass's return_type this metric takes: "hidden" or "logits"."""
-        return "logits" if self.on_hidden is None else "hidden"
-
-    def of(self, model, output, tokens, real, clean_output) -> torch.Tensor:
-        """The metric of a forward pass that returned `self.reads`."""
-        if self.on_hidden is None:
-            return self.on_logits(output, tokens, real, clean_output)
-        return self.on_hidden(model, output, tokens, real)
-
-
-def mean_token_loss(name: str, predicted_kept: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Metric:
-    """Mean next-token loss over the predicting positions that `predicted_kept(tokens, real)` selects.
-
-    `predicted_kept` returns a (prompts, pos - 1) bool mask: entry i says whether the prediction of token
-    i + 1 counts. A metric of your own over some positions, as fast as the built-in ones.
-    """
-
-    def on_logits(logits, tokens, real, clean_logits):
-        return _masked_mean(_token_losses(logits, tokens), predicted_kept(tokens, real))
-
-    def on_hidden(model, hidden, tokens, real):
-        keep = predicted_kept(tokens, real)
-        return _masked_mean(_token_losses_from_hidden(model, hidden, tokens, keep), keep)
-
-    return Metric(name, on_logits, on_hidden)
-
-
-def _kl(logits, tokens, real, clean_logits):
-    clean = clean_logits.float().log_softmax(-1)
-    kl = (clean.exp() * (clean - logits.float().log_softmax(-1))).sum(-1)
-    return _masked_mean(kl, real)
-
-
-METRICS: dict[str, Metric] = {"loss": mean_token_loss("loss", lambda tokens, real: real[:, 1:]),
-                              "kl": Metric("kl", _kl)}
-
-
-def induction_loss_metric(dataset: TokenDataset) -> Metric:
-    """Loss on the predictable part of the repeated periods of repeated-random prompts."""
-    period = dataset.meta.get("period")
-    if dataset.name != "repeated-random" or not period:
-        raise InputError("induction-loss needs the repeated-random dataset (its period says what repeats)")
-    first = 1 if dataset.has_bos else 0
-
-    def repeated(tokens, real):
-        predicted = torch.arange(1, tokens.shape[1], device=tokens.device)  # position of each predicted token
-        return (predicted >= first + period + 1).expand(tokens.shape[0], -1) & real[:, 1:]
-
-    return mean_token_loss("induction-loss", repeated)
-
-
-def logit_diff_metric(answers: torch.Tensor, wrongs: torch.Tensor) -> Metric:
-    """logit(answer) - logit(wrong) at each prompt's last real position."""
-
-    def on_logits(logits, tokens, real, clean_logits):
-        rows = torch.arange(len(tokens))
-        last = logits[rows, _last_real(real)].float()
-        return last[rows, answers.to(logits.device)] - last[rows, wrongs.to(logits.device)]
-
-    def on_hidden(model, hidden, tokens, real):
-        last = hidden[torch.arange(len(tokens)), _last_real(real)]  # (prompts, d_model)
-        answer = model.unembed_hidden(last, columns=answers.to(hidden.device))
-        wrong = model.unembed_hidden(last, columns=wrongs.to(hidden.device))
-        return (answer - wrong).float()
-
-    return Metric("logit-diff", on_logits, on_hidden)
-
-
-def pairs_dataset(path, tokenizer) -> tuple[TokenDataset, torch.Tensor, torch.Tensor]:
-    """Prompts from a JSONL file of {"prompt", "answer", "wrong"}; each answer must be one token."""
-    from pathlib import Path
-
-    from headscope.capture.datasets import from_texts
-
-    path = Path(path)
-    if tokenizer is None:
-        raise InputError("logit-diff needs a model with a tokenizer")
-    try:
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        records = [json.loads(line) for line in lines]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"cannot read pairs file {path}: {err}") from err
-    if not records:
-        raise InputError(f"pairs file {path} is empty")
-    answers, wrongs = [], []
-    for number, record in enumerate(records, 1):
-        if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in ("prompt", "answer", "wrong")):
-            raise InputError(f'{path} line {number} needs string fields "prompt", "answer" and "wrong"')
-        for key, out in (("answer", answers), ("wrong", wrongs)):
-            ids = tokenizer.encode(record[key], prepend_bos=False)
-            if len(ids) != 1:
-                raise InputError(f"{path} line {number}: {key} {record[key]!r} is {len(ids)} tokens, not one")
-            out.append(ids[0])
-    dataset = from_texts([r["prompt"] for r in records], tokenizer, name=f"pairs:{path.name}")
-    return dataset, torch.tensor(answers), torch.tensor(wrongs)
 
 
 # ----- replacements --------------------------------------------------------------------------------------
@@ -318,18 +155,6 @@ def _effect(heads, ablated: torch.Tensor, clean: torch.Tensor, n_bootstrap: int,
 
 
 # ----- the public functions --------------------------------------------------------------------------------
-def _resolve_metric(metric: str | MetricFn | Metric, dataset: TokenDataset) -> Metric:
-    if isinstance(metric, Metric):
-        return metric
-    if callable(metric):
-        return Metric(getattr(metric, "__name__", "custom"), metric)
-    if metric == "induction-loss":
-        return induction_loss_metric(dataset)
-    if metric not in METRICS:
-        raise InputError(f"unknown metric {metric!r}: use loss, induction-loss, kl, logit-diff or a callable")
-    return METRICS[metric]
-
-
 def _check(model, dataset, method) -> None:
     if method not in METHODS:
         raise InputError(f"unknown ablation method {method!r}: use zero, mean or resample")
@@ -351,7 +176,7 @@ def ablate(model: HookedTransformer, dataset: TokenDataset, heads: Heads, method
     _check(model, dataset, method)
     if not heads:
         raise InputError("no heads to ablate")
-    chosen = _resolve_metric(metric, dataset)
+    chosen = resolve_metric(metric, dataset)
     layers = sorted({l for l, _ in heads})
     clean_output, _, replacements = _clean_pass(model, dataset, layers, method, seed, False, chosen.reads)
     tokens, real = dataset.tokens.to(model.device), _real(dataset).to(model.device)
@@ -385,7 +210,7 @@ def knockout(model: HookedTransformer, dataset: TokenDataset, heads: Heads, key_
     bad = [p for p in key_positions if not 0 <= p < n_pos]
     if bad:
         raise InputError(f"key position {bad[0]} is out of range for prompts of {n_pos} tokens")
-    chosen = _resolve_metric(metric, dataset)
+    chosen = resolve_metric(metric, dataset)
     tokens, real = dataset.tokens.to(model.device), _real(dataset).to(model.device)
     mask = _mask(dataset, model)
     clean_output = model(tokens, attention_mask=mask, return_type=chosen.reads)
@@ -430,7 +255,7 @@ def sweep(model: HookedTransformer, dataset: TokenDataset, method: str = "zero",
     _check(model, dataset, method)
     if by not in ("head", "layer"):
         raise InputError(f"sweep by {by!r}: use head or layer")
-    chosen = _resolve_metric(metric, dataset)
+    chosen = resolve_metric(metric, dataset)
     cfg = model.cfg
     clean_output, resid, replacements = _clean_pass(model, dataset, range(cfg.n_layers), method, seed, True,
                                                     chosen.reads)

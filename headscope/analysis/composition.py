@@ -131,7 +131,7 @@ def path_ablation_effects(model: HookedTransformer, dataset, edges: list[tuple[t
     One clean pass keeps each layer's residual stream and per-head outputs; each edge then costs two runs
     from B's layer: one to get B's z without A, one with that z spliced into an otherwise clean pass.
     """
-    from headscope.analysis.ablation import METRICS, induction_loss_metric
+    from headscope.analysis.metrics import METRICS, induction_loss_metric
 
     fn = induction_loss_metric(dataset) if metric == "induction-loss" else METRICS.get(metric)
     if fn is None:

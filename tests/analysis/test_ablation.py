@@ -8,8 +8,8 @@ import torch
 from tokenizers import Tokenizer as RustTokenizer
 from tokenizers import models, pre_tokenizers
 
-from headscope.analysis.ablation import (METRICS, ablate, induction_loss_metric, logit_diff_metric, pairs_dataset,
-                                        sweep)
+from headscope.analysis.ablation import ablate, sweep
+from headscope.analysis.metrics import METRICS, induction_loss_metric, logit_diff_metric, pairs_dataset
 from headscope.capture.datasets import repeated_random_tokens
 from headscope.errors import InputError
 from headscope.heads import parse_heads
