@@ -382,10 +382,12 @@ def _composition(model_source, kind, roles_path, threshold, top_k, outs, device,
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write a heatmap or bar chart page.")
 @click.option("--resume", "resume_path", type=click.Path(dir_okay=False),
               help="With --sweep: keep finished variants in this file; rerun with the same options to continue.")
+@click.option("--max-memory", callback=_parse_bytes,
+              help="With --sweep: memory for the ablated variants stacked in one pass, e.g. 2GB.  [default: 1GB]")
 def ablate(model_source: str, dataset: str, seq_len: int | None, num_prompts: int, device: str, seed: int, pack: bool,
            heads: str | None, role: str | None, roles_path: str | None, by: str | None, method: str,
            knockout_keys: str | None, metric: str, pairs: str | None, json_path: str | None,
-           html_path: str | None, resume_path: str | None) -> None:
+           html_path: str | None, resume_path: str | None, max_memory: int | None) -> None:
     """What heads are for: the change in a metric when they are zero-, mean- or resample-ablated."""
     from pathlib import Path
 
@@ -402,8 +404,8 @@ def ablate(model_source: str, dataset: str, seq_len: int | None, num_prompts: in
         raise InputError("--knockout cuts the attention of named heads (--heads or --role), not a --sweep")
     if (metric == "logit-diff") != (pairs is not None):
         raise InputError("--metric logit-diff and --pairs FILE go together")
-    if resume_path and not by:
-        raise InputError("--resume keeps the progress of a --sweep; a single ablation is one pass")
+    if (resume_path or max_memory) and not by:
+        raise InputError("--resume and --max-memory are for a --sweep; a single ablation is one pass")
     if distributed.launched_by_torchrun() and not by:
         raise InputError("under torchrun, ablate splits a --sweep across processes; run --heads or --role as one "
                          "process")
@@ -417,7 +419,7 @@ def ablate(model_source: str, dataset: str, seq_len: int | None, num_prompts: in
         chosen_metric = metric
     if by:
         result = ablation.sweep(model, data, method, chosen_metric, by=by, seed=seed, resume=resume_path,
-                                progress=True)
+                                max_memory=max_memory or 1 << 30, progress=True)
     else:
         if role:
             if not roles_path:

@@ -248,6 +248,11 @@ def test_ablate_sweeps_and_sets(tiny_checkpoint, tmp_path):
     report = json.loads((tmp_path / "sweep.json").read_text())
     assert report["metric"] == "induction-loss" and len(report["results"]) == 8
     assert set(report["results"][0]) == {"heads", "value", "delta", "ci"}
+    one_at_a_time = run("ablate", str(tiny_checkpoint), "--sweep", "head", "--seq-len", "8", "--num-prompts", "4",
+                        "--metric", "induction-loss", "--max-memory", "1KB", "--json", str(tmp_path / "small.json"))
+    assert one_at_a_time.exit_code == 0, one_at_a_time.output
+    small = json.loads((tmp_path / "small.json").read_text())
+    assert [r["value"] for r in small["results"]] == pytest.approx([r["value"] for r in report["results"]], abs=1e-6)
     roles = tmp_path / "roles.json"
     assert run("classify", str(tiny_checkpoint), "--seq-len", "8", "--json", str(roles)).exit_code == 0
     report = json.loads(roles.read_text())
@@ -261,6 +266,8 @@ def test_ablate_sweeps_and_sets(tiny_checkpoint, tmp_path):
 def test_ablate_bad_input_is_one_line(tiny_checkpoint, tmp_path):
     assert_one_line_error(run("ablate", str(tiny_checkpoint), "--heads", "L99H0"), "L99H0 does not exist")
     assert_one_line_error(run("ablate", str(tiny_checkpoint), "--heads", "foo"), "bad head name 'foo'")
+    assert_one_line_error(run("ablate", str(tiny_checkpoint), "--heads", "L0H0", "--max-memory", "1GB"),
+                          "are for a --sweep")
     assert_one_line_error(run("ablate", str(tiny_checkpoint)), "exactly one of --heads")
     assert_one_line_error(run("ablate", str(tiny_checkpoint), "--heads", "L0H0", "--metric", "logit-diff"),
                           "go together")
