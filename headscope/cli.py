@@ -419,7 +419,7 @@ def ablate(model_source: str, dataset: str, seq_len: int | None, num_prompts: in
         chosen_metric = metric
     if by:
         result = ablation.sweep(model, data, method, chosen_metric, by=by, seed=seed, resume=resume_path,
-                                max_memory=max_memory or 1 << 30, progress=True)
+                                max_memory=max_memory or ablation.SWEEP_MEMORY, progress=True)
     else:
         if role:
             if not roles_path:

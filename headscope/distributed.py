@@ -112,12 +112,15 @@ def shard(n: int, of_rank: int | None = None, of_world: int | None = None) -> ra
     return range(n * r // w, n * (r + 1) // w)
 
 
-def gather(work: Callable[[], T]) -> list[T]:
-    """Run `work` on this rank, and return every rank's result, in rank order, on every rank.
+def gather(work: Callable[[], T], split: bool = True) -> list[T]:
+    """Run `work` on this rank, and return every rank's result, in rank order, on every rank; when the
+    work is not `split` across processes, just `[work()]`.
 
     If any rank's `work` raises, every rank raises `DistributedError` naming the first failed rank and its
     message, instead of the others waiting for it forever.
     """
+    if not split:
+        return [work()]
     try:
         local, error = work(), None
     except Exception as err:  # reported to every rank below, then raised everywhere

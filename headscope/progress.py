@@ -74,12 +74,20 @@ class ProgressFile:
             self.path.unlink()
 
 
+def run_fingerprint(model, dataset, **options) -> str:
+    """What a progress file must match to be continued: the model, the exact prompts, the run's options."""
+    return json.dumps({"model": getattr(model, "source", ""), "config": model.cfg.to_dict(),
+                       "dataset": dataset.digest(), **options}, sort_keys=True)
+
+
 def rank_path(path: str | Path | None, split: bool) -> Path | None:
     """This process's own progress file when the work is `split` across processes: progress.safetensors ->
     progress.rank1of4.safetensors (a run with another process count starts afresh)."""
-    if path is None or not split:
-        return None if path is None else Path(path)
+    if path is None:
+        return None
     path = Path(path)
+    if not split:
+        return path
     return path.with_name(f"{path.stem}.rank{distributed.rank()}of{distributed.world_size()}{path.suffix}")
 
 

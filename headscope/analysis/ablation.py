@@ -40,10 +40,11 @@ from headscope.capture.datasets import TokenDataset
 from headscope.errors import InputError
 from headscope.heads import head_name
 from headscope.model.transformer import HookedTransformer
-from headscope.progress import ProgressFile, rank_path
+from headscope.progress import ProgressFile, rank_path, run_fingerprint
 
 Heads = list[tuple[int, int]]
 METHODS = ("zero", "mean", "resample")  # of a head's output; `knockout` cuts attention edges instead
+SWEEP_MEMORY = 1 << 30  # bytes for the variants a sweep stacks in one pass, unless told otherwise
 
 
 # ----- replacements --------------------------------------------------------------------------------------
@@ -81,7 +82,7 @@ def _clean_pass(model, dataset, layers, method, seed, want_resid: bool, reads: s
     """One clean forward: its output (`reads`), each layer's residual stream in, and what the method needs."""
     names = [f"blocks.{l}.attn.hook_z" for l in layers] if method != "zero" else []
     names += [f"blocks.{l}.hook_resid_pre" for l in layers] if want_resid else []
-    logits, cache = model.run_with_cache(dataset.tokens.to(model.device), names_filter=names,
+    output, cache = model.run_with_cache(dataset.tokens.to(model.device), names_filter=names,
                                          attention_mask=_mask(dataset, model), return_type=reads)
     real = _real(dataset).to(model.device)
     replacements = _Replacements(method)
@@ -94,7 +95,7 @@ def _clean_pass(model, dataset, layers, method, seed, want_resid: bool, reads: s
     if method == "resample":
         replacements.source = _derangement(len(dataset), seed).to(model.device)
     resid = {l: cache[f"blocks.{l}.hook_resid_pre"] for l in layers} if want_resid else {}
-    return logits, resid, replacements
+    return output, resid, replacements
 
 
 def _real(dataset: TokenDataset) -> torch.Tensor:
@@ -240,7 +241,7 @@ def knockout(model: HookedTransformer, dataset: TokenDataset, heads: Heads, key_
 
 @torch.no_grad()
 def sweep(model: HookedTransformer, dataset: TokenDataset, method: str = "zero", metric: str | MetricFn = "loss",
-          *, by: str = "head", seed: int = 0, n_bootstrap: int = 1000, max_memory: int = 1 << 30,
+          *, by: str = "head", seed: int = 0, n_bootstrap: int = 1000, max_memory: int = SWEEP_MEMORY,
           distributed: bool | None = None, resume: str | Path | None = None,
           save_every_s: float = 30.0, progress: bool = False) -> AblationResult:
     """Every single head (by="head") or every whole layer (by="layer") ablated on its own.
@@ -260,6 +261,7 @@ def sweep(model: HookedTransformer, dataset: TokenDataset, method: str = "zero",
     clean_output, resid, replacements = _clean_pass(model, dataset, range(cfg.n_layers), method, seed, True,
                                                     chosen.reads)
     tokens, real = dataset.tokens.to(model.device), _real(dataset).to(model.device)
+    mask = _mask(dataset, model)
     clean = chosen.of(model, clean_output, tokens, real, clean_output)
     variants = [[(layer, h)] for layer in range(cfg.n_layers) for h in range(cfg.n_heads)] if by == "head" else \
         [[(layer, h) for h in range(cfg.n_heads)] for layer in range(cfg.n_layers)]
@@ -267,10 +269,9 @@ def sweep(model: HookedTransformer, dataset: TokenDataset, method: str = "zero",
 
     split = distributed_run.active(distributed)
     processes = distributed_run.world_size() if split else 1
-    mine = range(distributed_run.rank(), len(variants), processes) if split else range(len(variants))
-    fingerprint = json.dumps({"model": getattr(model, "source", ""), "config": cfg.to_dict(),
-                              "dataset": dataset.digest(), "method": method, "metric": chosen.name,
-                              "by": by, "seed": seed, "variants": [mine.start, mine.step]}, sort_keys=True)
+    mine = range(distributed_run.rank() if split else 0, len(variants), processes)
+    fingerprint = run_fingerprint(model, dataset, method=method, metric=chosen.name, by=by, seed=seed,
+                                  variants=[mine.start, mine.step])
     progress_file = ProgressFile(rank_path(resume, split), fingerprint, save_every_s, keep_finished=split)
 
     def values_of_mine() -> list[torch.Tensor]:
@@ -285,7 +286,7 @@ def sweep(model: HookedTransformer, dataset: TokenDataset, method: str = "zero",
             for start in range(0, len(of_layer), stack):
                 chunk = of_layer[start : start + stack]
                 values = _run_variants(model, layer, [variants[i] for i in chunk], resid[layer], tokens, real,
-                                       _mask(dataset, model), clean_output, chosen, replacements)
+                                       mask, clean_output, chosen, replacements)
                 done |= {i: value.cpu() for i, value in zip(chunk, values)}
                 progress_file.save(lambda: ({str(i): v for i, v in done.items()}, {}), final=len(done) == len(mine))
                 bar.update(len(chunk))
@@ -294,10 +295,8 @@ def sweep(model: HookedTransformer, dataset: TokenDataset, method: str = "zero",
 
     if split:
         distributed_run.check_same_dataset(dataset)
-        per_rank = distributed_run.gather(values_of_mine)
-        values = [per_rank[i % processes][i // processes] for i in range(len(variants))]
-    else:
-        values = values_of_mine()
+    per_rank = distributed_run.gather(values_of_mine, split)
+    values = [per_rank[i % processes][i // processes] for i in range(len(variants))]
     progress_file.remove()
     effects = tuple(_effect(v, value, clean.cpu(), n_bootstrap, seed) for v, value in zip(variants, values))
     meta = _meta(model, dataset, seed) | {"by": by, "processes": processes}

@@ -44,12 +44,11 @@ def copying_scores(model: HookedTransformer, dataset: TokenDataset, heads: list[
     if bad:
         raise InputError(f"head L{bad[0][0]}H{bad[0][1]} does not exist in a model of {model.cfg.n_layers} "
                          f"layers x {model.cfg.n_heads} heads")
-    if distributed_run.active(distributed):  # each process sums its shard of the prompts
+    split = distributed_run.active(distributed)  # each process sums its shard of the prompts
+    if split:
         distributed_run.check_same_dataset(dataset)
-        shard = distributed_run.shard(len(dataset))
-        parts = distributed_run.gather(lambda: _copying_totals(model, dataset, shard, heads, batch_size))
-    else:
-        parts = [_copying_totals(model, dataset, range(len(dataset)), heads, batch_size)]
+    rows = distributed_run.shard(len(dataset)) if split else range(len(dataset))
+    parts = distributed_run.gather(lambda: _copying_totals(model, dataset, rows, heads, batch_size), split)
     totals = {head: sum(part[0][head] for part in parts) for head in heads}
     n_queries = sum(part[1] for part in parts)
     if n_queries == 0:

@@ -10,7 +10,6 @@ tests hold the fused path to.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from headscope.errors import InputError
 from headscope.heads import parse_heads
 from headscope.model.attention import Attention, attention_bias
 from headscope.model.transformer import HookedTransformer
-from headscope.progress import ProgressFile, rank_path
+from headscope.progress import ProgressFile, rank_path, run_fingerprint
 
 PAIR_CHUNK = 1 << 15  # pairs gathered at once: memory is PAIR_CHUNK x heads x d_head
 
@@ -268,25 +267,22 @@ def capture(
     if n_pos > model.cfg.n_ctx:
         raise InputError(f"prompts of {n_pos} tokens are longer than the model's context of {model.cfg.n_ctx}: "
                          "use a shorter --seq-len")
-    fingerprint = _fingerprint(model, dataset, names, method, plan_dataset)
+    fingerprint = run_fingerprint(model, dataset, plan=None if plan_dataset is None else plan_dataset.digest(),
+                                  stats=list(names), method=method)
     split = distributed_run.active(distributed)
     rows = distributed_run.shard(len(dataset)) if split else range(len(dataset))
     progress_file = ProgressFile(rank_path(resume, split), f"{fingerprint} prompts {rows.start}-{rows.stop}",
                                  save_every_s, keep_finished=split or keep_progress)
-    if not split:
-        part, resumed = _capture_rows(model, dataset, names, method, rows, batch_size, max_memory, recorder,
-                                      plan_dataset, progress, progress_file)
-        parts, processes = [part], 1
-    else:
-        processes = distributed_run.world_size()
+    processes = distributed_run.world_size() if split else 1
+    if split:
         if len(dataset) < processes:
             raise InputError(f"the dataset has {len(dataset)} prompts for {processes} processes: give every "
                              "process at least one prompt")
         distributed_run.check_same("model, dataset or statistics", fingerprint)
-        shards = distributed_run.gather(lambda: _capture_rows(
-            model, dataset, names, method, rows, batch_size, max_memory, recorder, plan_dataset,
-            progress and distributed_run.is_writer(), progress_file))
-        parts, resumed = [part for part, _ in shards], sum(count for _, count in shards)
+    shards = distributed_run.gather(lambda: _capture_rows(
+        model, dataset, names, method, rows, batch_size, max_memory, recorder, plan_dataset,
+        progress and distributed_run.is_writer(), progress_file), split)
+    parts, resumed = [part for part, _ in shards], sum(count for _, count in shards)
     if recorder is not None:
         _record_skipped_prompts(model, dataset, names, method, recorder)
     meta = {
@@ -369,14 +365,6 @@ def _record_skipped_prompts(model, dataset, names, method, recorder: PatternReco
         tokens = dataset.tokens[prompt : prompt + 1].to(model.device)
         _capture_batch(model, tokens, None if mask is None else mask.to(model.device), dataset, names, method,
                        prompt, recorder)
-
-
-def _fingerprint(model: HookedTransformer, dataset: TokenDataset, names: tuple[str, ...], method: str,
-                 plan_dataset: TokenDataset | None = None) -> str:
-    """What a progress file must match to be continued: the model, the exact tokens, statistics, method."""
-    return json.dumps({"model": getattr(model, "source", ""), "config": model.cfg.to_dict(),
-                       "tokens": dataset.digest(), "plan": None if plan_dataset is None else plan_dataset.digest(),
-                       "stats": list(names), "method": method}, sort_keys=True)
 
 
 def _out_of_memory_error(err: Exception, n_pos: int) -> InputError:
