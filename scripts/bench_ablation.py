@@ -15,7 +15,6 @@ the per-head losses (target 1e-4).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
@@ -25,6 +24,8 @@ from headscope.analysis.metrics import METRICS, induction_loss_metric
 from headscope.capture.datasets import repeated_random_tokens
 from headscope.loading.load import load_model
 from headscope.loading.transformer_lens import boot_bridge
+
+from bench_report import report  # scripts/, beside this file
 
 
 def main() -> None:
@@ -80,11 +81,7 @@ def main() -> None:
                "device": args.device, "heads": n_layers * n_heads, "prompts": args.batch, "tokens": tokens.shape[1],
                "headscope_s": ours_s, "transformer_lens_s": theirs_s, "speedup": theirs_s / ours_s,
                "max_abs_difference": float((ours_values - theirs).abs().max()), "torch": torch.__version__}
-    for key, value in figures.items():
-        print(f"{key:<22}{value:.4g}" if isinstance(value, float) else f"{key:<22}{value}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=2)
+    report(figures, args.json)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ import time
 
 import torch
 
+from bench_report import save  # scripts/, beside this file
+
 METHODS = ("hf_forward", "headscope_forward", "headscope_capture", "tl_cache")
 # SmolLM2-135M's shape (NOTES.md), for seeded random weights where the real file cannot travel.
 SMOLLM2_SHAPE = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
@@ -234,8 +236,7 @@ def main() -> None:
     if args.json:
         figures = {"args": {k: v for k, v in vars(args).items() if k != "worker"}, "torch": torch.__version__,
                    "rows": [{k: v for k, v in r.items() if k != "means"} for r in rows.values()], "summary": summary}
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=2)
+        save(figures, args.json)
 
 
 if __name__ == "__main__":

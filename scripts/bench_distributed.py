@@ -23,6 +23,8 @@ import time
 
 import torch
 
+from bench_report import save  # scripts/, beside this file
+
 
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -108,9 +110,7 @@ def main() -> None:
     print(f"{'processes':>9} {'seconds':>8} {'speed-up':>8} {'max rel diff':>12}")
     for row in rows:
         print(f"{row['processes']:>9} {row['seconds']:>8.2f} {row['speedup']:>7.2f}x {row['max_relative_difference']:>12.2e}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=2)
+    save(figures, args.json)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,14 @@ graph, as Abnar & Zuidema ran it. Prints both times, the ratio and the largest d
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
 
 import headscope
 from headscope.analysis.flow import flow_graph, layer_attention, max_flow, networkx_max_flow
+
+from bench_report import report  # scripts/, beside this file
 
 TEXT = ("The history of the city begins with a small fishing village on the river, where traders from the "
         "north came each summer to exchange furs for salt, grain and tools. Over the centuries the village grew "
@@ -45,11 +46,7 @@ def main() -> None:
                "tokens": args.tokens, "edges": graph.graph.number_of_edges(), "headscope_s": ours_s,
                "networkx_s": theirs_s, "speedup": theirs_s / ours_s,
                "max_abs_difference": float((ours - reference).abs().max()), "torch": torch.__version__}
-    for key, value in figures.items():
-        print(f"{key:<20}{value:.4g}" if isinstance(value, float) else f"{key:<20}{value}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=2)
+    report(figures, args.json)
 
 
 if __name__ == "__main__":
