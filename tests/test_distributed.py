@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -131,13 +132,13 @@ def test_a_sweep_resumes_each_ranks_finished_variants(tmp_path):
         assert_close(effect_two["value"], effect_one["value"])
 
 
-def _api_rank(rank: int, rendezvous: str) -> None:
-    """One of two gloo processes: the Python API picks the group up by itself."""
+def _api_rank(rank: int, folder: str) -> None:
+    """One of two gloo processes: the Python API picks the group up by itself; what it saw goes to a file."""
     import torch.distributed as dist
 
     from headscope.analysis.ablation import sweep
 
-    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=2)
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2)
     torch.manual_seed(0)
     model = HookedTransformer(TINY_CONFIGS["llama-gqa"]).eval()
     data = repeated_random_tokens(5, 6, vocab_size=99, seed=0, bos_token_id=98, exclude_ids=[98])
@@ -152,11 +153,14 @@ def _api_rank(rank: int, rendezvous: str) -> None:
     other = repeated_random_tokens(5, 6, vocab_size=99, seed=rank, bos_token_id=98, exclude_ids=[98])
     with pytest.raises(distributed.DistributedError, match="rank 1 was given another dataset than rank 0"):
         sweep(model, other, "zero", "loss", n_bootstrap=10)
+    (Path(folder) / f"rank{rank}.json").write_text(json.dumps({"processes": shared.meta["processes"]}))
     dist.destroy_process_group()
 
 
 def test_the_python_api_splits_work_in_an_initialised_group_and_refuses_different_datasets(tmp_path):
-    torch.multiprocessing.spawn(_api_rank, args=(f"file://{tmp_path / 'rendezvous'}",), nprocs=2)
+    torch.multiprocessing.spawn(_api_rank, args=(str(tmp_path),), nprocs=2)  # a failed assert there fails here
+    for rank in range(2):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == {"processes": 2}
 
 
 def test_commands_that_are_not_split_refuse_a_launcher_and_the_api_asks_for_a_group(monkeypatch):
