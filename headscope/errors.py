@@ -1,8 +1,18 @@
 """The exceptions headscope users catch. Every message says what was wrong and what to do."""
 
+from __future__ import annotations
+
 
 class HeadscopeError(Exception):
-    """Base class: the CLI turns any of these into one line and exit code 1."""
+    """Base class: the CLI turns any of these into one line and exit code 1.
+
+    `parameter` names the API argument at fault (e.g. "seq_len"), so the command line can name its own
+    option for it; the message itself speaks of values and limits, never of command-line flags.
+    """
+
+    def __init__(self, message: str = "", *, parameter: str | None = None) -> None:
+        super().__init__(message)
+        self.parameter = parameter
 
 
 class ModelNotFoundError(HeadscopeError):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from headscope.heads import head_name
+
 
 def describe_model(model) -> list[str]:
     """The lines of `models info`: source, size, tokenizer, config fields, folded hook names."""
@@ -43,6 +45,17 @@ def group_hook_names(names: Iterable[str]) -> list[str]:
     return lines
 
 
+def model_table(statuses) -> list[str]:
+    """The lines of `models list`: name, architecture, shape, format, and where each model is cached."""
+    rows = [("name", "architecture", "layers x heads (kv)", "format", "cached")]
+    for status in statuses:
+        e = status.entry
+        rows.append((e.name, e.architecture, f"{e.n_layers} x {e.n_heads} ({e.n_kv_heads})", e.format,
+                     str(status.path) if status.cached else "not cached"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in rows]
+
+
 def capture_summary(result, top: int = 3) -> list[str]:
     """The `top` heads of every statistic, highest mean first (lowest for entropy and distance)."""
     lines = [f"{result.n_prompts} prompts x {result.meta['seq_len']} tokens; top heads per statistic:"]
@@ -51,22 +64,22 @@ def capture_summary(result, top: int = 3) -> list[str]:
         means = result.mean(name)
         flat = means.flatten().nan_to_num(nan=float("-inf"))
         order = flat.argsort(descending=name not in ("entropy", "mean_distance"))[:top]
-        heads = [f"L{int(i) // means.shape[1]}H{int(i) % means.shape[1]} {float(flat[i]):.3f}" for i in order]
+        heads = [f"{head_name(*divmod(int(i), means.shape[1]))} {float(flat[i]):.3f}" for i in order]
         lines.append(f"  {name.ljust(width)}  " + "   ".join(heads) + f"   ({result.count(name)} queries)")
     return lines
 
 
-def ablation_lines(result, metric: str, top: int = 15) -> list[str]:
+def ablation_lines(result, top: int = 15) -> list[str]:
     """The baseline, then the effects, largest change first (the top ones of a sweep)."""
     effects = sorted(result.effects, key=lambda e: abs(e.delta), reverse=True)
-    lines = [f"{result.model}: {result.method} ablation, {metric} baseline {result.baseline:.4f} "
+    lines = [f"{result.model}: {result.method} ablation, {result.metric} baseline {result.baseline:.4f} "
              f"({result.meta['n_prompts']} prompts)"]
     for effect in effects[:top]:
-        names = ",".join(f"L{l}H{h}" for l, h in effect.heads)
+        names = ",".join(head_name(l, h) for l, h in effect.heads)
         lines.append(f"  {names:<24} {effect.value:.4f}  delta {effect.delta:+.4f}  "
                      f"[{effect.ci[0]:+.4f}, {effect.ci[1]:+.4f}]")
     if len(effects) > top:
-        lines.append(f"  ... {len(effects) - top} more in --json")
+        lines.append(f"  ... {len(effects) - top} more in the JSON output")
     return lines
 
 

@@ -74,7 +74,7 @@ def test_models_info_prints_config_and_grouped_hook_names(tiny_checkpoint):
 
 
 def test_models_info_json_is_the_config(tiny_checkpoint):
-    result = run("models", "info", "--json", str(tiny_checkpoint))
+    result = run("models", "info", "--json", "-", str(tiny_checkpoint))
     assert result.exit_code == 0, result.output
     assert ModelConfig.from_dict(json.loads(result.stdout)) == TINY
 
@@ -128,7 +128,7 @@ def test_models_info_of_the_real_models(smollm2_gguf, minilm_dir):
     assert result.exit_code == 0, result.output
     assert "blocks.{0..29}.attn.hook_pattern" in result.stdout
     assert "  n_kv_heads         3" in result.stdout
-    bert = json.loads(run("models", "info", "--json", str(minilm_dir)).stdout)
+    bert = json.loads(run("models", "info", "--json", "-", str(minilm_dir)).stdout)
     assert (bert["n_layers"], bert["n_heads"], bert["causal"]) == (6, 12, False)
 
 

@@ -84,7 +84,7 @@ def _clean_pass(model, dataset, layers, method, seed, want_resid: bool, reads: s
     names += [f"blocks.{l}.hook_resid_pre" for l in layers] if want_resid else []
     output, cache = model.run_with_cache(dataset.tokens.to(model.device), names_filter=names,
                                          attention_mask=_mask(dataset, model), return_type=reads)
-    real = _real(dataset).to(model.device)
+    real = dataset.real.to(model.device)
     replacements = _Replacements(method)
     for layer in layers if method != "zero" else []:
         z = cache[f"blocks.{layer}.attn.hook_z"]
@@ -96,11 +96,6 @@ def _clean_pass(model, dataset, layers, method, seed, want_resid: bool, reads: s
         replacements.source = _derangement(len(dataset), seed).to(model.device)
     resid = {l: cache[f"blocks.{l}.hook_resid_pre"] for l in layers} if want_resid else {}
     return output, resid, replacements
-
-
-def _real(dataset: TokenDataset) -> torch.Tensor:
-    return torch.ones_like(dataset.tokens, dtype=torch.bool) if dataset.attention_mask is None \
-        else dataset.attention_mask.bool()
 
 
 def _mask(dataset: TokenDataset, model) -> torch.Tensor | None:
@@ -180,7 +175,7 @@ def ablate(model: HookedTransformer, dataset: TokenDataset, heads: Heads, method
     chosen = resolve_metric(metric, dataset)
     layers = sorted({l for l, _ in heads})
     clean_output, _, replacements = _clean_pass(model, dataset, layers, method, seed, False, chosen.reads)
-    tokens, real = dataset.tokens.to(model.device), _real(dataset).to(model.device)
+    tokens, real = dataset.tokens.to(model.device), dataset.real.to(model.device)
     rows = torch.arange(len(dataset), device=model.device)
 
     def hook_for(layer):
@@ -196,7 +191,7 @@ def ablate(model: HookedTransformer, dataset: TokenDataset, heads: Heads, method
                                   attention_mask=_mask(dataset, model), return_type=chosen.reads)
     clean = chosen.of(model, clean_output, tokens, real, clean_output)
     effect = _effect(heads, chosen.of(model, output, tokens, real, clean_output), clean, n_bootstrap, seed)
-    return AblationResult(getattr(model, "source", ""), method, chosen.name, float(clean.mean()), (effect,),
+    return AblationResult(model.name, method, chosen.name, float(clean.mean()), (effect,),
                           _meta(model, dataset, seed))
 
 
@@ -212,7 +207,7 @@ def knockout(model: HookedTransformer, dataset: TokenDataset, heads: Heads, key_
     if bad:
         raise InputError(f"key position {bad[0]} is out of range for prompts of {n_pos} tokens")
     chosen = resolve_metric(metric, dataset)
-    tokens, real = dataset.tokens.to(model.device), _real(dataset).to(model.device)
+    tokens, real = dataset.tokens.to(model.device), dataset.real.to(model.device)
     mask = _mask(dataset, model)
     clean_output = model(tokens, attention_mask=mask, return_type=chosen.reads)
     cut = torch.zeros(n_pos, dtype=torch.bool, device=model.device)
@@ -236,7 +231,7 @@ def knockout(model: HookedTransformer, dataset: TokenDataset, heads: Heads, key_
     clean = chosen.of(model, clean_output, tokens, real, clean_output)
     effect = _effect(heads, chosen.of(model, output, tokens, real, clean_output), clean, n_bootstrap, seed)
     meta = _meta(model, dataset, seed) | {"key_positions": list(key_positions)}
-    return AblationResult(getattr(model, "source", ""), "knockout", chosen.name, float(clean.mean()), (effect,), meta)
+    return AblationResult(model.name, "knockout", chosen.name, float(clean.mean()), (effect,), meta)
 
 
 @torch.no_grad()
@@ -260,7 +255,7 @@ def sweep(model: HookedTransformer, dataset: TokenDataset, method: str = "zero",
     cfg = model.cfg
     clean_output, resid, replacements = _clean_pass(model, dataset, range(cfg.n_layers), method, seed, True,
                                                     chosen.reads)
-    tokens, real = dataset.tokens.to(model.device), _real(dataset).to(model.device)
+    tokens, real = dataset.tokens.to(model.device), dataset.real.to(model.device)
     mask = _mask(dataset, model)
     clean = chosen.of(model, clean_output, tokens, real, clean_output)
     variants = [[(layer, h)] for layer in range(cfg.n_layers) for h in range(cfg.n_heads)] if by == "head" else \
@@ -300,7 +295,7 @@ def sweep(model: HookedTransformer, dataset: TokenDataset, method: str = "zero",
     progress_file.remove()
     effects = tuple(_effect(v, value, clean.cpu(), n_bootstrap, seed) for v, value in zip(variants, values))
     meta = _meta(model, dataset, seed) | {"by": by, "processes": processes}
-    return AblationResult(getattr(model, "source", ""), method, chosen.name, float(clean.mean()), effects, meta)
+    return AblationResult(model.name, method, chosen.name, float(clean.mean()), effects, meta)
 
 
 def _bytes_per_variant(cfg, n_prompts: int, n_pos: int, reads: str) -> int:

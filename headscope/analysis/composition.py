@@ -23,9 +23,11 @@ import networkx as nx
 import torch
 
 from headscope.errors import InputError
+from headscope.heads import head_name
 from headscope.model.transformer import HookedTransformer
 
 KINDS = ("q", "k", "v")
+DEFAULT_TOP_K = 3  # edges kept into each reading head when no threshold is given
 
 
 def _reading_weights(model: HookedTransformer, layer: int) -> tuple[torch.Tensor, ...]:
@@ -107,7 +109,7 @@ def composition_graph(model: HookedTransformer, kind: str = "k", threshold: floa
     for layer in range(cfg.n_layers):
         for head in range(cfg.n_heads):
             held = ";".join(roles.head(layer, head).roles) if roles is not None else ""
-            graph.add_node(f"L{layer}H{head}", layer=layer, head=head, roles=held)
+            graph.add_node(head_name(layer, head), layer=layer, head=head, roles=held)
     for read_layer in range(1, cfg.n_layers):
         for read_head in range(cfg.n_heads):
             incoming = scores[:read_layer, :, read_layer, read_head]  # (writer layer, writer head)
@@ -117,70 +119,5 @@ def composition_graph(model: HookedTransformer, kind: str = "k", threshold: floa
                 candidates = candidates[:top_k]
             for value, l, h in candidates:
                 if threshold is None or value >= threshold:
-                    graph.add_edge(f"L{l}H{h}", f"L{read_layer}H{read_head}", weight=value, composition=kind)
+                    graph.add_edge(head_name(l, h), head_name(read_layer, read_head), weight=value, composition=kind)
     return graph
-
-
-@torch.no_grad()
-def path_ablation_effects(model: HookedTransformer, dataset, edges: list[tuple[tuple[int, int], tuple[int, int]]],
-                          metric: str = "loss") -> dict[tuple[tuple[int, int], tuple[int, int]], float]:
-    """For each edge (writer A, reader B): the change in the metric when A's output is removed from B's
-    input only (B's queries, keys and values are computed from the residual stream minus A's direct
-    output; every other head, and A's effect through other paths, stay as they are).
-
-    One clean pass keeps each layer's residual stream and per-head outputs; each edge then costs two runs
-    from B's layer: one to get B's z without A, one with that z spliced into an otherwise clean pass.
-    """
-    from headscope.analysis.metrics import METRICS, induction_loss_metric
-
-    fn = induction_loss_metric(dataset) if metric == "induction-loss" else METRICS.get(metric)
-    if fn is None:
-        raise InputError(f"unknown metric {metric!r}: use loss, induction-loss or kl")
-    bad = [(a, b) for a, b in edges if not a[0] < b[0]]
-    if bad:
-        raise InputError(f"edge L{bad[0][0][0]}H{bad[0][0][1]} -> L{bad[0][1][0]}H{bad[0][1][1]}: a head can only "
-                         "feed heads of later layers")
-    tokens = dataset.tokens.to(model.device)
-    mask = None if dataset.attention_mask is None else dataset.attention_mask.to(model.device)
-    real = torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask.bool()
-    names = [f"blocks.{l}.hook_resid_pre" for l in range(model.cfg.n_layers)]
-    names += [f"blocks.{l}.attn.hook_result" for l in {a[0] for a, _ in edges}]
-    clean_logits, cache = model.run_with_cache(tokens, names_filter=names, attention_mask=mask)
-    clean = fn(clean_logits, tokens, real, clean_logits).mean()
-    effects = {}
-    for (a_layer, a_head), (b_layer, b_head) in edges:
-        without_a = cache[f"blocks.{b_layer}.hook_resid_pre"] - cache[f"blocks.{a_layer}.attn.hook_result"][:, :, a_head]
-        kept = {}
-        with model.hooks([(f"blocks.{b_layer}.attn.hook_z", lambda z, hook: kept.__setitem__("z", z[:, :, b_head]))]):
-            model.run_from_layer(without_a, b_layer, attention_mask=mask, return_type=None)
-
-        def splice(z, hook):
-            z = z.clone()
-            z[:, :, b_head] = kept["z"]
-            return z
-
-        with model.hooks([(f"blocks.{b_layer}.attn.hook_z", splice)]):
-            logits = model.run_from_layer(cache[f"blocks.{b_layer}.hook_resid_pre"], b_layer, attention_mask=mask,
-                                          return_type="logits")
-        effects[((a_layer, a_head), (b_layer, b_head))] = float(fn(logits, tokens, real, clean_logits).mean() - clean)
-    return effects
-
-
-def measured_composition_graph(model: HookedTransformer, dataset, kind: str = "k", top_k: int = 3,
-                               metric: str = "loss", roles=None) -> nx.DiGraph:
-    """The composition graph's `top_k` strongest edges into each head, weighted instead by their measured
-    path-ablation effect (`effect`; the composition score stays as `composition_score`)."""
-    graph = composition_graph(model, kind, top_k=top_k, roles=roles)
-    edges = [(_head_of(u), _head_of(v)) for u, v in graph.edges]
-    effects = path_ablation_effects(model, dataset, edges, metric)
-    for (u, v), ((a, b), effect) in zip(list(graph.edges), effects.items()):
-        graph.edges[u, v]["composition_score"] = graph.edges[u, v]["weight"]
-        graph.edges[u, v]["weight"] = effect
-        graph.edges[u, v]["effect"] = effect
-    graph.graph["weight"] = f"path-ablation effect on {metric}"
-    return graph
-
-
-def _head_of(name: str) -> tuple[int, int]:
-    layer, head = name[1:].split("H")
-    return int(layer), int(head)

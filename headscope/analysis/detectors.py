@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from headscope import distributed as distributed_run
-from headscope.capture.datasets import TokenDataset, induction_target_pairs
+from headscope.capture.datasets import TokenDataset, induction_target_pairs, real_mask
 from headscope.errors import InputError
 from headscope.model.transformer import HookedTransformer
 
@@ -75,7 +75,7 @@ def _copy_queries(tokens: torch.Tensor, mask: torch.Tensor | None, has_bos: bool
     token that really follows i."""
     b, i, target = induction_target_pairs(tokens, mask, has_bos)
     n_pos = tokens.shape[1]
-    real = torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask.bool()
+    real = real_mask(tokens, mask)
     keep = (i + 1 < n_pos)
     b, i, target = b[keep], i[keep], target[keep]
     keep = real[b, i + 1] & (tokens[b, target] == tokens[b, i + 1])

@@ -27,6 +27,7 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import maximum_flow
 
 from headscope.errors import InputError
+from headscope.heads import head_name
 from headscope.model.transformer import HookedTransformer
 
 CAPACITY_SCALE = 2**30  # int32 capacities: flows of at most 1 fit with room to spare
@@ -184,7 +185,7 @@ def token_flow(model: HookedTransformer, tokens: torch.Tensor, method: str = "ro
     if method not in ("rollout", "maxflow"):
         raise InputError(f"unknown flow method {method!r}: use rollout or maxflow")
     if threshold is not None and top_k is not None:
-        raise InputError("prune with --threshold or with --top-k, not both")
+        raise InputError("prune with a threshold or with top_k, not both", parameter="top_k")
     tokens = tokens if tokens.dim() == 2 else tokens[None]
     attention = gradient_weighted_attention(model, tokens, target, heads) if gradient else \
         layer_attention(model, tokens, heads)
@@ -198,8 +199,8 @@ def token_flow(model: HookedTransformer, tokens: torch.Tensor, method: str = "ro
             built.graph.nodes[node_name(0, position)]["flow"] = value
     if top_k is not None:
         _keep_top_k(built.graph, top_k)
-    built.graph.graph.update(method=method, target=target, weighting="gradient" if gradient else "attention", heads="all" if heads is None else
-                             ",".join(f"L{l}H{h}" for l, h in heads))
+    built.graph.graph.update(n_layers=built.n_layers, method=method, target=target, weighting="gradient" if gradient else "attention", heads="all" if heads is None else
+                             ",".join(head_name(l, h) for l, h in heads))
     return built
 
 
@@ -219,7 +220,7 @@ def _relevance(attention: torch.Tensor, target: int) -> dict[tuple[int, int], fl
 
 def _keep_top_k(graph: nx.DiGraph, k: int) -> None:
     if k < 1:
-        raise InputError(f"--top-k must be at least 1, got {k}")
+        raise InputError(f"top_k must be at least 1, got {k}", parameter="top_k")
     for node in list(graph.nodes):
         incoming = sorted(graph.in_edges(node, data="weight"), key=lambda edge: edge[2], reverse=True)
         graph.remove_edges_from((u, v) for u, v, _ in incoming[k:])

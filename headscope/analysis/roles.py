@@ -51,11 +51,12 @@ import torch
 
 import headscope
 from headscope import distributed as distributed_run
-from headscope.capture.datasets import TokenDataset, dataset_for_model
+from headscope.capture.datasets import TokenDataset, dataset_for_model, fit_seq_len
 from headscope.capture.engine import capture
 from headscope.capture.result import CaptureResult
 from headscope.capture.statistics import Batch, EntryPlan, make_plans
 from headscope.errors import InputError
+from headscope.heads import head_name
 from headscope.model.transformer import HookedTransformer
 from headscope.progress import discard
 
@@ -95,7 +96,7 @@ class HeadRoles:
 
     @property
     def name(self) -> str:
-        return f"L{self.layer}H{self.head}"
+        return head_name(self.layer, self.head)
 
     @property
     def top_score(self) -> float:
@@ -156,6 +157,19 @@ class RoleTable:
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise InputError(f"not a headscope role table: {err}") from err
 
+    @classmethod
+    def read(cls, path: str | Path, model: HookedTransformer | None = None) -> "RoleTable":
+        """A roles.json file, checked against `model`'s shape when one is given."""
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise InputError(f"cannot read role table {path}: {err}") from err
+        table = cls.from_json(text)
+        if model is not None and (table.n_layers, table.n_heads) != (model.cfg.n_layers, model.cfg.n_heads):
+            raise InputError(f"{path} describes {table.n_layers} x {table.n_heads} heads, the model has "
+                             f"{model.cfg.n_layers} x {model.cfg.n_heads}")
+        return table
+
     def save(self, path: str | Path) -> None:
         from headscope.io import atomic_path
 
@@ -206,7 +220,7 @@ def classify_heads(
     model: HookedTransformer,
     dataset: TokenDataset | str | None = None,
     *,
-    seq_len: int = 64,
+    seq_len: int | None = None,
     num_prompts: int = 16,
     seed: int = 0,
     n_bootstrap: int = 1000,
@@ -220,7 +234,8 @@ def classify_heads(
     """Give every head of `model` the roles its attention supports (see the module docstring).
 
     dataset: a `TokenDataset`, a dataset spec (`repeated-random[:period=P]`, a .txt or .jsonl file), or
-    None for `num_prompts` repeated-random prompts of `seq_len` tokens (two periods of seq_len // 2).
+    None for `num_prompts` repeated-random prompts of `seq_len` tokens (two periods of seq_len // 2; None:
+    64, or what fits the model's context).
     Two captures are run: the dataset, and its shuffled control (tokens permuted within each prompt with
     `seed`) scored at the dataset's own target positions. thresholds: per-role minimum scores, merged over `DEFAULT_THRESHOLDS`. margin: how far the
     lower end of the bootstrap 95% interval (`n_bootstrap` resamples of the prompts, seeded) must exceed
@@ -269,8 +284,7 @@ def classify_heads(
                       for r in roles}}
     for path in stages.values():
         discard(path, distributed_run.active(distributed))
-    model_name = getattr(model, "source", "") or model.cfg.architecture
-    return RoleTable(model_name, model.cfg.n_layers, model.cfg.n_heads, heads, meta)
+    return RoleTable(model.name, model.cfg.n_layers, model.cfg.n_heads, heads, meta)
 
 
 def _check_options(thresholds, margin, n_bootstrap, roles) -> dict[str, float]:
@@ -289,7 +303,7 @@ def _check_options(thresholds, margin, n_bootstrap, roles) -> dict[str, float]:
     return limits
 
 
-def _resolve_dataset(model, dataset, seq_len: int, num_prompts: int, seed: int) -> TokenDataset:
+def _resolve_dataset(model, dataset, seq_len: int | None, num_prompts: int, seed: int) -> TokenDataset:
     if isinstance(dataset, TokenDataset):
         if len(dataset) == 0:
             raise InputError("the dataset is empty")
@@ -300,6 +314,7 @@ def _resolve_dataset(model, dataset, seq_len: int, num_prompts: int, seed: int) 
     spec = str(spec)
     if not isinstance(num_prompts, int) or num_prompts < 1:
         raise InputError(f"num_prompts must be at least 1, got {num_prompts!r}")
+    seq_len = fit_seq_len(model, seq_len)
     if spec.startswith("repeated-random") and ":period=" not in spec and (not isinstance(seq_len, int)
                                                                          or seq_len < MIN_SEQ_LEN):
         raise InputError(f"seq_len={seq_len} is shorter than two periods of repeated random tokens of at least 2 "
@@ -347,12 +362,10 @@ def bootstrap_interval(result: CaptureResult, stat: str, n_bootstrap: int = 1000
 def uniform_null(dataset: TokenDataset, stat: str, causal: bool) -> float:
     """The statistic a head with uniform attention over its visible keys would get on these queries:
     each pair (i, j) of the plan contributes 1 / (number of keys query i sees), exactly."""
-    real = torch.ones_like(dataset.tokens, dtype=torch.bool) if dataset.attention_mask is None \
-        else dataset.attention_mask.bool()
-    plan = make_plans((stat,), Batch(dataset.tokens, real, dataset.has_bos, causal))[stat]
+    plan = make_plans((stat,), Batch(dataset.tokens, dataset.real, dataset.has_bos, causal))[stat]
     if not isinstance(plan, EntryPlan):
         raise InputError(f"{stat} is not an attention mass: no uniform null")
-    visible = (plan.query_idx + 1).double() if causal else real.sum(1)[plan.batch_idx].double()
+    visible = (plan.query_idx + 1).double() if causal else dataset.real.sum(1)[plan.batch_idx].double()
     count = int(plan.queries.sum())
     return math.nan if count == 0 else float((1 / visible).sum() / count)
 

@@ -6,7 +6,7 @@ token, and a record (`meta`) of how it was made. Constructors:
 - `repeated_random_tokens`: seeded random sequences repeated a few times, the standard induction probe;
 - `from_texts` / `from_file`: texts as prompts, one per text ("pad") or packed into fixed windows ("pack");
 - `from_tensor`: ids you already have;
-- `load_dataset`: the command line's `--dataset` spec, dispatched to one of the above.
+- `load_dataset`: a dataset spec (what the command line's dataset option takes), dispatched to one of the above.
 
 `seq_len` always counts content tokens: BOS (or [CLS] ... [SEP] for encoders) comes on top, so a prompt
 is at most seq_len + 1 tokens long for a decoder, seq_len + 2 for BERT. This is TransformerLens' convention
@@ -54,6 +54,11 @@ class TokenDataset:
             rows = slice(start, min(start + batch_size, within.stop))
             mask = None if self.attention_mask is None else self.attention_mask[rows]
             yield rows, self.tokens[rows], mask
+
+    @property
+    def real(self) -> torch.Tensor:
+        """(prompts, pos) bool: True on real tokens, False on padding."""
+        return real_mask(self.tokens, self.attention_mask)
 
     def digest(self) -> str:
         """sha256 of the exact prompts (tokens, padding, BOS): what a resumable or multi-process run checks."""
@@ -160,7 +165,7 @@ def from_texts(
     if seq_len is not None and seq_len < 1:
         raise InputError(f"seq_len must be at least 1, got {seq_len}")
     if mode == "pack" and seq_len is None:
-        raise InputError("pack mode cuts texts into windows of seq_len tokens: give seq_len (--seq-len)")
+        raise InputError("pack mode cuts texts into windows of seq_len tokens: give seq_len", parameter="seq_len")
     not_text = [type(t).__name__ for t in texts if not isinstance(t, str)]
     if not_text:
         raise InputError(f"texts must be strings, got a {not_text[0]}")
@@ -333,11 +338,11 @@ def load_dataset(
         parsed = _options(options, spec)
         repeats = parsed.get("repeats", 2)
         if "period" not in parsed and seq_len is None:
-            raise InputError(f"{spec!r} needs seq_len (--seq-len) or a period: repeated-random:period=P")
+            raise InputError(f"{spec!r} needs seq_len or a period: repeated-random:period=P", parameter="seq_len")
         period = parsed.get("period", (seq_len or 0) // repeats)
         if period < 2:
             raise InputError(f"seq_len={seq_len} is shorter than two periods (x{repeats}) of at least 2 random tokens: "
-                             f"induction needs them; use --seq-len {2 * repeats} or more")
+                             f"induction needs them; use seq_len {2 * repeats} or more", parameter="seq_len")
         if num_prompts is None or vocab_size is None:
             raise InputError("repeated-random needs num_prompts and vocab_size")
         return repeated_random_tokens(num_prompts, period, repeats, vocab_size, seed, bos_token_id, exclude_ids)
@@ -357,9 +362,19 @@ def _options(parts: list[str], spec: str) -> dict[str, int]:
     return options
 
 
-def dataset_for_model(model, spec: str, *, seq_len: int, num_prompts: int, seed: int = 0,
-                      mode: str = "pad") -> TokenDataset:
-    """`load_dataset` with the model's tokenizer, vocabulary, BOS and special tokens filled in."""
+def fit_seq_len(model, seq_len: int | None, default: int = 64) -> int:
+    """`seq_len` if given, else `default` cut to what fits the model's context (BOS and an encoder's
+    [CLS] ... [SEP] frame take a few positions)."""
+    return seq_len if seq_len is not None else max(2, min(default, model.cfg.n_ctx - 2))
+
+
+def dataset_for_model(model, spec: str, *, seq_len: int | None = None, num_prompts: int, seed: int = 0,
+                      mode: str = "pad", default_seq_len: int = 64) -> TokenDataset:
+    """`load_dataset` with the model's tokenizer, vocabulary, BOS and special tokens filled in.
+
+    seq_len: content tokens per prompt; None takes `default_seq_len`, cut to the model's context.
+    """
+    seq_len = fit_seq_len(model, seq_len, default_seq_len)
     tokenizer = model.tokenizer
     prepends_bos = tokenizer is not None and tokenizer.resolve_bos(None)
     dataset = load_dataset(
@@ -431,13 +446,18 @@ def induction_target_pairs(
     return batch[keep], query[keep], target[keep]
 
 
+def real_mask(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """(batch, pos) bool, True on real tokens: the mask as booleans, or all True when there is none."""
+    return torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask.bool()
+
+
 def _real(tokens: torch.Tensor, mask: torch.Tensor | None, has_bos: bool) -> torch.Tensor:
     """(batch, pos) bool: real tokens, less position 0 when it is BOS. Never changes the mask given."""
     if tokens.dim() != 2:
         raise InputError(f"tokens must be (batch, pos), got shape {tuple(tokens.shape)}")
     if mask is not None and mask.shape != tokens.shape:
         raise InputError(f"mask shape {tuple(mask.shape)} != tokens shape {tuple(tokens.shape)}")
-    real = torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask.bool().clone()
+    real = real_mask(tokens, mask).clone()
     if has_bos:
         real[:, 0] = False
     return real

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 import headscope
 from headscope import distributed as distributed_run
 from headscope.capture.budget import choose_batch_size, is_out_of_memory
-from headscope.capture.datasets import TokenDataset
+from headscope.capture.datasets import TokenDataset, real_mask
 from headscope.capture.kernels import fused_attention_with_lse
 from headscope.capture.recorder import PatternRecorder, Patterns
 from headscope.capture.result import CaptureResult
@@ -174,7 +174,7 @@ def statistics_from_patterns(
     """The statistics of full patterns someone already has (one (prompts, head, pos, pos) per layer), e.g.
     TransformerLens' `run_with_cache` of `hook_pattern`: the same definitions as `capture`."""
     names = check_statistics(list(stats))
-    real = torch.ones_like(dataset.tokens, dtype=torch.bool) if dataset.attention_mask is None else dataset.attention_mask.bool()
+    real = dataset.real
     plans = make_plans(names, Batch(dataset.tokens, real, dataset.has_bos, causal))
     sums = _BatchSums(plans, len(dataset), len(patterns), patterns[0].shape[1], torch.device("cpu"))
     for layer, pattern in enumerate(patterns):
@@ -200,7 +200,7 @@ def _installed(model: HookedTransformer, sums: _BatchSums, method: str) -> Itera
 
 
 def _capture_batch(model, tokens, mask, dataset, names, method, start, recorder, plan_tokens=None):
-    real = torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask.bool()
+    real = real_mask(tokens, mask)
     batch = Batch(tokens if plan_tokens is None else plan_tokens, real, dataset.has_bos, model.cfg.causal)
     plans = make_plans(names, batch)
     lengths = real.sum(1)
@@ -266,7 +266,7 @@ def capture(
     n_pos = dataset.tokens.shape[1]
     if n_pos > model.cfg.n_ctx:
         raise InputError(f"prompts of {n_pos} tokens are longer than the model's context of {model.cfg.n_ctx}: "
-                         "use a shorter --seq-len")
+                         "use a shorter seq_len", parameter="seq_len")
     fingerprint = run_fingerprint(model, dataset, plan=None if plan_dataset is None else plan_dataset.digest(),
                                   stats=list(names), method=method)
     split = distributed_run.active(distributed)
@@ -286,7 +286,7 @@ def capture(
     if recorder is not None:
         _record_skipped_prompts(model, dataset, names, method, recorder)
     meta = {
-        "model": getattr(model, "source", "") or model.cfg.architecture,
+        "model": model.name,
         "dataset": dataset.name,
         "dataset_meta": dataset.meta,
         "n_prompts": len(dataset),
@@ -368,5 +368,5 @@ def _record_skipped_prompts(model, dataset, names, method, recorder: PatternReco
 
 
 def _out_of_memory_error(err: Exception, n_pos: int) -> InputError:
-    return InputError(f"out of memory with one prompt of {n_pos} tokens: use a shorter --seq-len, "
-                      "a smaller model dtype, or --device cpu")
+    return InputError(f"out of memory with one prompt of {n_pos} tokens: use a shorter seq_len, a smaller model "
+                      "dtype, or the CPU", parameter="seq_len")

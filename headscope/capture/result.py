@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from headscope.errors import InputError
+from headscope.heads import head_name
 from headscope.io import atomic_path
 
 
@@ -55,7 +56,7 @@ class CaptureResult:
         means = {name: self.mean(name) for name in self.statistics}
         n_layers, n_heads = next(iter(means.values())).shape
         return [
-            {"layer": layer, "head": head, "name": f"L{layer}H{head}",
+            {"layer": layer, "head": head, "name": head_name(layer, head),
              **{name: float(m[layer, head]) for name, m in means.items()}}
             for layer in range(n_layers) for head in range(n_heads)
         ]

@@ -127,6 +127,12 @@ class HookedTransformer(HookedModule):
         self.load_state_dict(converted, strict=True, assign=True)
 
     @property
+    def name(self) -> str:
+        """What reports and JSON outputs call this model: where its weights came from, or, for a model built
+        in memory, its architecture."""
+        return self.source or f"{self.cfg.architecture} (built in memory)"
+
+    @property
     def device(self) -> torch.device:
         return self.embed.W_E.device
 

@@ -42,15 +42,17 @@ MARKER = "training.json"
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Everything that defines a toy-model training run; two runs with equal configs train the same model."""
+
     n_layers: int = 2
     n_heads: int = 4
     d_model: int = 64
-    d_head: int = 16
+    d_head: int | None = None  # None: d_model // n_heads
     d_mlp: int = 0  # 0: attention-only
     layernorm: bool = True
     data: str = "repeated-random"  # or "stdlib": byte-level text of the Python standard library's source
     corpus_dir: str | None = None  # for "stdlib": another folder of .py/.txt files instead of the stdlib's
-    vocab: int = 64  # token ids 0..vocab-1 (256 bytes for "stdlib"); BOS is id `vocab`
+    vocab: int | None = None  # token ids 0..vocab-1; None: 64, or the 256 bytes for "stdlib"; BOS is id `vocab`
     seq_len: int = 40  # tokens after BOS
     min_period: int = 6
     max_period: int = 16
@@ -60,10 +62,16 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup: int = 50
     seed: int = 0
-    eval_every: int = 250
-    checkpoint_every: int = 500
+    eval_every: int = 100
+    checkpoint_every: int = 200
 
     def __post_init__(self) -> None:
+        if self.vocab is None:  # frozen: fill the derived defaults in place, once
+            object.__setattr__(self, "vocab", 256 if self.data == "stdlib" else 64)
+        if self.d_head is None:
+            if not isinstance(self.n_heads, int) or self.n_heads <= 0 or self.d_model % self.n_heads:
+                raise InputError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+            object.__setattr__(self, "d_head", self.d_model // self.n_heads)
         checks = {"steps": self.steps, "batch_size": self.batch_size, "n_layers": self.n_layers,
                   "eval_every": self.eval_every, "checkpoint_every": self.checkpoint_every, "min_period": self.min_period}
         bad = {k: v for k, v in checks.items() if not isinstance(v, int) or v <= 0}

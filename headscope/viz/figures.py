@@ -96,7 +96,7 @@ def _visible(token: str) -> str:
     return html.escape(token.replace(" ", "·").replace("\n", "\\n").replace("\t", "\\t")) or "∅"
 
 
-def flow_figure(graph, title: str, width_bins: int = 5) -> go.Figure:
+def flow_figure(graph, title: str | None = None, width_bins: int = 5) -> go.Figure:
     """A layered flow graph: positions across (tokens on the axis), layers up, edge width by weight,
     node colour by relevance to the target; hover gives token, layer and values."""
     nodes = graph.nodes(data=True)
@@ -125,7 +125,8 @@ def flow_figure(graph, title: str, width_bins: int = 5) -> go.Figure:
         marker=dict(size=9, color=[data.get("relevance", 0.0) for _, data in nodes], colorscale="Reds",
                     line=dict(width=0.5, color="grey"), colorbar=dict(title=dict(text="relevance")))))
     fig.update_layout(
-        title=dict(text=title), template="plotly_white", width=min(1600, max(640, 34 * n_pos + 240)), height=720,
+        title=dict(text=title or f"{graph.graph.get('method', 'flow')} to position {graph.graph.get('target', '')}"),
+        template="plotly_white", width=min(1600, max(640, 34 * n_pos + 240)), height=720,
         xaxis=dict(title="token", tickmode="array", tickvals=list(range(n_pos)),
                    ticktext=[_visible(tokens.get(p, "")) for p in range(n_pos)], tickangle=-60),
         yaxis=dict(title="layer (0 = input)", dtick=max(1, graph.graph.get("n_layers", 6) // 6)))

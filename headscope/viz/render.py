@@ -19,6 +19,7 @@ def write_html(fig: go.Figure, path: str | Path) -> None:
 
 
 STATIC_SUFFIXES = (".svg", ".pdf", ".png")
+FIGURE_SUFFIXES = (".html",) + STATIC_SUFFIXES  # what `write_figure` writes, by suffix
 
 
 def write_image(fig: go.Figure, path: str | Path) -> None:

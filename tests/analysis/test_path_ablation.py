@@ -1,0 +1,44 @@
+"""Measured composition: removing one head's output from another's input only equals an independent construction."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from headscope.analysis.path_ablation import measured_composition_graph, path_ablation_effects
+from headscope.capture.datasets import repeated_random_tokens
+from headscope.errors import InputError
+from tests.analysis.test_composition import perturbed
+from tests.conftest import TINY_CONFIGS
+
+
+@torch.no_grad()
+def test_path_ablation_equals_an_independent_construction_when_the_reader_is_alone_in_its_layer():
+    cfg = dataclasses.replace(TINY_CONFIGS["gpt2"], n_heads=1, d_head=32, n_layers=3)
+    model = perturbed(cfg, seed=4)
+    data = repeated_random_tokens(4, 6, vocab_size=99, seed=0)
+    effect = path_ablation_effects(model, data, [((0, 0), (2, 0))], "loss")[((0, 0), (2, 0))]
+    # Independently: with one head in layer 2, removing L0H0 from its input is subtracting L0H0's output from
+    # the stream entering layer 2 and adding it back after layer 2's attention.
+    _, cache = model.run_with_cache(data.tokens, names_filter="blocks.0.attn.hook_result")
+    removed = cache["blocks.0.attn.hook_result"][:, :, 0]
+    clean = model(data.tokens)
+    hooks = [("blocks.2.hook_resid_pre", lambda x, hook: x - removed),
+             ("blocks.2.hook_attn_out", lambda y, hook: y + removed)]
+    logits = model.run_with_hooks(data.tokens, fwd_hooks=hooks)
+    expected = float(model.next_token_loss(logits, data.tokens) - model.next_token_loss(clean, data.tokens))
+    assert effect == pytest.approx(expected, abs=1e-6) and abs(effect) > 1e-4
+
+
+@torch.no_grad()
+def test_path_ablation_of_a_silent_writer_changes_nothing_and_graphs_carry_both_weights():
+    model = perturbed(dataclasses.replace(TINY_CONFIGS["gpt2"], n_layers=3), seed=6)
+    model.blocks[0].attn.W_O[1] = 0  # L0H1 writes nothing
+    data = repeated_random_tokens(4, 6, vocab_size=99, seed=0)
+    effects = path_ablation_effects(model, data, [((0, 1), (2, 3)), ((0, 2), (1, 0))], "kl")
+    assert effects[((0, 1), (2, 3))] == pytest.approx(0.0, abs=1e-7) and effects[((0, 2), (1, 0))] > 0
+    graph = measured_composition_graph(model, data, "k", top_k=1, metric="kl")
+    for _, _, attrs in graph.edges(data=True):
+        assert attrs["weight"] == attrs["effect"] and "composition_score" in attrs
+    with pytest.raises(InputError, match="only feed heads of later layers"):
+        path_ablation_effects(model, data, [((1, 0), (1, 2))])
