@@ -69,6 +69,7 @@ def init_from_environment() -> None:
 
 
 def close() -> None:
+    """Leave the process group, if this process joined one."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -83,10 +84,12 @@ def active(distributed: bool | None = None) -> bool:
 
 
 def rank() -> int:
+    """This process's rank in the group (0 without one)."""
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def world_size() -> int:
+    """How many processes the group has (1 without one)."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 

@@ -35,5 +35,6 @@ def atomic_path(path: str | Path) -> Iterator[str]:
 
 
 def write_text_atomically(path: str | Path, text: str) -> None:
+    """Write `text` to `path` as UTF-8 through a temporary file, so no half file is ever left."""
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text, encoding="utf-8")

@@ -70,6 +70,7 @@ class ProgressFile:
         self.last_save = time.monotonic()
 
     def remove(self) -> None:
+        """Delete the progress file (a finished run needs it no more)."""
         if self.path is not None and self.path.exists():
             self.path.unlink()
 

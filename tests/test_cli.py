@@ -139,7 +139,8 @@ def test_capture_writes_statistics_and_patterns(tiny_checkpoint, tmp_path):
     assert result.exit_code == 0, result.output
     assert "top heads per statistic" in result.stdout and "induction" in result.stdout
     report = json.loads((out / "stats.json").read_text())
-    assert len(report["heads"]) == 2 * 4 and report["counts"]["induction"] == 3 * 6
+    assert len(report["results"]) == 2 * 4 and report["counts"]["induction"] == 3 * 6
+    assert report["results"][6]["heads"] == ["L1H2"] and set(report) >= {"model", "results", "meta"}
     assert report["meta"]["seed"] == 0 and report["meta"]["dataset"] == "repeated-random"
     saved = headscope.CaptureResult.load(out / "stats.safetensors")
     assert saved.statistics == ("previous_token", "induction", "entropy")
@@ -205,10 +206,10 @@ def test_classify_prints_roles_and_writes_json_and_csv(tiny_checkpoint, tmp_path
     assert result.exit_code == 0, result.output
     assert "heads hold roles" in result.stdout
     report = json.loads((tmp_path / "roles.json").read_text())
-    assert set(report) == {"model", "n_layers", "n_heads", "heads", "meta"}
-    assert (report["n_layers"], report["n_heads"]) == (2, 4) and len(report["heads"]) == 8
-    first = report["heads"][0]
-    assert (first["layer"], first["head"], first["name"]) == (0, 0, "L0H0")
+    assert set(report) == {"model", "n_layers", "n_heads", "results", "meta"}
+    assert (report["n_layers"], report["n_heads"]) == (2, 4) and len(report["results"]) == 8
+    first = report["results"][0]
+    assert (first["layer"], first["head"], first["heads"]) == (0, 0, ["L0H0"])
     assert {"previous_token", "induction", "duplicate_token", "attention_sink", "self"} <= set(first["scores"])
     assert all(isinstance(v, float) for v in first["scores"].values()) and isinstance(first["roles"], list)
     assert {"dataset", "seq_len", "num_prompts", "seed", "headscope_version"} <= set(report["meta"])
@@ -256,7 +257,7 @@ def test_ablate_sweeps_and_sets(tiny_checkpoint, tmp_path):
     roles = tmp_path / "roles.json"
     assert run("classify", str(tiny_checkpoint), "--seq-len", "8", "--json", str(roles)).exit_code == 0
     report = json.loads(roles.read_text())
-    report["heads"][5]["roles"] = ["induction"]  # pretend L1H1 is an induction head
+    report["results"][5]["roles"] = ["induction"]  # pretend L1H1 is an induction head
     roles.write_text(json.dumps(report))
     by_role = run("ablate", str(tiny_checkpoint), "--role", "induction", "--roles", str(roles), "--method", "mean",
                   "--seq-len", "8")

@@ -61,14 +61,14 @@ def test_capture_classify_and_sweep_under_torchrun_equal_one_process(tmp_path):
         assert torch.allclose(two.sums[stat], one.sums[stat], rtol=1e-6, atol=1e-9)
 
     one, two = (json.loads((tmp_path / f"classify-{n}").read_text()) for n in (1, 2))
-    for head_one, head_two in zip(one["heads"], two["heads"], strict=True):
+    for head_one, head_two in zip(one["results"], two["results"], strict=True):
         assert head_one["roles"] == head_two["roles"]
         for role, score in head_one["scores"].items():
             assert_close(head_two["scores"][role], score)
         assert (head_one["copying"] is None) == (head_two["copying"] is None)
         if head_one["copying"] is not None:
             assert_close(head_two["copying"], head_one["copying"])
-    assert any("induction" in head["roles"] for head in two["heads"])
+    assert any("induction" in head["roles"] for head in two["results"])
 
     one, two = (json.loads((tmp_path / f"sweep-{n}").read_text()) for n in (1, 2))
     assert two["meta"]["processes"] == 2 and len(two["results"]) == 8
@@ -98,7 +98,7 @@ def test_a_failing_rank_fails_every_rank_and_a_rerun_recounts_no_finished_shard(
     assert not list(out.glob("progress*"))
     one_process(*args[:-1], str(tmp_path / "single"))
     single = json.loads((tmp_path / "single" / "stats.json").read_text())
-    for ours, reference in zip(result["heads"], single["heads"], strict=True):
+    for ours, reference in zip(result["results"], single["results"], strict=True):
         for key, value in reference.items():
             if isinstance(value, float):
                 assert_close(ours[key], value)

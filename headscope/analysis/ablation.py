@@ -38,7 +38,7 @@ from headscope import distributed as distributed_run
 from headscope.analysis.metrics import MetricFn, resolve_metric
 from headscope.capture.datasets import TokenDataset
 from headscope.errors import InputError
-from headscope.heads import head_name
+from headscope.heads import head_name, parse_head
 from headscope.model.transformer import HookedTransformer
 from headscope.progress import ProgressFile, rank_path, run_fingerprint
 
@@ -105,6 +105,8 @@ def _mask(dataset: TokenDataset, model) -> torch.Tensor | None:
 # ----- results ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Effect:
+    """The effect of ablating one set of heads: the metric, its change from the baseline, and a 95% interval."""
+
     heads: tuple[tuple[int, int], ...]
     value: float  # the metric with these heads ablated
     delta: float  # value - baseline
@@ -113,6 +115,8 @@ class Effect:
 
 @dataclass(frozen=True)
 class AblationResult:
+    """Ablation effects of one model, method and metric; `to_json` is what `ablate --json` writes."""
+
     model: str
     method: str
     metric: str
@@ -121,11 +125,26 @@ class AblationResult:
     meta: dict
 
     def to_json(self) -> str:
+        """What `ablate --json` writes: {"model", "method", "metric", "baseline", "results": [{"heads",
+        "value", "delta", "ci"}], "meta"}, a row of "results" per effect, heads by name."""
         return json.dumps({
             "model": self.model, "method": self.method, "metric": self.metric, "baseline": self.baseline,
             "results": [{"heads": [head_name(l, h) for l, h in e.heads], "value": e.value, "delta": e.delta,
                          "ci": list(e.ci)} for e in self.effects],
             "meta": self.meta}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "AblationResult":
+        """A result written by `to_json` (e.g. the file `ablate --json` wrote)."""
+        try:
+            data = json.loads(text)
+            effects = tuple(Effect(tuple(parse_head(name) for name in row["heads"]), float(row["value"]),
+                                   float(row["delta"]), (float(row["ci"][0]), float(row["ci"][1])))
+                            for row in data["results"])
+            return cls(str(data["model"]), str(data["method"]), str(data["metric"]), float(data["baseline"]),
+                       effects, dict(data["meta"]))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError) as err:
+            raise InputError(f"not a headscope ablation result: {err}") from err
 
     def grid(self, n_layers: int, n_heads: int) -> torch.Tensor:
         """(layers, heads) deltas of a single-head sweep."""

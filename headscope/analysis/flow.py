@@ -110,6 +110,7 @@ class FlowGraph:
 
 
 def node_name(layer: int, position: int) -> str:
+    """(layer, position) -> "L{layer}P{position}", a node of a layered flow graph."""
     return f"L{layer}P{position}"
 
 

@@ -96,6 +96,7 @@ class HeadRoles:
 
     @property
     def name(self) -> str:
+        """The head's name, e.g. "L1H6"."""
         return head_name(self.layer, self.head)
 
     @property
@@ -104,7 +105,8 @@ class HeadRoles:
         return max((self.scores[r] for r in self.roles), default=-math.inf)
 
     def to_dict(self) -> dict:
-        return {"layer": self.layer, "head": self.head, "name": self.name,
+        """One row of roles.json's "results", NaN written as null."""
+        return {"heads": [self.name], "layer": self.layer, "head": self.head,
                 "scores": {r: _finite(v) for r, v in self.scores.items()}, "roles": list(self.roles),
                 "intervals": {r: [_finite(lo), _finite(hi)] for r, (lo, hi) in self.intervals.items()},
                 "nulls": {r: _finite(v) for r, v in self.nulls.items()}, "reasons": dict(self.reasons),
@@ -112,6 +114,7 @@ class HeadRoles:
 
     @classmethod
     def from_dict(cls, row: dict) -> "HeadRoles":
+        """A row of roles.json back, null read as NaN."""
         return cls(int(row["layer"]), int(row["head"]), {r: _float(v) for r, v in row["scores"].items()},
                    {r: (_float(lo), _float(hi)) for r, (lo, hi) in row.get("intervals", {}).items()},
                    {r: _float(v) for r, v in row.get("nulls", {}).items()}, tuple(row["roles"]),
@@ -131,9 +134,11 @@ class RoleTable:
 
     @property
     def roles(self) -> tuple[str, ...]:
+        """The roles every head was scored on, in table order."""
         return tuple(self.heads[0].scores) if self.heads else ()
 
     def head(self, layer: int, head: int) -> HeadRoles:
+        """The row of head (layer, head)."""
         return self.heads[layer * self.n_heads + head]
 
     def heads_with_roles(self) -> list[HeadRoles]:
@@ -141,18 +146,22 @@ class RoleTable:
         return sorted((h for h in self.heads if h.roles), key=lambda h: (-h.top_score, h.layer, h.head))
 
     def with_role(self, role: str) -> list[HeadRoles]:
+        """The heads holding `role`, highest score first."""
         return [h for h in self.heads_with_roles() if role in h.roles]
 
     def to_json(self, indent: int | None = 2) -> str:
+        """roles.json: {"model", "n_layers", "n_heads", "results": [a row per head, its "heads" the head's
+        name], "meta"} (headscope 0.1 wrote the rows under "heads"; `from_json` reads both)."""
         return json.dumps({"model": self.model, "n_layers": self.n_layers, "n_heads": self.n_heads,
-                           "heads": [h.to_dict() for h in self.heads], "meta": self.meta}, indent=indent)
+                           "results": [h.to_dict() for h in self.heads], "meta": self.meta}, indent=indent)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "RoleTable":
         """A table written by `to_json` (e.g. the contents of roles.json)."""
         try:
             data = json.loads(text)
-            heads = tuple(HeadRoles.from_dict(row) for row in data["heads"])
+            rows = data["results"] if "results" in data else data["heads"]  # 0.1 files: rows under "heads"
+            heads = tuple(HeadRoles.from_dict(row) for row in rows)
             return cls(str(data["model"]), int(data["n_layers"]), int(data["n_heads"]), heads, dict(data["meta"]))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise InputError(f"not a headscope role table: {err}") from err
@@ -171,6 +180,7 @@ class RoleTable:
         return table
 
     def save(self, path: str | Path) -> None:
+        """Write `to_json` to `path` atomically."""
         from headscope.io import atomic_path
 
         with atomic_path(path) as tmp:

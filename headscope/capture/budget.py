@@ -14,6 +14,7 @@ from headscope.model.config import ModelConfig
 
 
 def bytes_per_prompt(cfg: ModelConfig, n_pos: int, dtype_size: int, padded: bool, method: str) -> int:
+    """Rough peak activation memory of one prompt of `n_pos` tokens in one forward pass, in bytes."""
     width = cfg.n_heads * cfg.d_head
     per_token = 6 * cfg.d_model + 3 * cfg.d_mlp + 10 * width
     total = dtype_size * n_pos * per_token
@@ -48,4 +49,5 @@ def choose_batch_size(
 
 
 def is_out_of_memory(err: BaseException) -> bool:
+    """True for PyTorch's out-of-memory errors (CUDA's, and the CPU allocator's)."""
     return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()

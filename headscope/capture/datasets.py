@@ -35,6 +35,8 @@ SPEC_FORMS = "repeated-random, repeated-random:period=P:repeats=R, or a path to 
 
 @dataclass(frozen=True)
 class TokenDataset:
+    """Prompts as right-padded token ids, with their mask, whether they start with BOS, and how they were made."""
+
     tokens: torch.Tensor  # (prompts, pos) int64, right-padded
     attention_mask: torch.Tensor | None = None  # (prompts, pos) int64, 1 = real token; None when nothing is padded
     has_bos: bool = False  # position 0 of every prompt is BOS/[CLS], which some statistics leave out

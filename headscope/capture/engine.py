@@ -252,21 +252,10 @@ def capture(
     result; each resumes its own shard from `resume` with `.rankRofW` before the suffix, and keeps that
     file until every shard is done, so a rerun after a failure recounts nothing that was finished.
     """
-    if method not in ("fused", "explicit"):
-        raise InputError(f"unknown capture method {method!r}: use fused or explicit")
-    names = check_statistics(list(stats) if stats else list(CAUSAL_STATISTICS if model.cfg.causal else STATISTICS))
-    if len(dataset) == 0:
-        raise InputError("the dataset is empty")
-    if plan_dataset is not None and plan_dataset.tokens.shape != dataset.tokens.shape:
-        raise InputError(f"plan_dataset shape {tuple(plan_dataset.tokens.shape)} != dataset shape "
-                         f"{tuple(dataset.tokens.shape)}")
+    names = _check_request(model, dataset, stats, method, plan_dataset)
     recorder = _make_recorder(model, dataset, patterns, pattern_prompts)
     if device is not None:
         model.to(device)
-    n_pos = dataset.tokens.shape[1]
-    if n_pos > model.cfg.n_ctx:
-        raise InputError(f"prompts of {n_pos} tokens are longer than the model's context of {model.cfg.n_ctx}: "
-                         "use a shorter seq_len", parameter="seq_len")
     fingerprint = run_fingerprint(model, dataset, plan=None if plan_dataset is None else plan_dataset.digest(),
                                   stats=list(names), method=method)
     split = distributed_run.active(distributed)
@@ -285,28 +274,35 @@ def capture(
     parts, resumed = [part for part, _ in shards], sum(count for _, count in shards)
     if recorder is not None:
         _record_skipped_prompts(model, dataset, names, method, recorder)
-    meta = {
-        "model": model.name,
-        "dataset": dataset.name,
-        "dataset_meta": dataset.meta,
-        "n_prompts": len(dataset),
-        "seq_len": n_pos,
-        "method": method,
-        "processes": processes,
-        "resumed_prompts": resumed,
-        "headscope_version": headscope.__version__,
-        "torch_version": torch.__version__,
-    }
+    meta = {"model": model.name, "dataset": dataset.name, "dataset_meta": dataset.meta, "n_prompts": len(dataset),
+            "seq_len": dataset.tokens.shape[1], "method": method, "processes": processes,
+            "resumed_prompts": resumed, "headscope_version": headscope.__version__,
+            "torch_version": torch.__version__}
     result = CaptureResult.concat(parts, meta)
     if not keep_progress:
         progress_file.remove()
     if recorder is not None:
         if patterns_out is not None and distributed_run.is_writer():
             recorder.save(patterns_out, meta)
-        result.patterns = Patterns(
-            {(key.split("/")[1], int(key.split("/")[2])): t for key, t in recorder.patterns.items()},
-            recorder.tokens, meta)
+        result.patterns = recorder.result(meta)
     return result
+
+
+def _check_request(model, dataset: TokenDataset, stats, method: str, plan_dataset) -> tuple[str, ...]:
+    """The statistics to compute, after checking the method, the dataset and the prompts' length."""
+    if method not in ("fused", "explicit"):
+        raise InputError(f"unknown capture method {method!r}: use fused or explicit")
+    names = check_statistics(list(stats) if stats else list(CAUSAL_STATISTICS if model.cfg.causal else STATISTICS))
+    if len(dataset) == 0:
+        raise InputError("the dataset is empty")
+    if plan_dataset is not None and plan_dataset.tokens.shape != dataset.tokens.shape:
+        raise InputError(f"plan_dataset shape {tuple(plan_dataset.tokens.shape)} != dataset shape "
+                         f"{tuple(dataset.tokens.shape)}")
+    n_pos = dataset.tokens.shape[1]
+    if n_pos > model.cfg.n_ctx:
+        raise InputError(f"prompts of {n_pos} tokens are longer than the model's context of {model.cfg.n_ctx}: "
+                         "use a shorter seq_len", parameter="seq_len")
+    return names
 
 
 def _capture_rows(model, dataset, names, method, rows: range, batch_size, max_memory, recorder, plan_dataset,

@@ -23,12 +23,15 @@ from headscope.io import atomic_path
 
 @dataclass
 class PatternRecorder:
+    """Collects the patterns of `heads` (layer, head) on the dataset's `prompts` as a capture runs."""
+
     heads: list[tuple[int, int]]
     prompts: list[int]
     patterns: dict[str, torch.Tensor] = field(default_factory=dict)
     tokens: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def heads_in(self, layer: int) -> list[int]:
+        """The recorded heads of one layer."""
         return [h for (l, h) in self.heads if l == layer]
 
     def wanted(self, start: int, stop: int) -> list[int]:
@@ -36,16 +39,24 @@ class PatternRecorder:
         return [p - start for p in self.prompts if start <= p < stop]
 
     def add(self, layer: int, head: int, prompt: int, pattern: torch.Tensor, length: int) -> None:
+        """Keep one head's (query, key) pattern of one prompt, trimmed to its `length` real tokens."""
         self.patterns[f"pattern/{head_name(layer, head)}/{prompt}"] = pattern[:length, :length].float().cpu()
 
     def add_tokens(self, prompt: int, tokens: torch.Tensor, length: int) -> None:
+        """Keep a recorded prompt's token ids, trimmed to its real length."""
         self.tokens[prompt] = tokens[:length].cpu()
 
     def save(self, path: str | Path, meta: dict | None = None) -> None:
+        """Write every kept pattern and token list to one safetensors file (atomically)."""
         tensors = {k: v.contiguous() for k, v in self.patterns.items()}
         tensors |= {f"tokens/{p}": t.contiguous() for p, t in self.tokens.items()}
         with atomic_path(path) as tmp:
             save_file(tensors, tmp, metadata={"meta": json.dumps(meta or {})})
+
+    def result(self, meta: dict) -> "Patterns":
+        """What was recorded, keyed by (head name, prompt) as `load_patterns` returns it."""
+        return Patterns({(key.split("/")[1], int(key.split("/")[2])): t for key, t in self.patterns.items()},
+                        self.tokens, meta)
 
 
 @dataclass
@@ -58,6 +69,7 @@ class Patterns:
 
 
 def load_patterns(path: str | Path) -> Patterns:
+    """The patterns a capture recorded (`patterns.safetensors`), as `Patterns`."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"no pattern file at {path}")

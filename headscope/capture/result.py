@@ -20,6 +20,8 @@ from headscope.io import atomic_path
 
 @dataclass
 class CaptureResult:
+    """Per-prompt sums (prompts, layers, heads) and counts (prompts,) of each statistic; means and intervals derive from them."""
+
     sums: dict[str, torch.Tensor]  # statistic -> (n_prompts, n_layers, n_heads) float64
     counts: dict[str, torch.Tensor]  # statistic -> (n_prompts,) int64: queries counted in each prompt
     meta: dict = field(default_factory=dict)  # model, dataset, seed, versions
@@ -27,10 +29,12 @@ class CaptureResult:
 
     @property
     def statistics(self) -> tuple[str, ...]:
+        """The statistics this result holds."""
         return tuple(self.sums)
 
     @property
     def n_prompts(self) -> int:
+        """How many prompts were captured."""
         return next(iter(self.counts.values())).shape[0]
 
     def _check(self, name: str) -> None:
@@ -43,6 +47,7 @@ class CaptureResult:
         return self.sums[name].sum(0) / self.counts[name].sum()
 
     def count(self, name: str) -> int:
+        """How many query positions counted toward `stat`, over every prompt."""
         self._check(name)
         return int(self.counts[name].sum())
 
@@ -52,18 +57,21 @@ class CaptureResult:
         return self.sums[name] / self.counts[name][:, None, None]
 
     def to_rows(self) -> list[dict]:
-        """One row per head: layer, head, name and the mean of every statistic."""
+        """One row per head: its name (as "heads": [name]), layer, head and the mean of every statistic."""
         means = {name: self.mean(name) for name in self.statistics}
         n_layers, n_heads = next(iter(means.values())).shape
         return [
-            {"layer": layer, "head": head, "name": head_name(layer, head),
+            {"heads": [head_name(layer, head)], "layer": layer, "head": head,
              **{name: float(m[layer, head]) for name, m in means.items()}}
             for layer in range(n_layers) for head in range(n_heads)
         ]
 
     def to_json(self) -> str:
+        """stats.json: {"model", "statistics", "counts", "results": [{"heads": [name], "layer", "head",
+        <statistic>: mean}], "meta"}: a row per head, and how many queries each statistic counted."""
         counts = {name: self.count(name) for name in self.statistics}
-        return json.dumps({"meta": self.meta, "counts": counts, "heads": self.to_rows()}, indent=2)
+        return json.dumps({"model": self.meta.get("model"), "statistics": list(self.statistics), "counts": counts,
+                           "results": self.to_rows(), "meta": self.meta}, indent=2)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """`sum/NAME` and `count/NAME` of every statistic: what `save` and progress files hold."""
@@ -72,6 +80,7 @@ class CaptureResult:
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], names: list[str], meta: dict | None = None) -> "CaptureResult":
+        """A result from the tensors `tensors()` produced (sums/<stat> and counts/<stat>)."""
         return cls({n: tensors[f"sum/{n}"] for n in names}, {n: tensors[f"count/{n}"] for n in names}, meta or {})
 
     def save(self, path: str | Path) -> None:
@@ -82,6 +91,7 @@ class CaptureResult:
 
     @classmethod
     def load(cls, path: str | Path) -> "CaptureResult":
+        """A result written by `save` (stats.safetensors)."""
         from safetensors import safe_open
 
         try:

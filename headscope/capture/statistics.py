@@ -48,6 +48,7 @@ class Batch:
 
     @property
     def positions(self) -> torch.Tensor:
+        """(batch, pos) position index of every token."""
         return torch.arange(self.tokens.shape[1], device=self.tokens.device).expand_as(self.tokens)
 
     def default_queries(self) -> torch.Tensor:
@@ -177,4 +178,5 @@ def check_statistics(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
 
 
 def make_plans(names: tuple[str, ...], batch: Batch) -> dict[str, EntryPlan | RowPlan]:
+    """The plan of each named statistic for one batch."""
     return {name: PLANS[name](batch) for name in names}

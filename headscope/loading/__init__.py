@@ -16,6 +16,8 @@ from headscope.model.tokenizer import Tokenizer
 
 @dataclass
 class LoadedModel:
+    """What every loader returns: the config, weights in headscope's layout, the tokenizer and the source."""
+
     config: ModelConfig
     state_dict: dict[str, torch.Tensor]
     tokenizer: Tokenizer | None = None

@@ -52,6 +52,8 @@ class PackagedFolder:
 
 @dataclass(frozen=True)
 class ModelEntry:
+    """A registered model: its name, shape, format and where its pinned files come from."""
+
     name: str
     architecture: str
     n_layers: int
@@ -71,6 +73,7 @@ class ModelStatus:
 
     @property
     def cached(self) -> bool:
+        """True when the model's files are in the cache."""
         return self.path is not None
 
 

@@ -65,6 +65,8 @@ def attention_bias(
 
 
 class Attention(nn.Module):
+    """Multi-head attention with grouped key/value heads; hook points named as TransformerLens names them."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -116,6 +118,7 @@ class Attention(nn.Module):
         return q, k, v
 
     def needs_pattern(self) -> bool:
+        """True when the explicit path must run: forced, or a hook reads the scores or the pattern."""
         return self.force_explicit or self.hook_attn_scores.active or self.hook_pattern.active
 
     def explicit(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -23,6 +23,8 @@ ACTIVATIONS = {
 
 
 class LayerNorm(nn.Module):
+    """LayerNorm with weight `w` and bias `b`; its scale and output are hook points."""
+
     def __init__(self, d_model: int, eps: float) -> None:
         super().__init__()
         self.eps = eps
@@ -32,12 +34,15 @@ class LayerNorm(nn.Module):
         self.hook_normalized = HookPoint()  # (batch, pos, d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(x - mean) / sqrt(var + eps) * w + b over the last axis."""
         x = x - x.mean(-1, keepdim=True)
         scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
         return self.hook_normalized(x / scale * self.w + self.b)
 
 
 class RMSNorm(nn.Module):
+    """RMSNorm with weight `w` (Llama); its scale and output are hook points."""
+
     def __init__(self, d_model: int, eps: float) -> None:
         super().__init__()
         self.eps = eps
@@ -46,6 +51,7 @@ class RMSNorm(nn.Module):
         self.hook_normalized = HookPoint()  # (batch, pos, d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x / sqrt(mean(x^2) + eps) * w over the last axis."""
         # In float32 and weight applied last, as Llama does, so half precision matches transformers.
         dtype = x.dtype
         x = x.float()
@@ -78,6 +84,7 @@ class MLP(nn.Module):
         self.hook_post = HookPoint()  # (batch, pos, d_mlp), after it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, pos, d_model) -> (batch, pos, d_model)."""
         linear = x @ self.W_in + self.b_in if self.cfg.mlp_bias else x @ self.W_in
         if self.cfg.gated_mlp:
             post = self.act(self.hook_pre(x @ self.W_gate)) * self.hook_pre_linear(linear)
@@ -88,6 +95,8 @@ class MLP(nn.Module):
 
 
 class TransformerBlock(nn.Module):
+    """Attention and MLP around the residual stream, in the layout the config names."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -110,6 +119,7 @@ class TransformerBlock(nn.Module):
             self.layout = self._pre_norm
 
     def forward(self, resid: torch.Tensor, bias: torch.Tensor | None, rotary) -> torch.Tensor:
+        """The residual stream (batch, pos, d_model) after this block."""
         return self.hook_resid_post(self.layout(self.hook_resid_pre(resid), bias, rotary))
 
     def _pre_norm(self, resid, bias, rotary):

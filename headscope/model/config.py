@@ -18,6 +18,8 @@ Activation = Literal["gelu_new", "gelu", "relu", "silu"]
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """Shape and settings of one transformer; every architecture is a choice of these fields."""
+
     d_model: int
     n_layers: int
     n_heads: int
@@ -77,9 +79,11 @@ class ModelConfig:
         return self.attn_scale if self.attn_scale is not None else self.d_head**-0.5
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict."""
         return dataclasses.asdict(self)
 
     def to_json(self) -> str:
+        """The fields as indented JSON (what checkpoints store as config.json)."""
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod

@@ -33,12 +33,14 @@ class HookPoint(nn.Module):
         return bool(self._forward_hooks)
 
     def add_hook(self, fn: HookFn) -> torch.utils.hooks.RemovableHandle:
+        """Attach `fn(tensor, hook)` until the returned handle is removed."""
         def call(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
             return fn(output, self)
 
         return self.register_forward_hook(call)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The identity: hooks read or replace what passes."""
         return x
 
 
@@ -54,6 +56,7 @@ class HookedModule(nn.Module):
                 self.hook_dict[name] = module
 
     def hook_names(self) -> list[str]:
+        """Every hook point's name, in module order."""
         return list(self.hook_dict)
 
     def select_hooks(self, names: NameFilter) -> list[str]:

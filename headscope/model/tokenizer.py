@@ -17,6 +17,8 @@ from headscope.errors import InputError
 
 @dataclass
 class Tokenizer:
+    """A `tokenizers` tokenizer with the special ids and BOS rule of its model."""
+
     backend: _RustTokenizer
     bos_token_id: int | None = None
     eos_token_id: int | None = None
@@ -26,6 +28,7 @@ class Tokenizer:
 
     @property
     def vocab_size(self) -> int:
+        """The size of the vocabulary, special tokens included."""
         return self.backend.get_vocab_size(with_added_tokens=True)
 
     @property
@@ -65,6 +68,7 @@ class Tokenizer:
         return ids, mask
 
     def decode(self, ids: list[int] | torch.Tensor) -> str:
+        """The text of token ids."""
         if isinstance(ids, torch.Tensor):
             ids = ids.tolist()
         return self.backend.decode(ids, skip_special_tokens=False)

@@ -26,33 +26,44 @@ TokensLike = torch.Tensor | str | Sequence[str]
 
 
 class Embed(nn.Module):
+    """Token embedding `W_E` (d_vocab, d_model)."""
+
     def __init__(self, d_vocab: int, d_model: int) -> None:
         super().__init__()
         self.W_E = nn.Parameter(torch.empty(d_vocab, d_model))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(batch, pos) ids -> (batch, pos, d_model)."""
         return self.W_E[tokens]
 
 
 class PosEmbed(nn.Module):
+    """Learned position embedding `W_pos` (n_ctx, d_model)."""
+
     def __init__(self, n_ctx: int, d_model: int) -> None:
         super().__init__()
         self.W_pos = nn.Parameter(torch.empty(n_ctx, d_model))
 
     def forward(self, n_pos: int) -> torch.Tensor:
+        """(1, n_pos, d_model): the embeddings of positions 0..n_pos-1."""
         return self.W_pos[:n_pos][None]  # (1, pos, d_model)
 
 
 class TokenTypeEmbed(nn.Module):
+    """BERT's segment embedding `W_token_type` (n_token_types, d_model)."""
+
     def __init__(self, n_types: int, d_model: int) -> None:
         super().__init__()
         self.W_token_type = nn.Parameter(torch.empty(n_types, d_model))
 
     def forward(self, token_type_ids: torch.Tensor) -> torch.Tensor:
+        """(batch, pos) segment ids -> (batch, pos, d_model)."""
         return self.W_token_type[token_type_ids]
 
 
 class Unembed(nn.Module):
+    """Unembedding `W_U` (d_model, d_vocab) unless tied to the embedding, and its bias `b_U` if any."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         if not cfg.tie_embeddings:
@@ -134,6 +145,7 @@ class HookedTransformer(HookedModule):
 
     @property
     def device(self) -> torch.device:
+        """The device the weights are on."""
         return self.embed.W_E.device
 
     @property
@@ -160,11 +172,13 @@ class HookedTransformer(HookedModule):
         return ids.to(self.device)
 
     def to_str_tokens(self, tokens: torch.Tensor | str, prepend_bos: bool | None = None) -> list[str]:
+        """Each token's text, for ids or for a text (tokenized first)."""
         if isinstance(tokens, str):
             tokens = self.to_tokens(tokens, prepend_bos)[0]
         return self._require_tokenizer().str_tokens(tokens.flatten())
 
     def to_string(self, tokens: torch.Tensor) -> str:
+        """The text of token ids."""
         return self._require_tokenizer().decode(tokens.flatten())
 
     def _prepare(self, tokens: TokensLike, attention_mask: torch.Tensor | None):
@@ -197,6 +211,7 @@ class HookedTransformer(HookedModule):
 
     # ----- forward ------------------------------------------------------------------------------
     def embed_tokens(self, tokens: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
+        """The residual stream entering block 0 (batch, pos, d_model): token, position and segment embeddings."""
         resid = self.hook_embed(self.embed(tokens))
         if self.cfg.positional == "learned":
             resid = resid + self.hook_pos_embed(self.pos_embed(tokens.shape[1]).expand(tokens.shape[0], -1, -1))

@@ -89,6 +89,7 @@ class TrainConfig:
             raise InputError(f"seq_len {self.seq_len} must hold two periods of up to {self.max_period} tokens")
 
     def model_config(self) -> ModelConfig:
+        """The attention-only `ModelConfig` this training run builds."""
         return ModelConfig(
             architecture="attn-only" if not self.d_mlp else "toy", d_model=self.d_model, n_layers=self.n_layers,
             n_heads=self.n_heads, d_head=self.d_head, d_vocab=self.vocab + 1, n_ctx=self.seq_len + 1,
@@ -98,6 +99,8 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
+    """The trained model and the log of every evaluation."""
+
     model: HookedTransformer
     log: list[dict] = field(default_factory=list)  # per evaluation: step, loss, icl_score, induction, previous_token
 

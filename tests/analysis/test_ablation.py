@@ -8,7 +8,7 @@ import torch
 from tokenizers import Tokenizer as RustTokenizer
 from tokenizers import models, pre_tokenizers
 
-from headscope.analysis.ablation import ablate, sweep
+from headscope.analysis.ablation import AblationResult, ablate, sweep
 from headscope.analysis.metrics import METRICS, induction_loss_metric, logit_diff_metric, pairs_dataset
 from headscope.capture.datasets import repeated_random_tokens
 from headscope.errors import InputError
@@ -91,6 +91,9 @@ def test_effects_and_json_shape(dataset):
     assert set(report) == {"model", "method", "metric", "baseline", "results", "meta"}
     assert report["results"][0]["heads"] == ["L1H2", "L0H0"] and len(report["results"][0]["ci"]) == 2
     assert {"dataset", "n_prompts", "seed", "headscope_version"} <= set(report["meta"])
+    assert AblationResult.from_json(result.to_json()) == result
+    with pytest.raises(InputError, match="not a headscope ablation result"):
+        AblationResult.from_json('{"model": "m"}')
     kl = ablate(model, dataset, [(0, 0)], "zero", "kl").effects[0]
     assert kl.value > 0 and sweep(model, dataset, "zero", "kl", n_bootstrap=10).grid(2, 4).min() >= 0
 

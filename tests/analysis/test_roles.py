@@ -145,18 +145,20 @@ def test_random_models_get_no_induction_role(tiny_model):
 
 def test_json_has_the_agreed_shape_and_round_trips(forced_table):
     data = json.loads(forced_table.to_json())
-    assert set(data) == {"model", "n_layers", "n_heads", "heads", "meta"}
+    assert set(data) == {"model", "n_layers", "n_heads", "results", "meta"}
     assert isinstance(data["model"], str) and data["n_layers"] == 2 and data["n_heads"] == 4
     assert {"dataset", "seq_len", "num_prompts", "seed", "headscope_version"} <= set(data["meta"])
-    assert len(data["heads"]) == 8
-    for row in data["heads"]:
-        assert {"layer", "head", "name", "scores", "roles"} <= set(row)
-        assert row["name"] == f"L{row['layer']}H{row['head']}"
+    assert len(data["results"]) == 8
+    for row in data["results"]:
+        assert {"heads", "layer", "head", "scores", "roles"} <= set(row)
+        assert row["heads"] == [f"L{row['layer']}H{row['head']}"]
         assert isinstance(row["layer"], int) and isinstance(row["head"], int)
         assert {"previous_token", "induction", "duplicate_token", "attention_sink", "self"} <= set(row["scores"])
         assert all(isinstance(v, float) for v in row["scores"].values())
         assert all(isinstance(r, str) for r in row["roles"])
     assert RoleTable.from_json(forced_table.to_json()) == forced_table
+    legacy = {**data, "heads": data.pop("results")}  # headscope 0.1 wrote the rows under "heads"
+    assert RoleTable.from_json(json.dumps(legacy)) == forced_table
     with pytest.raises(InputError, match="not a headscope role table"):
         RoleTable.from_json('{"model": "x"}')
 
