@@ -21,24 +21,14 @@ import torch
 
 from headscope.capture.datasets import TokenDataset, from_texts
 from headscope.errors import InputError
+from headscope.model.transformer import token_losses
 
 MetricFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _token_losses(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """(batch, pos - 1) loss of predicting token i + 1 at position i.
-
-    logsumexp minus the target's logit, both along the contiguous vocabulary axis: `cross_entropy` on
-    (batch, vocab, pos) would first copy the logits into that strided layout, a third of a CPU sweep's time.
-    """
-    predicting = logits[:, :-1].float()
-    target = predicting.gather(-1, tokens[:, 1:, None]).squeeze(-1)
-    return torch.logsumexp(predicting, -1) - target
-
-
 def _token_losses_from_hidden(model, hidden: torch.Tensor, tokens: torch.Tensor, keep: torch.Tensor,
                               chunk_bytes: int = 1 << 26) -> torch.Tensor:
-    """`_token_losses` at the predicting positions `keep` (batch, pos - 1) only, zero elsewhere.
+    """`token_losses` at the predicting positions `keep` (batch, pos - 1) only, zero elsewhere.
 
     Only those rows of the final hidden states are unembedded, a chunk at a time, so the
     (batch, pos, vocabulary) logits never exist: in a sweep that tensor costs more than the layers.
@@ -103,7 +93,7 @@ def mean_token_loss(name: str, predicted_kept: Callable[[torch.Tensor, torch.Ten
     """
 
     def on_logits(logits, tokens, real, clean_logits):
-        return _masked_mean(_token_losses(logits, tokens), predicted_kept(tokens, real))
+        return _masked_mean(token_losses(logits, tokens), predicted_kept(tokens, real))
 
     def on_hidden(model, hidden, tokens, real):
         keep = predicted_kept(tokens, real)

@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tokenizers import Tokenizer as RustTokenizer
 from tokenizers import decoders, models, pre_tokenizers
 from tqdm.auto import tqdm
@@ -35,7 +34,7 @@ from headscope.errors import InputError
 from headscope.loading.checkpoint import load_checkpoint, save_checkpoint
 from headscope.model.config import ModelConfig
 from headscope.model.tokenizer import Tokenizer
-from headscope.model.transformer import HookedTransformer
+from headscope.model.transformer import HookedTransformer, token_losses
 
 MARKER = "training.json"
 
@@ -188,7 +187,7 @@ def in_context_learning_score(model: HookedTransformer, cfg: TrainConfig) -> flo
     tokens = training_batch(cfg, step=-1, batch_size=64).to(model.device)  # a step no training batch uses
     with torch.no_grad():
         logits = model(tokens)
-    losses = F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none").mean(0)
+    losses = token_losses(logits, tokens).mean(0)
     return float(losses[-1] - losses[2])
 
 
