@@ -25,7 +25,8 @@ from __future__ import annotations
 import torch
 
 from headscope import distributed as distributed_run
-from headscope.capture.datasets import TokenDataset, induction_target_pairs, real_mask
+from headscope.capture.datasets import TokenDataset, real_mask
+from headscope.capture.occurrences import induction_target_pairs
 from headscope.errors import InputError
 from headscope.model.transformer import HookedTransformer
 

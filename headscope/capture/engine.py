@@ -21,7 +21,7 @@ from headscope import distributed as distributed_run
 from headscope.capture.budget import choose_batch_size, is_out_of_memory
 from headscope.capture.datasets import TokenDataset, real_mask
 from headscope.capture.kernels import fused_attention_with_lse
-from headscope.capture.recorder import PatternRecorder, Patterns
+from headscope.capture.recorder import PatternRecorder
 from headscope.capture.result import CaptureResult
 from headscope.capture.statistics import (
     CAUSAL_STATISTICS, STATISTICS, Batch, EntryPlan, RowPlan, check_statistics, make_plans,

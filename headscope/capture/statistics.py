@@ -33,7 +33,7 @@ from typing import Literal
 
 import torch
 
-from headscope.capture.datasets import earlier_occurrence_pairs, induction_target_pairs
+from headscope.capture.occurrences import earlier_occurrence_pairs, induction_target_pairs
 from headscope.errors import InputError
 
 
