@@ -176,6 +176,9 @@ def resolve_metric(metric: str | MetricFn | Metric, dataset: TokenDataset) -> Me
         return Metric(getattr(metric, "__name__", "custom"), metric)
     if metric == "induction-loss":
         return induction_loss_metric(dataset)
+    if metric == "logit-diff":
+        raise InputError("logit-diff needs the answer and wrong token of every prompt: pass "
+                         "logit_diff_metric(answers, wrongs) (or a prompt-pairs file on the command line)")
     if metric not in METRICS:
         raise InputError(f"unknown metric {metric!r}: use loss, induction-loss, kl, logit-diff or a callable")
     return METRICS[metric]

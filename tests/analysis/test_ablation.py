@@ -140,6 +140,8 @@ def test_bad_input_is_a_clear_error(word_tokenizer, dataset, tmp_path):
         ablate(model, dataset, [(0, 0)], "shuffle")
     with pytest.raises(InputError, match="unknown metric"):
         ablate(model, dataset, [(0, 0)], "zero", "accuracy")
+    with pytest.raises(InputError, match="logit-diff needs the answer and wrong token"):
+        ablate(model, dataset, [(0, 0)], "zero", "logit-diff")
     with pytest.raises(InputError, match="induction-loss needs the repeated-random dataset"):
         from headscope.capture.datasets import from_tensor
         ablate(model, from_tensor(dataset.tokens), [(0, 0)], "zero", "induction-loss")
