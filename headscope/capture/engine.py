@@ -28,7 +28,7 @@ from headscope.capture.statistics import (
 )
 from headscope.errors import InputError
 from headscope.heads import parse_heads
-from headscope.model.attention import Attention, attention_bias
+from headscope.model.attention import Attention
 from headscope.model.transformer import HookedTransformer
 from headscope.progress import ProgressFile, rank_path, run_fingerprint
 
@@ -135,13 +135,12 @@ def _bidirectional_distance(qh, kh, bias, lse, mean_pos, position, scale):
     output the mass-weighted position p_i there; then sum_j A_ij |i - j| = E[j] - i + 2 (i m_i - p_i).
     """
     n_pos = qh.shape[2]
-    causal_mask = attention_bias(n_pos, n_pos, True, None, torch.float32, qh.device)
-    if causal_mask is None:
-        causal_mask = torch.zeros(1, 1, n_pos, n_pos, device=qh.device).masked_fill(
-            ~torch.ones(n_pos, n_pos, dtype=torch.bool, device=qh.device).tril(), torch.finfo(torch.float32).min)
-    combined = causal_mask if bias is None else torch.minimum(bias.float(), causal_mask)
+    # The minimum of the dtype the mask joins: float32's minimum would become -inf in bfloat16 / float16.
+    causal_mask = torch.zeros(1, 1, n_pos, n_pos, dtype=qh.dtype, device=qh.device).masked_fill(
+        ~torch.ones(n_pos, n_pos, dtype=torch.bool, device=qh.device).tril(), torch.finfo(qh.dtype).min)
+    combined = causal_mask if bias is None else torch.minimum(bias.to(qh.dtype), causal_mask)
     pos_column = (position / n_pos).to(qh.dtype).expand(*qh.shape[:3])[..., None]
-    out_c, lse_c = fused_attention_with_lse(qh, kh, pos_column, combined.to(qh.dtype), False, scale)
+    out_c, lse_c = fused_attention_with_lse(qh, kh, pos_column, combined, False, scale)
     mass_before = (lse_c - lse).exp()
     pos_before = mass_before * out_c[..., 0].float() * n_pos
     return mean_pos - position + 2 * (position * mass_before - pos_before)
