@@ -281,7 +281,7 @@ def capture(
     shards = distributed_run.gather(lambda: _capture_rows(
         model, dataset, names, method, rows, batch_size, max_memory, recorder, plan_dataset,
         progress and distributed_run.is_writer(), progress_file), split)
-    parts, resumed = [part for part, _ in shards], sum(count for _, count in shards)
+    parts, resumed = [part for part, _, _ in shards], sum(count for _, count, _ in shards)
     if recorder is not None:
         _record_skipped_prompts(model, dataset, names, method, recorder)
     meta = {
@@ -293,6 +293,7 @@ def capture(
         "method": method,
         "processes": processes,
         "resumed_prompts": resumed,
+        "oom_halvings": sum(halvings for _, _, halvings in shards),  # times a batch was halved after OOM
         "headscope_version": headscope.__version__,
         "torch_version": torch.__version__,
     }
@@ -309,9 +310,9 @@ def capture(
 
 
 def _capture_rows(model, dataset, names, method, rows: range, batch_size, max_memory, recorder, plan_dataset,
-                  progress: bool, progress_file: ProgressFile) -> tuple[CaptureResult, int]:
-    """The prompts `rows` (a contiguous range), continued from the progress file: their result, and how
-    many prompts the file already held."""
+                  progress: bool, progress_file: ProgressFile) -> tuple[CaptureResult, int, int]:
+    """The prompts `rows` (a contiguous range), continued from the progress file: their result, how
+    many prompts the file already held, and how many times the batch was halved after running out of memory."""
     device, n_pos = model.device, dataset.tokens.shape[1]
     if batch_size is None:
         batch_size = choose_batch_size(model.cfg, n_pos, len(rows), max_memory, device, method,
@@ -321,7 +322,7 @@ def _capture_rows(model, dataset, names, method, rows: range, batch_size, max_me
     done = None if saved is None else CaptureResult.from_tensors(saved[0], saved[1]["statistics"])
     parts = [done] if done is not None else []
     resumed = 0 if done is None else done.n_prompts
-    start = rows.start + resumed
+    start, halvings = rows.start + resumed, 0
     bar = tqdm(total=len(rows) * n_pos, initial=resumed * n_pos, unit="tok", unit_scale=True,
                disable=not progress, desc="capture")
     while start < rows.stop:
@@ -334,7 +335,12 @@ def _capture_rows(model, dataset, names, method, rows: range, batch_size, max_me
         except RuntimeError as err:
             if not is_out_of_memory(err) or batch_size == 1:
                 raise _out_of_memory_error(err, n_pos) if is_out_of_memory(err) else err
+            sums = None
+        if sums is None:
+            # Out here, not in the handler: the traceback holds the failed attempt's tensors until it ends.
+            # (A no-op when CUDA was never initialised.)
             batch_size //= 2
+            halvings += 1
             torch.cuda.empty_cache()
             continue
         parts.append(CaptureResult(sums, counts))
@@ -343,7 +349,7 @@ def _capture_rows(model, dataset, names, method, rows: range, batch_size, max_me
         progress_file.save(lambda: (CaptureResult.concat(parts).tensors(), {"statistics": list(names)}),
                            final=start == rows.stop)
     bar.close()
-    return CaptureResult.concat(parts), resumed
+    return CaptureResult.concat(parts), resumed, halvings
 
 
 def _make_recorder(model, dataset, patterns, pattern_prompts) -> PatternRecorder | None:
