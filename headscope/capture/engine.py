@@ -171,14 +171,19 @@ def statistics_from_patterns(
     patterns: list[torch.Tensor], dataset: TokenDataset, stats: list[str] | tuple[str, ...], causal: bool = True,
 ) -> CaptureResult:
     """The statistics of full patterns someone already has (one (prompts, head, pos, pos) per layer), e.g.
-    TransformerLens' `run_with_cache` of `hook_pattern`: the same definitions as `capture`."""
+    TransformerLens' `run_with_cache` of `hook_pattern`: the same definitions as `capture`, computed on
+    the device of the first pattern (where the model ran); the result is on the CPU."""
     names = check_statistics(list(stats))
-    real = torch.ones_like(dataset.tokens, dtype=torch.bool) if dataset.attention_mask is None else dataset.attention_mask.bool()
-    plans = make_plans(names, Batch(dataset.tokens, real, dataset.has_bos, causal))
-    sums = _BatchSums(plans, len(dataset), len(patterns), patterns[0].shape[1], torch.device("cpu"))
+    device = patterns[0].device
+    tokens = dataset.tokens.to(device)
+    mask = dataset.attention_mask
+    real = torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask.to(device).bool()
+    plans = make_plans(names, Batch(tokens, real, dataset.has_bos, causal))
+    sums = _BatchSums(plans, len(dataset), len(patterns), patterns[0].shape[1], device)
     for layer, pattern in enumerate(patterns):
-        _explicit_hook(sums, layer)(pattern.cpu(), None)
-    return CaptureResult(sums.sums, {n: plan.queries.sum(1) for n, plan in plans.items()},
+        _explicit_hook(sums, layer)(pattern.to(device), None)
+    return CaptureResult({n: s.cpu() for n, s in sums.sums.items()},
+                         {n: plan.queries.sum(1).cpu() for n, plan in plans.items()},
                          {"method": "from_patterns", "n_prompts": len(dataset), "seq_len": dataset.tokens.shape[1]})
 
 
