@@ -11,7 +11,11 @@ rank every shard's partial result, in rank order. What is combined is always per
 or per-prompt metric values, never averages of averages, so the result is the single-process one up to
 the order of floating-point sums. A rank whose work raises makes every rank raise `DistributedError`
 with that rank's message; a rank that dies or hangs makes the others fail after `timeout_s()` seconds
-(torchrun also stops the whole job when a process exits with an error).
+(torchrun also stops the whole job when a process exits with an error). How they fail depends on the
+backend: under gloo the collective raises and every rank raises `DistributedError` with the timeout
+message; under NCCL, PyTorch's watchdog ends the process itself once the timeout passes
+(`TORCH_NCCL_ASYNC_ERROR_HANDLING`, default 3: tear down without aborting the communicator), so the job
+stops with the watchdog's "collective operation timeout" in the log and that message never shows.
 """
 
 from __future__ import annotations
@@ -131,7 +135,8 @@ def gather(work: Callable[[], T], split: bool = True) -> list[T]:
     gathered: list = [None] * world_size()
     try:
         dist.all_gather_object(gathered, (error, local))
-    except RuntimeError as err:  # a rank died or hung: gloo and NCCL raise once the timeout passes
+    except RuntimeError as err:  # a rank died or hung: gloo raises once the timeout passes (NCCL's watchdog
+        # ends this process instead, unless $TORCH_NCCL_ASYNC_ERROR_HANDLING is 0 or 2)
         raise DistributedError(f"rank {rank()} of {world_size()}: the other processes did not answer within "
                                f"{timeout_s():.0f} s ({type(err).__name__}); one has failed or is stuck "
                                f"(${TIMEOUT_ENV} sets the wait)") from err

@@ -6,9 +6,10 @@ memory is its own:
 - headscope_forward: our forward (fused attention, no hooks);
 - headscope_capture: `headscope.capture` of every causal statistic for every head;
 - tl_cache: TransformerLens' bridge `run_with_cache` of every `hook_pattern`, then the same statistics
-  computed from the cached patterns (`statistics_from_patterns`, the same definitions).
+  computed from the cached patterns (`statistics_from_patterns`, the same definitions, on the model's device).
 Prints median time, peak memory above the loaded model, the ratios, and the largest difference between
-the statistics of the capture and of the TransformerLens route.
+the statistics of the capture and of the TransformerLens route; and how many times the capture halved its
+batch after running out of memory (`oom_halvings`): if any, its time is that of a smaller batch.
 
   python scripts/bench_capture.py --device cpu --model smollm2-135m --batch 1 --seq 1024
   python scripts/bench_capture.py --device cuda --model random --dtype bfloat16 --batch 8 --seq 2048
@@ -169,8 +170,11 @@ def worker(args) -> dict:
             return {"method": args.worker, "error": "out of memory"}
     if args.worker in ("headscope_capture", "tl_cache"):
         means = {name: result.mean(name).tolist() for name in result.statistics}
-    return {"method": args.worker, "ms": 1000 * statistics.median(times), "peak_mb": peak.bytes / 2**20,
-            "means": means}
+    figures = {"method": args.worker, "ms": 1000 * statistics.median(times), "peak_mb": peak.bytes / 2**20,
+               "means": means}
+    if args.worker == "headscope_capture":
+        figures["oom_halvings"] = result.meta["oom_halvings"]  # of the last timed run
+    return figures
 
 
 def run_method(args, method: str) -> dict:
@@ -198,8 +202,11 @@ def report(args, rows: dict) -> dict:
         if "error" in row:
             print(f"{method:<20}{row['error']}")
         else:
-            print(f"{method:<20}{row['ms']:>12.1f}{row['peak_mb']:>12.1f}")
+            halved = f"  batch halved {row['oom_halvings']}x after out of memory" if row.get("oom_halvings") else ""
+            print(f"{method:<20}{row['ms']:>12.1f}{row['peak_mb']:>12.1f}{halved}")
     summary = {}
+    if "oom_halvings" in rows["headscope_capture"]:
+        summary["capture_oom_halvings"] = rows["headscope_capture"]["oom_halvings"]
     ok = lambda *ms: all("error" not in rows[m] for m in ms)  # noqa: E731
     if ok("headscope_capture", "hf_forward"):
         summary["capture_time_over_hf_forward"] = rows["headscope_capture"]["ms"] / rows["hf_forward"]["ms"]

@@ -28,7 +28,7 @@ from headscope.capture.statistics import (
 )
 from headscope.errors import InputError
 from headscope.heads import parse_heads
-from headscope.model.attention import Attention, attention_bias
+from headscope.model.attention import Attention
 from headscope.model.transformer import HookedTransformer
 from headscope.progress import ProgressFile, rank_path, run_fingerprint
 
@@ -135,13 +135,12 @@ def _bidirectional_distance(qh, kh, bias, lse, mean_pos, position, scale):
     output the mass-weighted position p_i there; then sum_j A_ij |i - j| = E[j] - i + 2 (i m_i - p_i).
     """
     n_pos = qh.shape[2]
-    causal_mask = attention_bias(n_pos, n_pos, True, None, torch.float32, qh.device)
-    if causal_mask is None:
-        causal_mask = torch.zeros(1, 1, n_pos, n_pos, device=qh.device).masked_fill(
-            ~torch.ones(n_pos, n_pos, dtype=torch.bool, device=qh.device).tril(), torch.finfo(torch.float32).min)
-    combined = causal_mask if bias is None else torch.minimum(bias.float(), causal_mask)
+    # The minimum of the dtype the mask joins: float32's minimum would become -inf in bfloat16 / float16.
+    causal_mask = torch.zeros(1, 1, n_pos, n_pos, dtype=qh.dtype, device=qh.device).masked_fill(
+        ~torch.ones(n_pos, n_pos, dtype=torch.bool, device=qh.device).tril(), torch.finfo(qh.dtype).min)
+    combined = causal_mask if bias is None else torch.minimum(bias.to(qh.dtype), causal_mask)
     pos_column = (position / n_pos).to(qh.dtype).expand(*qh.shape[:3])[..., None]
-    out_c, lse_c = fused_attention_with_lse(qh, kh, pos_column, combined.to(qh.dtype), False, scale)
+    out_c, lse_c = fused_attention_with_lse(qh, kh, pos_column, combined, False, scale)
     mass_before = (lse_c - lse).exp()
     pos_before = mass_before * out_c[..., 0].float() * n_pos
     return mean_pos - position + 2 * (position * mass_before - pos_before)
@@ -172,14 +171,18 @@ def statistics_from_patterns(
     patterns: list[torch.Tensor], dataset: TokenDataset, stats: list[str] | tuple[str, ...], causal: bool = True,
 ) -> CaptureResult:
     """The statistics of full patterns someone already has (one (prompts, head, pos, pos) per layer), e.g.
-    TransformerLens' `run_with_cache` of `hook_pattern`: the same definitions as `capture`."""
+    TransformerLens' `run_with_cache` of `hook_pattern`: the same definitions as `capture`, computed on
+    the device of the first pattern (where the model ran); the result is on the CPU."""
     names = check_statistics(list(stats))
-    real = dataset.real
-    plans = make_plans(names, Batch(dataset.tokens, real, dataset.has_bos, causal))
-    sums = _BatchSums(plans, len(dataset), len(patterns), patterns[0].shape[1], torch.device("cpu"))
+    device = patterns[0].device
+    tokens = dataset.tokens.to(device)
+    real = real_mask(tokens, None if dataset.attention_mask is None else dataset.attention_mask.to(device))
+    plans = make_plans(names, Batch(tokens, real, dataset.has_bos, causal))
+    sums = _BatchSums(plans, len(dataset), len(patterns), patterns[0].shape[1], device)
     for layer, pattern in enumerate(patterns):
-        _explicit_hook(sums, layer)(pattern.cpu(), None)
-    return CaptureResult(sums.sums, {n: plan.queries.sum(1) for n, plan in plans.items()},
+        _explicit_hook(sums, layer)(pattern.to(device), None)
+    return CaptureResult({n: s.cpu() for n, s in sums.sums.items()},
+                         {n: plan.queries.sum(1).cpu() for n, plan in plans.items()},
                          {"method": "from_patterns", "n_prompts": len(dataset), "seq_len": dataset.tokens.shape[1]})
 
 
@@ -271,13 +274,14 @@ def capture(
     shards = distributed_run.gather(lambda: _capture_rows(
         model, dataset, names, method, rows, batch_size, max_memory, recorder, plan_dataset,
         progress and distributed_run.is_writer(), progress_file), split)
-    parts, resumed = [part for part, _ in shards], sum(count for _, count in shards)
+    parts, resumed = [part for part, _, _ in shards], sum(count for _, count, _ in shards)
     if recorder is not None:
         _record_skipped_prompts(model, dataset, names, method, recorder)
     meta = {"model": model.name, "dataset": dataset.name, "dataset_meta": dataset.meta, "n_prompts": len(dataset),
             "seq_len": dataset.tokens.shape[1], "method": method, "processes": processes,
-            "resumed_prompts": resumed, "headscope_version": headscope.__version__,
-            "torch_version": torch.__version__}
+            "resumed_prompts": resumed,
+            "oom_halvings": sum(halvings for _, _, halvings in shards),  # times a batch was halved after OOM
+            "headscope_version": headscope.__version__, "torch_version": torch.__version__}
     result = CaptureResult.concat(parts, meta)
     if not keep_progress:
         progress_file.remove()
@@ -306,9 +310,9 @@ def _check_request(model, dataset: TokenDataset, stats, method: str, plan_datase
 
 
 def _capture_rows(model, dataset, names, method, rows: range, batch_size, max_memory, recorder, plan_dataset,
-                  progress: bool, progress_file: ProgressFile) -> tuple[CaptureResult, int]:
-    """The prompts `rows` (a contiguous range), continued from the progress file: their result, and how
-    many prompts the file already held."""
+                  progress: bool, progress_file: ProgressFile) -> tuple[CaptureResult, int, int]:
+    """The prompts `rows` (a contiguous range), continued from the progress file: their result, how
+    many prompts the file already held, and how many times the batch was halved after running out of memory."""
     device, n_pos = model.device, dataset.tokens.shape[1]
     if batch_size is None:
         batch_size = choose_batch_size(model.cfg, n_pos, len(rows), max_memory, device, method,
@@ -318,7 +322,7 @@ def _capture_rows(model, dataset, names, method, rows: range, batch_size, max_me
     done = None if saved is None else CaptureResult.from_tensors(saved[0], saved[1]["statistics"])
     parts = [done] if done is not None else []
     resumed = 0 if done is None else done.n_prompts
-    start = rows.start + resumed
+    start, halvings = rows.start + resumed, 0
     bar = tqdm(total=len(rows) * n_pos, initial=resumed * n_pos, unit="tok", unit_scale=True,
                disable=not progress, desc="capture")
     while start < rows.stop:
@@ -331,7 +335,12 @@ def _capture_rows(model, dataset, names, method, rows: range, batch_size, max_me
         except RuntimeError as err:
             if not is_out_of_memory(err) or batch_size == 1:
                 raise _out_of_memory_error(err, n_pos) if is_out_of_memory(err) else err
+            sums = None
+        if sums is None:
+            # Out here, not in the handler: the traceback holds the failed attempt's tensors until it ends.
+            # (A no-op when CUDA was never initialised.)
             batch_size //= 2
+            halvings += 1
             torch.cuda.empty_cache()
             continue
         parts.append(CaptureResult(sums, counts))
@@ -340,7 +349,7 @@ def _capture_rows(model, dataset, names, method, rows: range, batch_size, max_me
         progress_file.save(lambda: (CaptureResult.concat(parts).tensors(), {"statistics": list(names)}),
                            final=start == rows.stop)
     bar.close()
-    return CaptureResult.concat(parts), resumed
+    return CaptureResult.concat(parts), resumed, halvings
 
 
 def _make_recorder(model, dataset, patterns, pattern_prompts) -> PatternRecorder | None:

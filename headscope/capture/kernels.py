@@ -6,13 +6,21 @@ For a row i with scores s_ij = scale * q_i . k_j and lse_i = logsumexp_j s_ij:
   the values of the one fused call gives it for free (positions -> mean distance, K -> entropy).
 One call per layer thus yields the layer's output z and every statistic, and no n x n pattern is formed.
 Three implementations: PyTorch's CPU flash kernel, the CUDA memory-efficient kernel, and an explicit
-reference that materialises the pattern in query chunks (used for tests and any other device).
+reference that materialises the pattern in query chunks (used for tests and any other device). Where the
+fused kernel cannot run (bfloat16 below compute capability 8.0, float64 on CUDA) or refuses the inputs,
+the reference takes over, with one warning per reason.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
+
+from headscope.capture.budget import is_out_of_memory
+
+_warned: set[str] = set()  # fallback reasons already reported in this process
 
 
 def fused_attention_with_lse(
@@ -28,11 +36,33 @@ def fused_attention_with_lse(
     q, k: (batch, head, pos, d); v: (batch, head, pos, e) with any width e; bias: additive
     (batch or 1, 1, pos, pos) or None. Returns out (batch, head, pos, e) and lse (batch, head, pos), float32.
     """
-    if q.device.type == "cpu":
-        return _cpu_flash(q, k, v, bias, causal, scale)
-    if q.device.type == "cuda":
-        return _cuda_efficient(q, k, v, bias, causal, scale)
+    kernel = FUSED_KERNELS.get(q.device.type)
+    if kernel is None:
+        return reference_attention_with_lse(q, k, v, bias, causal, scale)
+    reason = cuda_refusal(q.dtype, torch.cuda.get_device_capability(q.device)) if q.device.type == "cuda" else None
+    if reason is None:
+        try:
+            return kernel(q, k, v, bias, causal, scale)
+        except RuntimeError as err:  # the kernel's own refusal (a shape or layout it has no variant for)
+            if is_out_of_memory(err):
+                raise  # the engine halves the batch instead
+            reason = f"the fused {q.device.type} kernel refused {q.dtype} inputs ({err})"
+    if reason not in _warned:
+        _warned.add(reason)
+        warnings.warn(f"{reason}; using the explicit reference attention instead (slower, same results)",
+                      RuntimeWarning, stacklevel=2)
     return reference_attention_with_lse(q, k, v, bias, causal, scale)
+
+
+def cuda_refusal(dtype: torch.dtype, capability: tuple[int, int]) -> str | None:
+    """Why the CUDA memory-efficient kernel has no variant for `dtype` on a GPU of compute `capability`
+    (major, minor), or None when it has one: its bfloat16 kernels need 8.0 (Ampere), it has no float64."""
+    if dtype == torch.float64:
+        return "the fused CUDA kernel has no float64 variant"
+    if dtype == torch.bfloat16 and capability < (8, 0):
+        return (f"the fused CUDA kernel needs compute capability 8.0 for bfloat16, this GPU has "
+                f"{capability[0]}.{capability[1]}")
+    return None
 
 
 def _pad_last(x: torch.Tensor, width: int) -> torch.Tensor:
@@ -70,6 +100,11 @@ def _aligned_bias(bias: torch.Tensor, multiple: int = 16) -> torch.Tensor:
     n_key = bias.shape[-1]
     padded = -(-n_key // multiple) * multiple
     return F.pad(bias, (0, padded - n_key))[..., :n_key] if padded != n_key else bias
+
+
+# The fused kernel per device type; any other device uses the reference. A test replaces an entry with a
+# function raising the kernel's RuntimeError to exercise the fallback on a CPU.
+FUSED_KERNELS = {"cpu": _cpu_flash, "cuda": _cuda_efficient}
 
 
 def reference_attention_with_lse(q, k, v, bias, causal, scale, query_chunk: int = 256):

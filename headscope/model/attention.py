@@ -58,8 +58,7 @@ def attention_bias(
     allowed = torch.ones(1, 1, n_query, n_key, dtype=torch.bool, device=device)
     if causal:
         allowed = allowed.tril(diagonal=n_key - n_query)
-    if key_mask is not None:
-        allowed = allowed & key_mask.bool()[:, None, None, :]
+    allowed = allowed & key_mask.bool()[:, None, None, :]
     bias = torch.zeros(allowed.shape, dtype=dtype, device=device)
     return bias.masked_fill(~allowed, torch.finfo(dtype).min)
 
@@ -127,7 +126,8 @@ class Attention(nn.Module):
         v = v.repeat_interleave(self.group_size, dim=2)
         scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * self.cfg.scale
         if bias is not None:
-            scores = scores + bias
+            # Clamped: in float16 the bias' minimum plus a negative score is -inf, and a row of them NaN.
+            scores = (scores + bias).clamp_min(torch.finfo(scores.dtype).min)
         elif self.cfg.causal:
             n_q, n_k = scores.shape[-2:]
             causal = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).tril(n_k - n_q)

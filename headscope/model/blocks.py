@@ -35,9 +35,12 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(x - mean) / sqrt(var + eps) * w + b over the last axis."""
+        # In float32, cast back before the weights (as RMSNorm): in float16 x.pow(2) overflows once |x| >= 256.
+        dtype = x.dtype
+        x = x.float()
         x = x - x.mean(-1, keepdim=True)
         scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        return self.hook_normalized(x / scale * self.w + self.b)
+        return self.hook_normalized((x / scale).to(dtype) * self.w + self.b)
 
 
 class RMSNorm(nn.Module):

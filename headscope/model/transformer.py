@@ -212,7 +212,7 @@ class HookedTransformer(HookedModule):
         if low < 0 or high >= self.cfg.d_vocab:
             bad = low if low < 0 else high
             raise InputError(f"token id {bad} is out of range for a vocabulary of {self.cfg.d_vocab}")
-        tokens = tokens.to(self.device, torch.long)
+        tokens = tokens.to(self.device, torch.long, non_blocking=tokens.is_pinned())  # pinned: no wait
         if attention_mask is not None:
             if attention_mask.shape != tokens.shape:
                 raise InputError(f"attention_mask shape {tuple(attention_mask.shape)} != tokens shape "

@@ -37,6 +37,7 @@ from headscope.model.tokenizer import Tokenizer
 from headscope.model.transformer import HookedTransformer, token_losses
 
 MARKER = "training.json"
+LOSS_EVERY = 20  # steps between reads of the loss for the progress bar (each read waits for a GPU)
 
 
 @dataclass(frozen=True)
@@ -171,14 +172,15 @@ def training_batch(cfg: TrainConfig, step: int, batch_size: int | None = None) -
     if cfg.data == "stdlib":
         text = corpus_bytes(cfg.corpus_dir)
         starts = torch.randint(0, len(text) - cfg.seq_len, (batch_size or cfg.batch_size,), generator=generator)
-        windows = torch.stack([text[s : s + cfg.seq_len] for s in starts.tolist()])
+        windows = text[starts[:, None] + torch.arange(cfg.seq_len)]
         return torch.cat([torch.full((len(windows), 1), cfg.vocab), windows], dim=1)
-    rows = []
-    for _ in range(batch_size or cfg.batch_size):
-        period = int(torch.randint(cfg.min_period, cfg.max_period + 1, (1,), generator=generator))
-        segment = torch.randperm(cfg.vocab, generator=generator)[:period]
-        rows.append(torch.cat([torch.tensor([cfg.vocab]), segment.repeat(cfg.seq_len // period + 1)[: cfg.seq_len]]))
-    return torch.stack(rows)
+    n = batch_size or cfg.batch_size
+    periods, segments = torch.empty(n, dtype=torch.long), torch.empty(n, cfg.vocab, dtype=torch.long)
+    for row in range(n):  # the draws one row after another, in this order, so that a seed's data never changes
+        periods[row] = int(torch.randint(cfg.min_period, cfg.max_period + 1, (1,), generator=generator))
+        segments[row] = torch.randperm(cfg.vocab, generator=generator)
+    repeated = segments.gather(1, torch.arange(cfg.seq_len) % periods[:, None])  # token j: segment[j % period]
+    return torch.cat([torch.full((n, 1), cfg.vocab), repeated], dim=1)
 
 
 def in_context_learning_score(model: HookedTransformer, cfg: TrainConfig) -> float:
@@ -257,17 +259,21 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, resume: bool = Tr
         optimizer.load_state_dict(state["optimizer"])
     bar = tqdm(range(start + 1, cfg.steps + 1), initial=start, total=cfg.steps, disable=not progress, desc="train")
     began = time.perf_counter()
+    pin = torch.device(device).type == "cuda"
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(cfg, step)
-        tokens = training_batch(cfg, step).to(device)
-        loss = model(tokens, return_type="loss")
+        # The batch stays on the CPU: the model checks its ids there and copies it (pinned: without waiting).
+        tokens = training_batch(cfg, step)
+        loss = model(tokens.pin_memory() if pin else tokens, return_type="loss")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        rate = (step - start) * tokens.numel() / (time.perf_counter() - began)
-        bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{rate:,.0f}")
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        evaluate = step % cfg.eval_every == 0 or step == cfg.steps
+        if evaluate or step % LOSS_EVERY == 0:  # reading the loss waits for the device
+            rate = (step - start) * tokens.numel() / (time.perf_counter() - began)
+            bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{rate:,.0f}")
+        if evaluate:
             log.append(_evaluate(model, cfg, step, loss.item()))
         if out_dir is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
             _save(Path(out_dir), model, optimizer, step, log)

@@ -1,6 +1,8 @@
 """The fused capture path equals the explicit reference; batching and budgets never change results."""
 
 import dataclasses
+import sys
+import weakref
 
 import pytest
 import torch
@@ -210,22 +212,30 @@ def test_statistics_from_cached_patterns_equal_capture(tiny_model):
 
 
 @torch.no_grad()
-def test_out_of_memory_halves_the_batch_and_retries():
+def test_out_of_memory_halves_the_batch_and_retries(monkeypatch):
     torch.manual_seed(0)
     model = HookedTransformer(TINY_CONFIGS["gpt2"]).eval()
     dataset = from_tensor(natural_like_tokens(n_prompts=5, seed=7))
     expected = capture(model, dataset, batch_size=5, progress=False)
-    batch_sizes = []
+    batch_sizes, failed_attempts, cache_releases = [], [], []
 
     def fail_above_two_prompts(tensor, hook):
         batch_sizes.append(tensor.shape[0])
         if tensor.shape[0] > 2:
+            failed_attempts.append(weakref.ref(tensor))
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
+    def release_cache():  # what the CUDA caching allocator can release: only tensors nothing holds
+        cache_releases.append((sys.exc_info()[0], [ref() is None for ref in failed_attempts]))
+
+    monkeypatch.setattr(torch.cuda, "empty_cache", release_cache)
     with model.hooks([("hook_embed", fail_above_two_prompts)]):
         retried = capture(model, dataset, batch_size=5, progress=False)
     assert batch_sizes == [5, 2, 2, 1]  # 5 fails; then 2 + 2 + the last 1
     assert_same_result(expected, retried, atol=1e-7)
+    assert retried.meta["oom_halvings"] == 1 and expected.meta["oom_halvings"] == 0
+    # Released once, outside the handler, when the failed attempt's activations were already freed.
+    assert cache_releases == [(None, [True])]
 
     def always_fail(tensor, hook):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")

@@ -92,3 +92,22 @@ def test_half_precision_paths_agree(dtype):
     explicit, fused = run_both_paths(model, tokens)
     assert explicit.dtype == dtype
     torch.testing.assert_close(explicit.float(), fused.float(), atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@torch.no_grad()
+def test_a_row_with_every_key_masked_is_finite_in_half_precision(dtype):
+    """Left padding: query 0 of row 0 sees only key 0, a padding key. With scores below -16, float16's
+    minimum plus the score used to overflow to -inf, and a row of -inf gave NaN."""
+    from headscope.model.attention import Attention, attention_bias
+
+    attn = Attention(TINY_CONFIGS["gpt2"])
+    q = torch.full((2, 5, 4, 8), 3.0, dtype=dtype)
+    k, v = -q, torch.randn(2, 5, 4, 8).to(dtype)  # every score -25.5
+    key_mask = torch.ones(2, 5)
+    key_mask[0, :2] = 0
+    bias = attention_bias(5, 5, True, key_mask, dtype, q.device)
+    assert bias.dtype == dtype and bias.min() == torch.finfo(dtype).min
+    for z in (attn.explicit(q, k, v, bias), attn.fused(q, k, v, bias)):
+        assert torch.isfinite(z).all()
+        torch.testing.assert_close(z[1], attn.explicit(q[1:], k[1:], v[1:], None)[0])  # unpadded row unchanged

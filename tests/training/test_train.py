@@ -103,3 +103,29 @@ def test_the_train_command_writes_checkpoints_that_classify_reads(tmp_path):
     assert runner.invoke(cli, ["classify", str(out / "step-000030"), "--num-prompts", "4"]).exit_code == 0
     bad = runner.invoke(cli, ["train", str(tmp_path / "other"), "--steps", "0"])
     assert bad.exit_code == 1 and "steps must be a positive integer, got 0" in bad.output
+
+
+def test_a_batch_is_bos_then_a_random_segment_repeated_row_by_row():
+    """The batch against the slow construction it replaced: each row's period and segment drawn in turn
+    from the step's generator, the segment repeated to fill the row (so seeds give the data they gave)."""
+    from headscope.training.train import training_batch
+
+    cfg = TrainConfig(seed=5, vocab=30, min_period=3, max_period=15, seq_len=33)
+    for step in (-1, 1, 77):
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        rows = []
+        for _ in range(cfg.batch_size):
+            period = int(torch.randint(cfg.min_period, cfg.max_period + 1, (1,), generator=generator))
+            segment = torch.randperm(cfg.vocab, generator=generator)[:period]
+            rows.append([cfg.vocab] + [int(segment[j % period]) for j in range(cfg.seq_len)])
+        assert training_batch(cfg, step).tolist() == rows
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_training_on_cuda_follows_the_cpu_run():
+    """Same batches (drawn on the CPU), pinned and copied without waiting; sums in another order."""
+    cfg = TrainConfig(steps=40, eval_every=20, checkpoint_every=40, seed=3)
+    cpu, gpu = train(cfg, progress=False), train(cfg, progress=False, device="cuda")
+    assert [e["loss"] for e in gpu.log] == pytest.approx([e["loss"] for e in cpu.log], abs=2e-3)
+    assert next(gpu.model.parameters()).device.type == "cuda"
