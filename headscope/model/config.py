@@ -94,6 +94,13 @@ class ModelConfig:
         """The local window of `layer` (keys a query sees, itself included), or None for global attention."""
         return self.windows[layer] if self.windows else None
 
+    def attention_type(self, layer: int) -> str:
+        """What `layer`'s heads may attend to, in words: "global", "local window N", either with ", sinks"
+        (and ", bidirectional" for encoders)."""
+        window = self.window(layer)
+        kind = "global" if window is None else f"local window {window}"
+        return kind + (", sinks" if self.attn_sinks else "") + ("" if self.causal else ", bidirectional")
+
     @property
     def kv_heads(self) -> int:
         """Number of key/value heads (equal to n_heads without grouped-query attention)."""
