@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType, GGUFReader, ReaderTensor
 from gguf.quants import dequantize
-from tokenizers import AddedToken, pre_tokenizers
+from tokenizers import AddedToken, Regex, pre_tokenizers
 from tokenizers import Tokenizer as RustTokenizer
 from tokenizers.decoders import ByteLevel as ByteLevelDecoder
 from tokenizers.models import BPE
@@ -69,8 +69,16 @@ _CONTROL, _USER_DEFINED = 3, 4
 # What `tokenizer.ggml.pre` implies before byte-level BPE. llama.cpp's `llama-vocab.cpp` lists the
 # regexes per pre-tokenizer type: "gpt2" is GPT-2's regex alone; "smollm" (like "starcoder") first
 # isolates every digit (`\p{N}`), which is Hugging Face's `Digits(individual_digits=True)`.
+# "qwen2" (Qwen2/2.5/3) is one regex before byte-level BPE: digits one by one, letters with at most one
+# leading non-letter, contractions in any case; Qwen2's tokenizer.json writes the same Split.
+_QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 _PRE_TOKENIZERS: dict[str, Callable[[], pre_tokenizers.PreTokenizer]] = {
     "gpt2": lambda: pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    "qwen2": lambda: pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(_QWEN2_REGEX), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ]),
     "smollm": lambda: pre_tokenizers.Sequence([
         pre_tokenizers.Digits(individual_digits=True),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),

@@ -15,6 +15,7 @@ import transformers
 
 from headscope.loading.gguf import load_gguf
 from headscope.model.transformer import HookedTransformer
+from tests.loading.test_gguf import TEXTS, _tiny_tokenizer
 from tests.loading.test_hf_families import COMMON, LAYER_TYPES, VOCAB, WINDOW
 
 N_POS = 16
@@ -57,10 +58,18 @@ def _gguf_name(name: str, gemma: bool) -> str:
     return name
 
 
-def write_gguf(model: transformers.PreTrainedModel, arch: str, path: Path) -> Path:
-    """The model as llama.cpp would convert it (F32 tensors, no tokenizer)."""
+def write_gguf(model: transformers.PreTrainedModel, arch: str, path: Path, pre_tokenizer: str | None = None) -> Path:
+    """The model as llama.cpp would convert it (F32 tensors); with `pre_tokenizer`, a byte-level BPE tokenizer
+    trained on a few lines, under that `tokenizer.ggml.pre`."""
     cfg, gemma = model.config, arch.startswith("gemma")
     writer = gguf.GGUFWriter(path, arch)
+    if pre_tokenizer is not None:
+        tokens, merges, types = _tiny_tokenizer()
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre(pre_tokenizer)
+        writer.add_token_list(tokens + [f"<unused{i}>" for i in range(cfg.vocab_size - len(tokens))])
+        writer.add_token_merges(merges)
+        writer.add_token_types(types + [3] * (cfg.vocab_size - len(tokens)))
     writer.add_block_count(cfg.num_hidden_layers)
     writer.add_context_length(cfg.max_position_embeddings)
     writer.add_embedding_length(cfg.hidden_size)
@@ -147,3 +156,14 @@ def test_transformers_gguf_loading_agrees(case, tmp_path):
     ours = HookedTransformer.from_loaded(load_gguf(path)).eval()
     tokens = _tokens()
     assert (theirs(tokens).logits - ours(tokens)).abs().max() <= 1e-4
+
+
+def test_qwen2_pre_tokenizer_matches_transformers(tmp_path):
+    """`tokenizer.ggml.pre = qwen2` (Qwen2.5 and Qwen3 GGUF files): our tokenizer against transformers' GGUF one."""
+    model = _build("qwen2")
+    model.resize_token_embeddings(320)  # room for the tiny BPE vocabulary
+    path = write_gguf(model, "qwen2", tmp_path / "qwen2.gguf", pre_tokenizer="qwen2")
+    ours = load_gguf(path).tokenizer
+    reference = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name)
+    for text in [*TEXTS, "it's THEY'RE 12345 x\n\n  y"]:
+        assert ours.encode(text, prepend_bos=False) == reference(text, add_special_tokens=False)["input_ids"], text
