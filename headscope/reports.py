@@ -21,9 +21,24 @@ def describe_model(model) -> list[str]:
     config = model.cfg.to_dict()
     width = max(map(len, config))
     lines += [f"  {key.ljust(width)}  {value}" for key, value in config.items()]
+    lines.append("attention per layer:")
+    lines += [f"  {layers}: {kind}" for layers, kind in attention_runs(model.cfg)]
     names = model.hook_names()
     lines.append(f"hook points ({len(names)}):")
     return lines + [f"  {line}" for line in group_hook_names(names)]
+
+
+def attention_runs(cfg) -> list[tuple[str, str]]:
+    """Each layer's attention type (`ModelConfig.attention_type`), consecutive equal layers folded:
+    [("L0-L4", "local window 512"), ("L5", "global"), ...]."""
+    runs: list[list] = []
+    for layer in range(cfg.n_layers):
+        kind = cfg.attention_type(layer)
+        if runs and runs[-1][2] == kind:
+            runs[-1][1] = layer
+        else:
+            runs.append([layer, layer, kind])
+    return [(f"L{a}" if a == b else f"L{a}-L{b}", kind) for a, b, kind in runs]
 
 
 def group_hook_names(names: Iterable[str]) -> list[str]:

@@ -30,6 +30,19 @@ TINY_CONFIGS = {
                         attn_bias=True, attn_out_bias=True, mlp_bias=True, unembed_bias=True),
     "attn-only": ModelConfig(architecture="attn-only", d_model=32, n_layers=2, n_heads=4, d_head=8, d_vocab=99,
                              n_ctx=64, norm="none", final_norm=False),
+    # Issue 19's options: windows shorter than the test sequences, soft-capping that bites on random weights.
+    "gemma": ModelConfig(architecture="gemma2", d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_head=8,
+                         d_vocab=99, n_ctx=64, d_mlp=64, act_fn="gelu_new", gated_mlp=True, norm="rmsnorm",
+                         positional="rotary", qk_norm="head", windows=(4, None), local_rotary_base=100.0,
+                         attn_softcap=0.5, final_softcap=3.0, block_norms="sandwich", embed_scale=32**0.5,
+                         tie_embeddings=True),
+    "olmo2": ModelConfig(architecture="olmo2", d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_head=8,
+                         d_vocab=99, n_ctx=64, d_mlp=64, act_fn="silu", gated_mlp=True, norm="rmsnorm",
+                         positional="rotary", qk_norm="all", block_norms="output"),
+    "sinks": ModelConfig(architecture="gpt_oss", d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_head=8,
+                         d_vocab=99, n_ctx=64, d_mlp=64, act_fn="silu", gated_mlp=True, norm="rmsnorm",
+                         positional="rotary", windows=(5, None), attn_sinks=True, attn_bias=True,
+                         attn_out_bias=True),
 }
 
 

@@ -306,3 +306,19 @@ def test_ablate_knockout_cuts_attention_edges(tiny_checkpoint):
     assert_one_line_error(run("ablate", str(tiny_checkpoint), "--sweep", "head", "--knockout", "0"), "not a --sweep")
     assert_one_line_error(run("ablate", str(tiny_checkpoint), "--heads", "L1H0", "--knockout", "99",
                               "--seq-len", "8"), "out of range")
+
+
+def test_models_info_names_each_layers_attention_type(tmp_path):
+    """Issue 19: local windows, global layers and sinks, layer by layer (equal neighbours folded)."""
+    import dataclasses
+
+    from tests.conftest import TINY_CONFIGS
+
+    cfg = dataclasses.replace(TINY_CONFIGS["sinks"], n_layers=4, windows=(5, 5, None, 5))
+    folder = save_checkpoint(HookedTransformer(cfg), tmp_path / "local")
+    result = run("models", "info", str(folder))
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    start = lines.index("attention per layer:")
+    assert lines[start + 1 : start + 4] == ["  L0-L1: local window 5, sinks", "  L2: global, sinks",
+                                            "  L3: local window 5, sinks"]

@@ -9,7 +9,8 @@ through W_QK(h') = W_Q W_K^T (queries and keys) and W_OV(h') (values). With F th
 A score is near 1/sqrt(d_model)-ish for unrelated random matrices and larger when the subspaces align.
 The reading head's input norm scale (ln1.w) is folded into its W_Q, W_K, W_V, and LayerNorm's centring
 too, as TransformerLens' `fold_ln` does; with grouped-query attention a head reads through its key/value
-head. Products are never formed at d_model x d_model: every norm is a trace of d_head x d_head Gram
+head. QK-norm weights are folded into W_Q and W_K and a post-attention norm's weight into the writer's W_O
+(their division by the RMS is a positive factor per position, which these ratios of norms ignore). Products are never formed at d_model x d_model: every norm is a trace of d_head x d_head Gram
 matrices (F(A B)^2 = tr(B^T A^T A B)).
 
 References
@@ -37,7 +38,11 @@ def _reading_weights(model: HookedTransformer, layer: int) -> tuple[torch.Tensor
     weights = [attn.W_Q, attn.W_K.repeat_interleave(group, 0), attn.W_V.repeat_interleave(group, 0)]
     weights = [w.detach().double() for w in weights]
     cfg = model.cfg
-    if cfg.norm != "none" and not cfg.post_norm:
+    if cfg.qk_norm != "none":  # w per d_head ("head") or per head and d_head ("all")
+        weights[0] = weights[0] * attn.q_norm.w.detach().double().reshape(-1, 1, cfg.d_head)
+        k_norm = attn.k_norm.w.detach().double().reshape(-1, 1, cfg.d_head)
+        weights[1] = weights[1] * (k_norm.repeat_interleave(group, 0) if cfg.qk_norm == "all" else k_norm)
+    if cfg.norm != "none" and not cfg.post_norm and cfg.block_norms != "output":
         scale = model.blocks[layer].ln1.w.detach().double()[None, :, None]
         weights = [w * scale for w in weights]
         if cfg.norm == "layernorm":  # the centring x - mean(x) is a projection folded into the weights
@@ -49,7 +54,10 @@ def _writing_weights(model: HookedTransformer, layer: int) -> tuple[torch.Tensor
     """W_V (head, d_model, d_head) and W_O (head, d_head, d_model) of every head of a layer."""
     attn = model.blocks[layer].attn
     W_V = attn.W_V.detach().double().repeat_interleave(attn.group_size, 0)
-    return W_V, attn.W_O.detach().double()
+    W_O = attn.W_O.detach().double()
+    if model.cfg.block_norms != "pre":  # the norm after attention scales what the head writes
+        W_O = W_O * model.blocks[layer].ln1_post.w.detach().double()
+    return W_V, W_O
 
 
 def composition_scores(model: HookedTransformer) -> torch.Tensor:

@@ -9,7 +9,8 @@ t is also the true next token), the head's output `hook_result[b, i, h]` is pass
 norm with its scale frozen at the value of that position (`ln_final.hook_scale[b, i]`; centred first
 for LayerNorm, times the norm's weight), then through the unembedding: the score is that vector's
 product with W_U[:, t] minus its mean over the vocabulary, i.e. how much the head alone raises t's logit
-above an average token's. It is averaged over every such query of every prompt, in logits. Positive:
+above an average token's. With a norm after attention (Gemma's sandwich, OLMo 2) the head's output first
+goes through that norm the same way, its scale frozen at `blocks.{l}.ln1_post.hook_scale`. It is averaged over every such query of every prompt, in logits. Positive:
 the head pushes the copied token; near zero: it attends without copying (or copies through later layers,
 which this direct effect does not see).
 
@@ -98,6 +99,8 @@ def _batch_effects(model, tokens, mask, heads, b, i, copied) -> dict[tuple[int, 
     names = [f"blocks.{layer}.attn.hook_result" for layer in layers]
     if model.cfg.final_norm:
         names.append("ln_final.hook_scale")
+    if model.cfg.block_norms != "pre":
+        names += [f"blocks.{layer}.ln1_post.hook_scale" for layer in layers]
     device = model.device
     _, cache = model.run_with_cache(tokens.to(device), names_filter=names,
                                     attention_mask=None if mask is None else mask.to(device), return_type=None)
@@ -107,6 +110,8 @@ def _batch_effects(model, tokens, mask, heads, b, i, copied) -> dict[tuple[int, 
     out = {}
     for layer, head in heads:
         x = cache[f"blocks.{layer}.attn.hook_result"][b, i, head].float()  # (queries, d_model)
+        if model.cfg.block_norms != "pre":  # RMSNorm after attention, at its frozen scale
+            x = x / cache[f"blocks.{layer}.ln1_post.hook_scale"][b, i].float() * model.blocks[layer].ln1_post.w.float()
         x = _frozen_final_norm(model, x, None if not model.cfg.final_norm else cache["ln_final.hook_scale"][b, i])
         out[(layer, head)] = float((x * directions.T).sum())
     return out

@@ -41,6 +41,9 @@ def path_ablation_effects(model: HookedTransformer, dataset: TokenDataset, edges
     if bad:
         (a, b) = bad[0]
         raise InputError(f"edge {head_name(*a)} -> {head_name(*b)}: a head can only feed heads of later layers")
+    if model.cfg.block_norms != "pre":
+        raise InputError(f"measured composition needs each head's direct output in the residual stream, which a "
+                         f"norm after attention (block_norms {model.cfg.block_norms!r}) does not separate")
     tokens = dataset.tokens.to(model.device)
     mask = None if dataset.attention_mask is None else dataset.attention_mask.to(model.device)
     real = dataset.real.to(model.device)

@@ -65,13 +65,18 @@ class _BatchSums:
                 self.recorder.add(layer, head, self.start + row, pattern_of(row, head), length)
 
 
-def _entries(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, plan: EntryPlan, scale: float) -> torch.Tensor:
-    """A[b, h, i, j] for the plan's pairs, (n_pairs, head), from q (b, pos, head, d), k (b, pos, head, d)."""
+def _entries(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, plan: EntryPlan, scale: float,
+             window: int | None = None) -> torch.Tensor:
+    """A[b, h, i, j] for the plan's pairs, (n_pairs, head), from q (b, pos, head, d), k (b, pos, head, d).
+
+    Plans name only causal pairs of real tokens; a local layer's `window` also hides pairs i - j >= window.
+    """
     out = []
     for start in range(0, plan.batch_idx.numel(), PAIR_CHUNK):
         b, i, j = (t[start : start + PAIR_CHUNK] for t in (plan.batch_idx, plan.query_idx, plan.key_idx))
         scores = (q[b, i].float() * k[b, j].float()).sum(-1) * scale  # (pairs, head)
-        out.append((scores - lse[b, :, i]).exp())
+        values = (scores - lse[b, :, i]).exp()
+        out.append(values if window is None else torch.where((i - j < window)[:, None], values, 0.0))
     return torch.cat(out) if out else q.new_zeros(0, q.shape[2], dtype=torch.float32)
 
 
@@ -93,27 +98,42 @@ def _fused_kernel(sums: _BatchSums, layer: int):
         if "mean_distance" in rows:
             columns.append((position / n_pos).to(q.dtype).expand(batch, qh.shape[1], n_pos)[..., None])
         out, lse = fused_attention_with_lse(qh, kh, torch.cat(columns, -1), bias, causal, scale)
+        out, lse, mass = _with_sinks(attn, out, lse)
 
         col = d
         if "entropy" in rows:
             attended_k = out[..., col : col + d].float()
             col += d
-            entropy = lse - scale * (qh.float() * attended_k).sum(-1)
+            entropy = lse * mass - scale * (qh.float() * attended_k).sum(-1)
             sums.add_rows(rows["entropy"].row, layer, entropy, rows["entropy"].queries)
         if "mean_distance" in rows:
             mean_pos = out[..., col].float() * n_pos
             if causal:
-                distance = position - mean_pos
+                distance = position * mass - mean_pos
             else:
                 distance = _bidirectional_distance(qh, kh, bias, lse, mean_pos, position, scale)
             sums.add_rows("mean_distance", layer, distance, rows["mean_distance"].queries)
         for name, plan in sums.plans.items():
             if isinstance(plan, EntryPlan):
-                sums.add_entries(name, layer, plan.batch_idx, _entries(q, k_all, lse, plan, scale))
+                sums.add_entries(name, layer, plan.batch_idx, _entries(q, k_all, lse, plan, scale, attn.window))
         sums.record(layer, lambda row, head: _pattern_of(qh, kh, lse, bias, causal, scale, row, head))
         return out[..., :d].transpose(1, 2).to(q.dtype)
 
     return kernel
+
+
+def _with_sinks(attn: Attention, out: torch.Tensor, lse: torch.Tensor):
+    """Fold a layer's sink logits into a call over the real keys: (out, lse, mass of the real keys).
+
+    With a sink logit s per head the softmax has one more term, so lse' = logaddexp(lse, s), every entry
+    exp(score - lse') and every average over real keys shrinks by mass = exp(lse - lse') (the sink's value
+    is zero). Rows of the pattern then sum to `mass`, as at `hook_pattern`. Without sinks: mass 1.
+    """
+    if not attn.cfg.attn_sinks:
+        return out, lse, 1.0
+    total = torch.logaddexp(lse, attn.sinks.float()[None, :, None])
+    mass = (lse - total).exp()
+    return out * mass[..., None].to(out.dtype), total, mass
 
 
 def _pattern_of(qh, kh, lse, bias, causal, scale, row: int, head: int) -> torch.Tensor:
@@ -188,7 +208,9 @@ def statistics_from_patterns(
 
 @contextlib.contextmanager
 def _installed(model: HookedTransformer, sums: _BatchSums, method: str) -> Iterator[None]:
-    if method == "explicit":
+    # Soft-capped scores (Gemma 2) have no fused kernel: the model takes its explicit path, and the
+    # statistics are read off that pattern whatever the method.
+    if method == "explicit" or model.cfg.attn_softcap is not None:
         hooks = [(f"blocks.{layer}.attn.hook_pattern", _explicit_hook(sums, layer)) for layer in range(len(model.blocks))]
         with model.hooks(hooks):
             yield

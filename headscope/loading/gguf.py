@@ -1,10 +1,16 @@
-"""Load a llama.cpp GGUF file (architecture `llama`, e.g. SmolLM2) into headscope's weight layout.
+"""Load a llama.cpp GGUF file (architectures `llama`, e.g. SmolLM2, and qwen2, qwen3, gemma2, gemma3,
+phi3) into headscope's weight layout.
 
 A GGUF holds the model's config and tokenizer as metadata and its weights as (possibly quantized)
 tensors. This module reads all three with the `gguf` package, dequantizes to float32, undoes
-llama.cpp's Q/K row permutation and reshapes to the per-head layout of docs/design.md. Anything it
-does not understand (another architecture, RoPE scaling, a quantization type, a tensor no table
-names) is an error, never silently ignored.
+llama.cpp's Q/K row permutation (llama only: the other architectures use NeoX-style RoPE, which
+convert_hf_to_gguf.py leaves unpermuted) and reshapes to the per-head layout of docs/design.md. The
+extra families follow llama.cpp's conventions: Gemma norms already hold 1 + w, Phi-3 keeps its fused
+`attn_qkv` and `ffn_up` (gate rows first), sliding windows come from `attention.sliding_window` and
+`attention.sliding_window_pattern` (llama.cpp's defaults when absent: every 2nd layer global for
+gemma2, every 6th for gemma3, all local for phi3). Anything it does not understand (another
+architecture, RoPE scaling, a quantization type, a tensor no table names) is an error, never silently
+ignored.
 """
 
 from __future__ import annotations
@@ -18,16 +24,18 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType, GGUFReader, ReaderTensor
 from gguf.quants import dequantize
-from tokenizers import AddedToken, pre_tokenizers
+from tokenizers import AddedToken, Regex, pre_tokenizers
 from tokenizers import Tokenizer as RustTokenizer
 from tokenizers.decoders import ByteLevel as ByteLevelDecoder
 from tokenizers.models import BPE
 
 from headscope.errors import ModelFormatError, ModelNotFoundError, UnsupportedModelError
 from headscope.loading import LoadedModel
+from headscope.loading.gguf_families import ARCH_KEYS, family_options, split_fused, tensor_names
 from headscope.model.config import ModelConfig
 from headscope.model.tokenizer import Tokenizer
 
+_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3")
 SUPPORTED_TYPES = {
     GGMLQuantizationType.F32,
     GGMLQuantizationType.F16,
@@ -54,24 +62,6 @@ _OPTIONAL_KEYS = {
     "rope_dims": "{}.rope.dimension_count",
     "vocab_size": "{}.vocab_size",
 }
-# GGUF tensor name -> our weight name; `{}` is the layer index. `output.weight` is absent when tied.
-_GLOBAL_TENSORS = {
-    "token_embd.weight": "embed.W_E",
-    "output_norm.weight": "ln_final.w",
-    "output.weight": "unembed.W_U",
-}
-_LAYER_TENSORS = {
-    "blk.{}.attn_norm.weight": "blocks.{}.ln1.w",
-    "blk.{}.attn_q.weight": "blocks.{}.attn.W_Q",
-    "blk.{}.attn_k.weight": "blocks.{}.attn.W_K",
-    "blk.{}.attn_v.weight": "blocks.{}.attn.W_V",
-    "blk.{}.attn_output.weight": "blocks.{}.attn.W_O",
-    "blk.{}.ffn_norm.weight": "blocks.{}.ln2.w",
-    "blk.{}.ffn_gate.weight": "blocks.{}.mlp.W_gate",
-    "blk.{}.ffn_up.weight": "blocks.{}.mlp.W_in",
-    "blk.{}.ffn_down.weight": "blocks.{}.mlp.W_out",
-}
-
 # llama.cpp token types (gguf.TokenType): CONTROL tokens are special, USER_DEFINED ones are
 # matched whole in text but not special.
 _CONTROL, _USER_DEFINED = 3, 4
@@ -79,8 +69,16 @@ _CONTROL, _USER_DEFINED = 3, 4
 # What `tokenizer.ggml.pre` implies before byte-level BPE. llama.cpp's `llama-vocab.cpp` lists the
 # regexes per pre-tokenizer type: "gpt2" is GPT-2's regex alone; "smollm" (like "starcoder") first
 # isolates every digit (`\p{N}`), which is Hugging Face's `Digits(individual_digits=True)`.
+# "qwen2" (Qwen2/2.5/3) is one regex before byte-level BPE: digits one by one, letters with at most one
+# leading non-letter, contractions in any case; Qwen2's tokenizer.json writes the same Split.
+_QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 _PRE_TOKENIZERS: dict[str, Callable[[], pre_tokenizers.PreTokenizer]] = {
     "gpt2": lambda: pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    "qwen2": lambda: pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(_QWEN2_REGEX), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ]),
     "smollm": lambda: pre_tokenizers.Sequence([
         pre_tokenizers.Digits(individual_digits=True),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
@@ -96,12 +94,12 @@ def load_gguf(path: str | Path) -> LoadedModel:
     architecture = metadata.get("general.architecture")
     if architecture is None:
         raise ModelFormatError(f"{path}: no general.architecture in the GGUF metadata")
-    if architecture != "llama":
-        raise UnsupportedModelError(
-            f"{path}: GGUF architecture {architecture!r} is not supported; headscope reads 'llama' GGUF files")
+    if architecture not in _ARCHITECTURES:
+        raise UnsupportedModelError(f"{path}: GGUF architecture {architecture!r} is not supported; headscope reads "
+                                    f"{', '.join(sorted(_ARCHITECTURES))} GGUF files")
     tensors = {t.name: t for t in reader.tensors}
-    config = _llama_config(metadata, tensors, path)
-    state_dict = _state_dict(tensors, config, path)
+    config = _llama_config(metadata, tensors, path, architecture)
+    state_dict = _state_dict(tensors, config, path, architecture)
     return LoadedModel(
         config=config,
         state_dict=state_dict,
@@ -131,36 +129,39 @@ def _metadata(reader: GGUFReader, path: Path) -> dict[str, Any]:
 
 
 # ----- config -------------------------------------------------------------------------------------
-def _llama_config(metadata: dict[str, Any], tensors: dict[str, ReaderTensor], path: Path) -> ModelConfig:
-    """Map llama metadata to a ModelConfig, refusing settings the model does not implement."""
-    _refuse_unknown_keys(metadata, "llama", path)
-    missing = [key.format("llama") for key in _REQUIRED_KEYS.values() if key.format("llama") not in metadata]
+def _llama_config(metadata: dict[str, Any], tensors: dict[str, ReaderTensor], path: Path,
+                  arch: str = "llama") -> ModelConfig:
+    """Map llama-like metadata to a ModelConfig, refusing settings the model does not implement."""
+    _refuse_unknown_keys(metadata, arch, path)
+    missing = [key.format(arch) for key in _REQUIRED_KEYS.values() if key.format(arch) not in metadata]
     if missing:
         raise ModelFormatError(f"{path}: GGUF metadata lacks {', '.join(missing)}")
     if "token_embd.weight" not in tensors:
         raise ModelFormatError(f"{path}: no token_embd.weight tensor")
-    value = {name: metadata[key.format("llama")] for name, key in _REQUIRED_KEYS.items()}
-    value |= {name: metadata.get(key.format("llama")) for name, key in _OPTIONAL_KEYS.items()}  # None if absent
+    value = {name: metadata[key.format(arch)] for name, key in _REQUIRED_KEYS.items()}
+    value |= {name: metadata.get(key.format(arch)) for name, key in _OPTIONAL_KEYS.items()}  # None if absent
     d_head = value["key_length"] or value["d_model"] // value["n_heads"]
     _check_head_sizes(value, d_head, path)
     d_vocab = int(tensors["token_embd.weight"].shape[1])  # ggml shape is (d_model, d_vocab)
     if value["vocab_size"] not in (None, d_vocab):
-        raise ModelFormatError(f"{path}: llama.vocab_size {value['vocab_size']} != token_embd rows {d_vocab}")
+        raise ModelFormatError(f"{path}: {arch}.vocab_size {value['vocab_size']} != token_embd rows {d_vocab}")
     try:
-        return ModelConfig(
-            architecture="llama", d_model=value["d_model"], n_layers=value["n_layers"], n_heads=value["n_heads"],
+        fields = dict(
+            architecture=arch, d_model=value["d_model"], n_layers=value["n_layers"], n_heads=value["n_heads"],
             n_kv_heads=value["n_kv_heads"], d_head=d_head, d_vocab=d_vocab, n_ctx=value["n_ctx"],
             d_mlp=value["d_mlp"], act_fn="silu", gated_mlp=True, norm="rmsnorm", norm_eps=float(value["norm_eps"]),
             positional="rotary", rotary_base=float(value["rotary_base"] or 10000.0),
             tie_embeddings="output.weight" not in tensors, has_unembed=True,
         )
+        return ModelConfig(**fields | family_options(arch, value, metadata, path))
     except ValueError as err:
         raise ModelFormatError(f"{path}: inconsistent GGUF config: {err}") from err
 
 
 def _refuse_unknown_keys(metadata: dict[str, Any], arch: str, path: Path) -> None:
     """Every `llama.*` key is one we read; any other (RoPE scaling, experts, ...) changes the model."""
-    known = {key.format(arch) for key in (*_REQUIRED_KEYS.values(), *_OPTIONAL_KEYS.values())}
+    known = {key.format(arch) for key in (*_REQUIRED_KEYS.values(), *_OPTIONAL_KEYS.values(),
+                                          *ARCH_KEYS.get(arch, {}).values())}
     for key, value in metadata.items():
         if key.startswith(f"{arch}.") and key not in known:
             raise UnsupportedModelError(f"{path}: GGUF setting {key} = {value!r} is not supported "
@@ -177,9 +178,10 @@ def _check_head_sizes(value: dict[str, Any], d_head: int, path: Path) -> None:
 
 
 # ----- weights ------------------------------------------------------------------------------------
-def _state_dict(tensors: dict[str, ReaderTensor], config: ModelConfig, path: Path) -> dict[str, torch.Tensor]:
+def _state_dict(tensors: dict[str, ReaderTensor], config: ModelConfig, path: Path,
+                arch: str = "llama") -> dict[str, torch.Tensor]:
     """Dequantize and convert every tensor; a tensor no table names, or one missing, is an error."""
-    names = _tensor_names(config)
+    names = tensor_names(config, arch)
     unused = sorted(set(tensors) - set(names))
     if unused:
         raise ModelFormatError(f"{path}: GGUF tensors headscope does not use: {', '.join(unused[:5])}")
@@ -191,19 +193,17 @@ def _state_dict(tensors: dict[str, ReaderTensor], config: ModelConfig, path: Pat
         ours = names[gguf_name]
         weight = _dequantize(tensor, path)
         try:
-            state_dict[ours] = _CONVERSIONS[ours.rsplit(".", 1)[-1]](weight, config)
+            if isinstance(ours, tuple):  # Phi-3's fused tensors
+                state_dict |= split_fused(ours, weight, config)
+            elif arch != "llama" and ours.rsplit(".", 1)[-1] in ("W_Q", "W_K"):  # NeoX RoPE: rows as in HF
+                heads = config.n_heads if ours.endswith("W_Q") else config.kv_heads
+                state_dict[ours] = _per_head_in(weight, heads, config.d_head)
+            else:
+                state_dict[ours] = _CONVERSIONS[ours.rsplit(".", 1)[-1]](weight, config)
         except RuntimeError as err:
             raise ModelFormatError(f"{path}: tensor {gguf_name} of shape {tuple(weight.shape)} does not fit "
                                    f"the config: {err}") from err
     return state_dict
-
-
-def _tensor_names(config: ModelConfig) -> dict[str, str]:
-    """GGUF name -> our name for every tensor this config may hold."""
-    names = dict(_GLOBAL_TENSORS)
-    for layer in range(config.n_layers):
-        names |= {src.format(layer): dst.format(layer) for src, dst in _LAYER_TENSORS.items()}
-    return names
 
 
 def _dequantize(tensor: ReaderTensor, path: Path) -> torch.Tensor:
@@ -249,6 +249,9 @@ _CONVERSIONS: dict[str, Callable[[torch.Tensor, ModelConfig], torch.Tensor]] = {
     "W_in": lambda w, cfg: w.T.contiguous(),  # [M, D] -> [D, M]
     "W_gate": lambda w, cfg: w.T.contiguous(),
     "W_out": lambda w, cfg: w.T.contiguous(),  # [D, M] -> [M, D]
+    "b_Q": lambda b, cfg: b.reshape(cfg.n_heads, cfg.d_head),
+    "b_K": lambda b, cfg: b.reshape(cfg.kv_heads, cfg.d_head),
+    "b_V": lambda b, cfg: b.reshape(cfg.kv_heads, cfg.d_head),
 }
 
 

@@ -1,4 +1,5 @@
-"""What headscope knows of each Hugging Face architecture: GPT-2, Llama, BERT and GPT-NeoX.
+"""What headscope knows of each Hugging Face architecture: GPT-2, Llama, BERT and GPT-NeoX here, the
+Llama-like families of issue 19 (Qwen, Gemma, OLMo 2, Phi-3, Mistral) in `hf_families.py`.
 
 A per-family function maps a config dict to a `ModelConfig`, refusing settings the model does not
 implement, and exact key tables (`{}` is the layer index) rename and reshape every weight to the layout
@@ -347,22 +348,32 @@ _CLASSES = {
 }
 
 
+def _known() -> tuple[dict[str, Family], dict[str, str], dict[str, tuple[str, bool]]]:
+    """Families, model types and classes of this module and of `hf_families.py` (imported here, on
+    first use, because it builds on this module's conversions)."""
+    from headscope.loading import hf_families
+
+    return (_FAMILIES | hf_families.FAMILIES, _MODEL_TYPES | hf_families.MODEL_TYPES,
+            _CLASSES | hf_families.CLASSES)
+
+
 def family_and_head(hf: dict[str, Any], class_name: str | None, source: str) -> tuple[Family, bool]:
     """The family of `model_type`, and whether the class carries a language-model head."""
+    families, model_types, classes = _known()
     model_type = hf.get("model_type")
-    if model_type not in _MODEL_TYPES:
+    if model_type not in model_types:
         raise UnsupportedModelError(f"{source}: model_type {model_type!r} is not supported "
-                                    f"(supported: {', '.join(sorted(_MODEL_TYPES))})")
-    family = _MODEL_TYPES[model_type]
+                                    f"(supported: {', '.join(sorted(model_types))})")
+    family = model_types[model_type]
     if class_name is None:  # no `architectures` entry: assume the language-model class
-        return _FAMILIES[family], family != "bert"
-    if class_name not in _CLASSES:
+        return families[family], family != "bert"
+    if class_name not in classes:
         raise UnsupportedModelError(f"{source}: architecture {class_name} is not supported "
-                                    f"(supported: {', '.join(sorted(_CLASSES))})")
-    class_family, lm_head = _CLASSES[class_name]
+                                    f"(supported: {', '.join(sorted(classes))})")
+    class_family, lm_head = classes[class_name]
     if class_family != family:
         raise ModelFormatError(f"{source}: architecture {class_name} does not match model_type {model_type!r}")
-    return _FAMILIES[family], lm_head
+    return families[family], lm_head
 
 
 def architecture_class(hf: dict[str, Any], source: str) -> str | None:

@@ -3,6 +3,8 @@
 The explicit path computes scores, softmax and the pattern, and exposes them at `hook_attn_scores` and
 `hook_pattern`. The fused path calls PyTorch's `scaled_dot_product_attention` and never forms the
 pattern; it is taken whenever nothing hooks the scores or the pattern. Tests hold the two equal.
+Config options add QK-norm, local windows (through the mask), soft-capped scores (explicit path only:
+no fused kernel caps) and learned sink logits (an extra key of zero value on the fused path).
 """
 
 from __future__ import annotations
@@ -45,30 +47,58 @@ class Rotary(nn.Module):
 
 
 def attention_bias(
-    n_query: int, n_key: int, causal: bool, key_mask: torch.Tensor | None, dtype: torch.dtype, device: torch.device
+    n_query: int, n_key: int, causal: bool, key_mask: torch.Tensor | None, dtype: torch.dtype, device: torch.device,
+    window: int | None = None,
 ) -> torch.Tensor | None:
     """Additive mask (batch or 1, 1, query, key): 0 where attention is allowed, the dtype's minimum elsewhere.
 
     The minimum rather than -inf keeps a row with no allowed key (a padding query) finite.
-    None when there is no padding: the causal mask (if any) is then applied by each path itself, and the
-    fused kernel takes its faster `is_causal` route.
+    None when there is no padding and no window: the causal mask (if any) is then applied by each path
+    itself, and the fused kernel takes its faster `is_causal` route. A `window` of N keeps the N latest
+    keys up to the query (key > query - N), as transformers' sliding-window masks do.
     """
-    if key_mask is None:
+    if key_mask is None and window is None:
         return None
     allowed = torch.ones(1, 1, n_query, n_key, dtype=torch.bool, device=device)
     if causal:
         allowed = allowed.tril(diagonal=n_key - n_query)
-    allowed = allowed & key_mask.bool()[:, None, None, :]
+    if window is not None:
+        allowed = allowed.triu(diagonal=n_key - n_query - window + 1)
+    if key_mask is not None:
+        allowed = allowed & key_mask.bool()[:, None, None, :]
     bias = torch.zeros(allowed.shape, dtype=dtype, device=device)
     return bias.masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+class QKNorm(nn.Module):
+    """RMSNorm of queries or keys (batch, pos, head, d_head): over each head ("head", Qwen3 and Gemma 3,
+    weight [d_head]) or over all heads at once ("all", OLMo 2, weight [heads * d_head]).
+
+    In float32, weight applied last, as transformers' RMSNorms do.
+    """
+
+    def __init__(self, mode: str, n_heads: int, d_head: int, eps: float) -> None:
+        super().__init__()
+        self.mode = mode
+        self.eps = eps
+        self.w = nn.Parameter(torch.ones(d_head if mode == "head" else n_heads * d_head))
+        self.hook_scale = HookPoint()  # (batch, pos, head or 1, 1)
+        self.hook_normalized = HookPoint()  # (batch, pos, head, d_head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype, shape = x.dtype, x.shape
+        x = x.float() if self.mode == "head" else x.float().flatten(2)[:, :, None]  # (b, p, 1, H*d) for "all"
+        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        return self.hook_normalized((self.w * (x / scale).to(dtype)).reshape(shape))
 
 
 class Attention(nn.Module):
     """Multi-head attention with grouped key/value heads; hook points named as TransformerLens names them."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
+        self.window = cfg.window(layer)  # None for global attention
         H, K, D, d = cfg.n_heads, cfg.kv_heads, cfg.d_model, cfg.d_head
         self.W_Q = nn.Parameter(torch.empty(H, D, d))
         self.W_K = nn.Parameter(torch.empty(K, D, d))
@@ -80,7 +110,13 @@ class Attention(nn.Module):
             self.b_V = nn.Parameter(torch.zeros(K, d))
         if cfg.attn_out_bias:
             self.b_O = nn.Parameter(torch.zeros(D))
-        self.rotary = Rotary(cfg.rotary_dims, cfg.rotary_base) if cfg.positional == "rotary" else None
+        base = cfg.local_rotary_base if self.window is not None and cfg.local_rotary_base else cfg.rotary_base
+        self.rotary = Rotary(cfg.rotary_dims, base) if cfg.positional == "rotary" else None
+        if cfg.qk_norm != "none":
+            self.q_norm = QKNorm(cfg.qk_norm, H, d, cfg.norm_eps)
+            self.k_norm = QKNorm(cfg.qk_norm, K, d, cfg.norm_eps)
+        if cfg.attn_sinks:
+            self.sinks = nn.Parameter(torch.zeros(H))  # one logit per query head
         self.force_explicit = False  # set by HookedTransformer to compare the two paths
         # An optional replacement for the fused path, `kernel(attn, q, k, v, bias) -> z`: the capture engine
         # installs one that also returns per-head statistics from the same fused call.
@@ -93,7 +129,9 @@ class Attention(nn.Module):
             self.hook_rot_q = HookPoint()  # (batch, pos, head, d_head), after RoPE
             self.hook_rot_k = HookPoint()  # (batch, pos, kv_head, d_head), after RoPE
         self.hook_attn_scores = HookPoint()  # (batch, head, query_pos, key_pos), scaled and masked
-        self.hook_pattern = HookPoint()  # (batch, head, query_pos, key_pos), rows sum to 1
+        self.hook_pattern = HookPoint()  # (batch, head, query_pos, key_pos), rows sum to 1 (1 - sink with sinks)
+        if cfg.attn_sinks:
+            self.hook_sink = HookPoint()  # (batch, head, query_pos), the mass the sink logit took
         self.hook_z = HookPoint()  # (batch, pos, head, d_head)
         self.hook_result = HookPoint()  # (batch, pos, head, d_model), only formed when hooked
 
@@ -110,6 +148,8 @@ class Attention(nn.Module):
         if self.cfg.attn_bias:
             q, k, v = q + self.b_Q, k + self.b_K, v + self.b_V
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        if self.cfg.qk_norm != "none":
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.rotary is not None:
             cos, sin = rotary
             q = self.hook_rot_q(self.rotary(q, cos, sin))
@@ -117,14 +157,18 @@ class Attention(nn.Module):
         return q, k, v
 
     def needs_pattern(self) -> bool:
-        """True when the explicit path must run: forced, or a hook reads the scores or the pattern."""
-        return self.force_explicit or self.hook_attn_scores.active or self.hook_pattern.active
+        """True when the explicit path must run: forced, a hook reads the scores or the pattern, or the
+        scores are soft-capped (which no fused kernel does)."""
+        hooked = self.hook_attn_scores.active or self.hook_pattern.active
+        return self.force_explicit or hooked or self.cfg.attn_softcap is not None
 
     def explicit(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """Scores, softmax, pattern, z; the readable reference path."""
         k = k.repeat_interleave(self.group_size, dim=2)  # (batch, pos, head, d_head)
         v = v.repeat_interleave(self.group_size, dim=2)
         scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * self.cfg.scale
+        if self.cfg.attn_softcap is not None:  # before the mask, as Gemma 2 does
+            scores = self.cfg.attn_softcap * torch.tanh(scores / self.cfg.attn_softcap)
         if bias is not None:
             # Clamped: in float16 the bias' minimum plus a negative score is -inf, and a row of them NaN.
             scores = (scores + bias).clamp_min(torch.finfo(scores.dtype).min)
@@ -133,11 +177,19 @@ class Attention(nn.Module):
             causal = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).tril(n_k - n_q)
             scores = scores.masked_fill(~causal, torch.finfo(scores.dtype).min)
         scores = self.hook_attn_scores(scores)
-        pattern = self.hook_pattern(torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype))
+        if self.cfg.attn_sinks:
+            sink = self.sinks.to(scores.dtype)[None, :, None, None].expand(*scores.shape[:3], 1)
+            probs = torch.softmax(torch.cat((scores, sink), dim=-1), dim=-1, dtype=torch.float32).to(q.dtype)
+            self.hook_sink(probs[..., -1])
+            pattern = self.hook_pattern(probs[..., :-1])
+        else:
+            pattern = self.hook_pattern(torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype))
         return torch.einsum("bhqk,bkhd->bqhd", pattern, v)
 
     def fused(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """The same attention through PyTorch's fused kernel; the pattern is never formed."""
+        if self.cfg.attn_sinks:
+            return self._fused_with_sinks(q, k, v, bias)
         z = F.scaled_dot_product_attention(
             q.transpose(1, 2),
             k.transpose(1, 2),
@@ -147,6 +199,26 @@ class Attention(nn.Module):
             scale=self.cfg.scale,
             enable_gqa=self.group_size > 1,
         )  # (batch, head, pos, d_head)
+        return z.transpose(1, 2)
+
+    def _fused_with_sinks(self, q, k, v, bias):
+        """Sinks as one extra key: q gains a column of ones, k a column that is sink / scale for the extra
+        key and 0 for the others, so the extra score is the sink logit and the rest are unchanged; its
+        value is zero, so it takes mass and adds nothing."""
+        batch, n_q, n_heads, d = q.shape
+        n_k = k.shape[1]
+        k = k.repeat_interleave(self.group_size, dim=2)  # sinks differ per query head
+        v = v.repeat_interleave(self.group_size, dim=2)
+        sink_key = F.pad((self.sinks / self.cfg.scale).to(q.dtype)[:, None], (d, 0)).expand(batch, 1, n_heads, d + 1)
+        q = torch.cat((q, q.new_ones(batch, n_q, n_heads, 1)), dim=-1)
+        k = torch.cat((F.pad(k, (0, 1)), sink_key), dim=1)
+        v = torch.cat((v, v.new_zeros(batch, 1, n_heads, d)), dim=1)
+        if bias is None:
+            bias = attention_bias(n_q, n_k, self.cfg.causal, torch.ones(1, n_k, device=q.device), q.dtype, q.device)
+        z = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=F.pad(bias, (0, 1)),
+            scale=self.cfg.scale,
+        )
         return z.transpose(1, 2)
 
     def forward(

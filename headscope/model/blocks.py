@@ -1,7 +1,9 @@
 """Norms, the MLP, and the transformer block that wires them around attention.
 
 Three residual layouts, chosen by config fields: pre-norm (GPT-2, Llama), post-norm (BERT) and
-parallel attention + MLP (GPT-NeoX). Attention-only models simply have no MLP.
+parallel attention + MLP (GPT-NeoX). Attention-only models simply have no MLP. In the pre-norm layout
+`block_norms` adds norms on each sublayer's output (`ln1_post`, `ln2_post`: Gemma's sandwich) or keeps
+only those (OLMo 2).
 """
 
 from __future__ import annotations
@@ -100,20 +102,26 @@ class MLP(nn.Module):
 class TransformerBlock(nn.Module):
     """Attention and MLP around the residual stream, in the layout the config names."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
         self.hook_resid_pre = HookPoint()  # (batch, pos, d_model)
-        self.ln1 = make_norm(cfg)
-        self.attn = Attention(cfg)
+        self.ln1 = make_norm(cfg) if cfg.block_norms != "output" else nn.Identity()
+        self.attn = Attention(cfg, layer)
         self.hook_attn_out = HookPoint()  # (batch, pos, d_model)
         self.hook_resid_post = HookPoint()  # (batch, pos, d_model)
         if cfg.d_mlp:
-            self.ln2 = make_norm(cfg)
+            self.ln2 = make_norm(cfg) if cfg.block_norms != "output" else nn.Identity()
             self.mlp = MLP(cfg)
             self.hook_mlp_out = HookPoint()  # (batch, pos, d_model)
             if not cfg.parallel_attn_mlp:
                 self.hook_resid_mid = HookPoint()  # (batch, pos, d_model), between attention and MLP
+        if cfg.block_norms != "pre":  # identities otherwise, so the pre-norm layout serves all three
+            self.ln1_post = make_norm(cfg)
+            if cfg.d_mlp:
+                self.ln2_post = make_norm(cfg)
+        else:
+            self.ln1_post = self.ln2_post = nn.Identity()
         if cfg.post_norm:
             self.layout = self._post_norm
         elif cfg.parallel_attn_mlp:
@@ -126,11 +134,11 @@ class TransformerBlock(nn.Module):
         return self.hook_resid_post(self.layout(self.hook_resid_pre(resid), bias, rotary))
 
     def _pre_norm(self, resid, bias, rotary):
-        resid = resid + self.hook_attn_out(self.attn(self.ln1(resid), bias, rotary))
+        resid = resid + self.hook_attn_out(self.ln1_post(self.attn(self.ln1(resid), bias, rotary)))
         if not self.cfg.d_mlp:
             return resid
         resid = self.hook_resid_mid(resid)
-        return resid + self.hook_mlp_out(self.mlp(self.ln2(resid)))
+        return resid + self.hook_mlp_out(self.ln2_post(self.mlp(self.ln2(resid))))
 
     def _post_norm(self, resid, bias, rotary):
         resid = self.ln1(resid + self.hook_attn_out(self.attn(resid, bias, rotary)))

@@ -14,6 +14,8 @@ from typing import Any, Literal
 Norm = Literal["layernorm", "rmsnorm", "none"]
 Positional = Literal["learned", "rotary", "none"]
 Activation = Literal["gelu_new", "gelu", "relu", "silu"]
+QKNorm = Literal["none", "head", "all"]
+BlockNorms = Literal["pre", "sandwich", "output"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,15 @@ class ModelConfig:
     tie_embeddings: bool = False  # unembedding is the transposed token embedding
     unembed_bias: bool = False
     attn_scale: float | None = None  # None means 1 / sqrt(d_head)
+    # Options of the families of issue 19 (docs/design.md, "The weight layout", says which weights each adds).
+    qk_norm: QKNorm = "none"  # RMSNorm on q and k before RoPE: per head (Qwen3, Gemma 3) or over all heads (OLMo 2)
+    windows: tuple[int | None, ...] = ()  # per layer: a local window of N keys (self included), None = global
+    local_rotary_base: float | None = None  # RoPE base of the layers with a window (Gemma 3); None = rotary_base
+    attn_softcap: float | None = None  # Gemma 2: scores become cap * tanh(scores / cap) before the mask
+    final_softcap: float | None = None  # Gemma 2: the same on the logits
+    block_norms: BlockNorms = "pre"  # norms before each sublayer, before and after (Gemma), or after only (OLMo 2)
+    embed_scale: float | None = None  # Gemma: embeddings times sqrt(d_model), rounded to the model's dtype
+    attn_sinks: bool = False  # GPT-OSS: a learned logit per head, a softmax column that takes mass and adds no value
 
     def __post_init__(self) -> None:
         for name in ("d_model", "n_layers", "n_heads", "d_head", "d_vocab", "n_ctx"):
@@ -62,6 +73,33 @@ class ModelConfig:
             raise ValueError("gated_mlp needs d_mlp > 0")
         if self.tie_embeddings and not self.has_unembed:
             raise ValueError("tie_embeddings needs has_unembed")
+        self._check_layer_options()
+
+    def _check_layer_options(self) -> None:
+        """The issue-19 options: windows as a tuple (JSON gives a list), one per layer, each positive."""
+        object.__setattr__(self, "windows", tuple(self.windows))
+        if self.windows and len(self.windows) != self.n_layers:
+            raise ValueError(f"windows lists {len(self.windows)} layers, the model has {self.n_layers}")
+        if any(w is not None and w <= 0 for w in self.windows):
+            raise ValueError(f"every window must be positive or None (global), got {list(self.windows)}")
+        if (self.windows and not self.causal) or (self.attn_sinks and not self.causal):
+            raise ValueError("windows and attention sinks need a causal model")
+        if self.block_norms != "pre" and (self.post_norm or self.parallel_attn_mlp):
+            raise ValueError(f"block_norms {self.block_norms!r} needs the sequential pre-norm layout")
+        for name in ("attn_softcap", "final_softcap"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    def window(self, layer: int) -> int | None:
+        """The local window of `layer` (keys a query sees, itself included), or None for global attention."""
+        return self.windows[layer] if self.windows else None
+
+    def attention_type(self, layer: int) -> str:
+        """What `layer`'s heads may attend to, in words: "global", "local window N", either with ", sinks"
+        (and ", bidirectional" for encoders)."""
+        window = self.window(layer)
+        kind = "global" if window is None else f"local window {window}"
+        return kind + (", sinks" if self.attn_sinks else "") + ("" if self.causal else ", bidirectional")
 
     @property
     def kv_heads(self) -> int:

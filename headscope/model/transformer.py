@@ -101,7 +101,7 @@ class HookedTransformer(HookedModule):
             self.hook_token_type_embed = HookPoint()  # (batch, pos, d_model)
         if cfg.embed_norm:
             self.embed_ln = make_norm(cfg)
-        self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(TransformerBlock(cfg, layer) for layer in range(cfg.n_layers))
         if cfg.final_norm:
             self.ln_final = make_norm(cfg)
         if cfg.has_unembed:
@@ -223,7 +223,10 @@ class HookedTransformer(HookedModule):
     # ----- forward ------------------------------------------------------------------------------
     def embed_tokens(self, tokens: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
         """The residual stream entering block 0 (batch, pos, d_model): token, position and segment embeddings."""
-        resid = self.hook_embed(self.embed(tokens))
+        resid = self.embed(tokens)
+        if self.cfg.embed_scale is not None:  # the factor rounded to the model's dtype, as transformers does
+            resid = resid * torch.tensor(self.cfg.embed_scale, dtype=resid.dtype)
+        resid = self.hook_embed(resid)
         if self.cfg.positional == "learned":
             resid = resid + self.hook_pos_embed(self.pos_embed(tokens.shape[1]).expand(tokens.shape[0], -1, -1))
         if self.cfg.n_token_types:
@@ -271,12 +274,16 @@ class HookedTransformer(HookedModule):
     def _finish(self, resid, start_layer, tokens, attention_mask, return_type):
         """The blocks from `start_layer` on, the final norm and the requested output."""
         n_pos = resid.shape[1]
-        bias = attention_bias(n_pos, n_pos, self.cfg.causal, attention_mask, resid.dtype, resid.device)
-        rotary = None
-        if self.cfg.positional == "rotary":
-            rotary = self.blocks[0].attn.rotary.cos_sin(n_pos, resid.device)
+        biases, rotaries = {}, {}  # per window and per RoPE base: layers differ only there
         for block in self.blocks[start_layer:]:
-            resid = block(resid, bias, rotary)
+            window = block.attn.window
+            if window not in biases:
+                biases[window] = attention_bias(n_pos, n_pos, self.cfg.causal, attention_mask, resid.dtype,
+                                                resid.device, window)
+            rotary = block.attn.rotary
+            if rotary is not None and rotary.base not in rotaries:
+                rotaries[rotary.base] = rotary.cos_sin(n_pos, resid.device)
+            resid = block(resid, biases[window], None if rotary is None else rotaries[rotary.base])
         if self.cfg.final_norm:
             resid = self.ln_final(resid)
         if return_type is None:
@@ -303,9 +310,12 @@ class HookedTransformer(HookedModule):
         bias = self.unembed.b_U if self.cfg.unembed_bias else None
         if columns is None:
             logits = hidden @ self.W_U
-            return logits if bias is None else logits + bias
-        picked = (hidden * self.W_U[:, columns].T).sum(-1)
-        return picked if bias is None else picked + bias[columns]
+            logits = logits if bias is None else logits + bias
+        else:
+            picked = (hidden * self.W_U[:, columns].T).sum(-1)
+            logits = picked if bias is None else picked + bias[columns]
+        cap = self.cfg.final_softcap  # Gemma 2 caps the logits: cap * tanh(logits / cap)
+        return logits if cap is None else cap * torch.tanh(logits / cap)
 
     @staticmethod
     def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None):

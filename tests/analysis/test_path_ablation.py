@@ -42,3 +42,10 @@ def test_path_ablation_of_a_silent_writer_changes_nothing_and_graphs_carry_both_
         assert attrs["weight"] == attrs["effect"] and "composition_score" in attrs
     with pytest.raises(InputError, match="only feed heads of later layers"):
         path_ablation_effects(model, data, [((1, 0), (1, 2))])
+
+
+def test_a_norm_after_attention_is_refused():
+    """Gemma's sandwich norm mixes a layer's heads before the residual stream: no head's direct output to remove."""
+    model = perturbed(TINY_CONFIGS["gemma"], seed=1)
+    with pytest.raises(InputError, match="block_norms 'sandwich'"):
+        path_ablation_effects(model, repeated_random_tokens(2, 6, vocab_size=99, seed=0), [((0, 0), (1, 0))], "loss")

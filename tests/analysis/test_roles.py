@@ -300,3 +300,19 @@ def test_an_interrupted_classification_resumes_without_recounting_the_finished_c
     assert len(forwards) == per_run - 1  # the probe capture was not run again
     assert resumed.to_json() == whole.to_json()
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("window", "has_role"), [(6, False), (12, True)])
+def test_a_local_head_is_an_induction_head_only_within_its_window(forced_model, window, has_role):
+    """Layer 0 made local: its planted induction head H1 looks PERIOD - 1 = 9 keys back, which a window of
+    6 hides (the head can then only spread over its window) and a window of 12 shows."""
+    from headscope.loading import LoadedModel
+
+    cfg = dataclasses.replace(forced_model.cfg, windows=(window, None))
+    model = HookedTransformer.from_loaded(LoadedModel(cfg, dict(forced_model.state_dict()))).eval()
+    with model.hooks(forced_hooks()):
+        table = classify_heads(model, probe(), n_bootstrap=200)
+    induction = table.head(0, 1)
+    assert ("induction" in induction.roles) == has_role, (induction.scores, induction.reasons)
+    assert (induction.scores["induction"] > 0.95) == has_role
+    assert table.head(0, 0).roles == ("previous_token", "local")  # one key back: inside every window

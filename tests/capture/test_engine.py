@@ -256,3 +256,20 @@ def test_plan_dataset_scores_one_dataset_at_another_datasets_positions():
     assert torch.equal(crossed.counts["induction"], capture(model, dataset, ["induction"], progress=False).counts["induction"])
     with pytest.raises(InputError, match="plan_dataset shape"):
         capture(model, dataset, plan_dataset=from_tensor(natural_like_tokens(n_prompts=2)), progress=False)
+
+
+@pytest.mark.parametrize("method", ["fused", "explicit"])
+@torch.no_grad()
+def test_a_learned_sink_is_not_attention_to_position_0(method):
+    """A sink logit far above every score takes nearly all the mass: attention_sink (attention to the first
+    position) falls to about zero instead of counting the sink, and rows of the pattern sum to 1 - sink."""
+    torch.manual_seed(7)
+    model = HookedTransformer(TINY_CONFIGS["sinks"]).eval()
+    dataset = from_tensor(natural_like_tokens(n_prompts=2, n_pos=12))
+    plain = capture(model, dataset, ["attention_sink", "entropy"], method=method, progress=False)
+    for block in model.blocks:
+        block.attn.sinks.fill_(30.0)
+    sunk = capture(model, dataset, ["attention_sink", "entropy"], method=method, progress=False)
+    assert plain.mean("attention_sink").min() > 0.05
+    assert sunk.mean("attention_sink").max() < 1e-6
+    assert sunk.mean("entropy").max() < 1e-6  # entropy over the real keys, whose mass is ~0

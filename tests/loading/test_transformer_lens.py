@@ -78,3 +78,21 @@ def test_smollm2_patterns_equal_the_bridge(smollm2, hf_smollm2, hf_smollm2_token
     assert len(our_cache) == 30 and set(our_cache) <= set(bridge_cache)
     worst = max((our_cache[n] - bridge_cache[n]).abs().max().item() for n in our_cache)
     assert worst <= 1e-5, worst
+
+
+# Issue 19's families that TransformerLens 4.3 boots a bridge for (it has no adapter for Gemma3ForCausalLM
+# or Olmo2ForCausalLM); the tiny models have windows, soft-capping and QK-norm active.
+@pytest.mark.parametrize("case", ["gemma2", "mistral", "phi3", "qwen2", "qwen3"])
+@torch.no_grad()
+def test_issue_19_families_come_in_through_the_bridge(case):
+    from tests.loading.test_hf_families import _build
+
+    bridge = boot_bridge(_build(case), tiny_tokenizer(), name=f"tiny-{case}")
+    ours = load_model(bridge).eval()
+    assert ours.cfg.architecture == case
+    tokens = torch.randint(3, 99, (2, 16), generator=torch.Generator().manual_seed(1))
+    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(3)]
+    bridge_logits, bridge_cache = bridge.run_with_cache(tokens, names_filter=lambda n: n in names)
+    our_logits, our_cache = ours.run_with_cache(tokens, names_filter=names)
+    compare_caches(our_cache, bridge_cache, names, atol=1e-5)
+    torch.testing.assert_close(our_logits, bridge_logits, atol=1e-5, rtol=0)

@@ -41,11 +41,15 @@ def test_pattern_rows_are_distributions(tiny_model):
     tokens = torch.randint(0, 99, (2, 9))
     mask = torch.ones_like(tokens)
     mask[1, 6:] = 0
-    _, cache = tiny_model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"),
+    _, cache = tiny_model.run_with_cache(tokens, names_filter=lambda n: n.endswith(("hook_pattern", "hook_sink")),
                                          attention_mask=mask)
-    for pattern in cache.values():
+    for name, pattern in cache.items():
+        if name.endswith("hook_sink"):
+            continue
         assert pattern.shape == (2, 4, 9, 9)
-        torch.testing.assert_close(pattern.sum(-1), torch.ones(2, 4, 9))
+        sink = cache.get(name.replace("hook_pattern", "hook_sink"), torch.zeros(2, 4, 9))
+        assert (sink > 0).all() == tiny_model.cfg.attn_sinks  # a sink takes mass from every row
+        torch.testing.assert_close(pattern.sum(-1) + sink, torch.ones(2, 4, 9))
         assert (pattern[1, :, :, 6:] < 1e-6).all(), "padding keys must get no attention"
         if tiny_model.cfg.causal:
             assert pattern.triu(diagonal=1).abs().max() == 0
@@ -111,3 +115,55 @@ def test_a_row_with_every_key_masked_is_finite_in_half_precision(dtype):
     for z in (attn.explicit(q, k, v, bias), attn.fused(q, k, v, bias)):
         assert torch.isfinite(z).all()
         torch.testing.assert_close(z[1], attn.explicit(q[1:], k[1:], v[1:], None)[0])  # unpadded row unchanged
+
+
+@torch.no_grad()
+def test_local_window_hides_keys_beyond_it():
+    """The gemma config's layer 0 has a window of 4: a query sees itself and the 3 keys before it."""
+    torch.manual_seed(4)
+    model = HookedTransformer(TINY_CONFIGS["gemma"]).eval()
+    _, cache = model.run_with_cache(torch.randint(0, 99, (1, 12)), names_filter=lambda n: n.endswith("hook_pattern"))
+    distance = torch.arange(12)[:, None] - torch.arange(12)[None, :]
+    local, global_ = cache["blocks.0.attn.hook_pattern"][0], cache["blocks.1.attn.hook_pattern"][0]
+    assert local[:, distance >= 4].abs().max() == 0
+    assert (local[:, (distance >= 0) & (distance < 4)] > 0).all()
+    assert (global_[:, distance >= 4] > 0).all()
+
+
+@torch.no_grad()
+def test_soft_capping_bounds_the_scores():
+    torch.manual_seed(5)
+    model = HookedTransformer(TINY_CONFIGS["gemma"]).eval()
+    with torch.no_grad():
+        model.blocks[1].attn.W_Q.mul_(50)  # scores far beyond the cap of 0.5
+    _, cache = model.run_with_cache(torch.randint(0, 99, (1, 9)), names_filter="blocks.1.attn.hook_attn_scores")
+    scores = cache["blocks.1.attn.hook_attn_scores"][0]
+    visible = scores[:, torch.ones(9, 9, dtype=torch.bool).tril()]
+    assert visible.abs().max() <= 0.5 and visible.abs().max() > 0.45
+
+
+@torch.no_grad()
+def test_sinks_match_transformers_gpt_oss_attention():
+    """Our explicit and fused paths against transformers' own GPT-OSS eager attention on the same q, k, v."""
+    from types import SimpleNamespace
+
+    from transformers.models.gpt_oss.modeling_gpt_oss import eager_attention_forward
+
+    torch.manual_seed(6)
+    model = HookedTransformer(TINY_CONFIGS["sinks"]).eval()
+    attn = model.blocks[1].attn  # the global layer
+    attn.sinks.normal_(std=1.0)
+    x = torch.randn(2, 10, 32)
+    q, k, v = attn.project_qkv(x, attn.rotary.cos_sin(10, x.device))
+    causal = torch.zeros(10, 10).masked_fill(~torch.ones(10, 10, dtype=torch.bool).tril(), float("-inf"))
+    module = SimpleNamespace(sinks=attn.sinks, num_key_value_groups=attn.group_size, training=False)
+    ref_z, ref_pattern = eager_attention_forward(module, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                 causal[None, None], attn.cfg.scale)
+    seen = {}
+    with model.hooks([("blocks.1.attn.hook_pattern", lambda t, hook: seen.update(pattern=t)),
+                      ("blocks.1.attn.hook_sink", lambda t, hook: seen.update(sink=t))]):
+        explicit = attn.explicit(q, k, v, None)
+    torch.testing.assert_close(seen["pattern"], ref_pattern, atol=1e-6, rtol=0)
+    torch.testing.assert_close(seen["sink"], 1 - ref_pattern.sum(-1), atol=1e-6, rtol=0)
+    torch.testing.assert_close(explicit, ref_z, atol=1e-6, rtol=0)
+    torch.testing.assert_close(attn.fused(q, k, v, None), ref_z, atol=1e-6, rtol=0)
