@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 import headscope
 from headscope import distributed as distributed_run
+from headscope.analysis.intervals import bootstrap_interval
 from headscope.analysis.metrics import MetricFn, resolve_metric
 from headscope.capture.datasets import TokenDataset
 from headscope.errors import InputError
@@ -136,18 +137,15 @@ class AblationResult:
         return out
 
 
-def _bootstrap(deltas: torch.Tensor, n_bootstrap: int, seed: int) -> tuple[float, float]:
+def _interval(deltas: torch.Tensor, n_bootstrap: int, seed: int) -> tuple[float, float]:
     """Percentile interval of the mean of per-prompt deltas, prompts resampled with replacement."""
-    generator = torch.Generator().manual_seed(seed)
-    draws = torch.randint(0, len(deltas), (n_bootstrap, len(deltas)), generator=generator)
-    means = deltas.double()[draws].mean(1)
-    low, high = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64))
+    low, high = bootstrap_interval(deltas, None, n_bootstrap, seed)
     return float(low), float(high)
 
 
 def _effect(heads, ablated: torch.Tensor, clean: torch.Tensor, n_bootstrap: int, seed: int) -> Effect:
     deltas = (ablated - clean).cpu()
-    return Effect(tuple(heads), float(ablated.mean()), float(deltas.mean()), _bootstrap(deltas, n_bootstrap, seed))
+    return Effect(tuple(heads), float(ablated.mean()), float(deltas.mean()), _interval(deltas, n_bootstrap, seed))
 
 
 # ----- the public functions --------------------------------------------------------------------------------
