@@ -33,7 +33,6 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-import headscope
 from headscope import distributed as distributed_run
 from headscope.analysis.intervals import bootstrap_interval
 from headscope.analysis.metrics import MetricFn, resolve_metric
@@ -42,6 +41,7 @@ from headscope.errors import InputError
 from headscope.heads import head_name
 from headscope.model.transformer import HookedTransformer
 from headscope.progress import ProgressFile, rank_path, run_fingerprint
+from headscope.provenance import provenance
 
 Heads = list[tuple[int, int]]
 METHODS = ("zero", "mean", "resample")  # of a head's output; `knockout` cuts attention edges instead
@@ -160,7 +160,7 @@ def _check(model, dataset, method) -> None:
 
 def _meta(model, dataset, seed) -> dict:
     return {"dataset": dataset.name, "dataset_meta": dataset.meta, "n_prompts": len(dataset),
-            "seq_len": dataset.tokens.shape[1], "seed": seed, "headscope_version": headscope.__version__}
+            "seq_len": dataset.tokens.shape[1], "seed": seed, **provenance(model)}
 
 
 @torch.no_grad()

@@ -49,7 +49,6 @@ from pathlib import Path
 
 import torch
 
-import headscope
 from headscope import distributed as distributed_run
 from headscope.analysis import intervals
 from headscope.capture.datasets import TokenDataset, dataset_for_model, fit_seq_len
@@ -60,6 +59,7 @@ from headscope.errors import InputError
 from headscope.heads import head_name
 from headscope.model.transformer import HookedTransformer
 from headscope.progress import discard
+from headscope.provenance import provenance
 
 # role -> the capture statistic that scores it
 ROLE_STATISTICS = {
@@ -282,7 +282,7 @@ def classify_heads(
         for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)
     )
     meta = {"dataset": dataset.name, "dataset_meta": dataset.meta, "seq_len": int(dataset.tokens.shape[1]),
-            "num_prompts": len(dataset), "seed": seed, "headscope_version": headscope.__version__,
+            "num_prompts": len(dataset), "seed": seed, **provenance(model),
             "thresholds": limits, "margin": margin, "n_bootstrap": n_bootstrap, "confidence": CONFIDENCE,
             "nulls": {r: "shuffled control, same positions" if r in CONTENT_ROLES else "uniform attention"
                       for r in roles}}

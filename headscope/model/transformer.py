@@ -7,6 +7,8 @@ initialised randomly for training and tests.
 
 from __future__ import annotations
 
+import hashlib
+
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -69,6 +71,8 @@ class HookedTransformer(HookedModule):
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.source = ""  # where the weights came from, for reports
+        self.source_sha256: str | None = None  # sha256 of the file or folder they were read from, if any
+        self._digest: tuple[tuple, str] | None = None  # (parameter identities and versions, weights_digest)
         self.embed = Embed(cfg.d_vocab, cfg.d_model)
         self.hook_embed = HookPoint()  # (batch, pos, d_model)
         if cfg.positional == "learned":
@@ -109,7 +113,24 @@ class HookedTransformer(HookedModule):
             model = cls(loaded.config, loaded.tokenizer)
         model.load_weights(loaded.state_dict, dtype=dtype, device=device)
         model.source = loaded.source
+        model.source_sha256 = loaded.meta.get("sha256")
         return model
+
+    def weights_digest(self) -> str:
+        """sha256 over every parameter's name, dtype, shape and bytes, as loaded (hex string).
+
+        Hashed once and kept until a parameter is replaced or changed in place (torch's version counter),
+        so that a resumed run can tell other weights under the same name apart cheaply.
+        """
+        key = tuple((name, id(p), p._version) for name, p in self.named_parameters())
+        if self._digest is None or self._digest[0] != key:
+            digest = hashlib.sha256()
+            for name, param in self.named_parameters():
+                data = param.detach().reshape(-1).contiguous().cpu()
+                digest.update(f"{name} {data.dtype} {tuple(param.shape)}\n".encode())
+                digest.update(memoryview(data.view(torch.uint8).numpy()))
+            self._digest = (key, digest.hexdigest())
+        return self._digest[1]
 
     def load_weights(self, state_dict: dict[str, torch.Tensor], dtype=torch.float32, device="cpu") -> None:
         """Load a complete state dict in the weight layout; any missing, extra or misshapen key is an error."""
