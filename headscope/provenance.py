@@ -26,3 +26,8 @@ def provenance(model) -> dict[str, str | None]:
             "weights_sha256": model.weights_digest(),
             "headscope_version": headscope.__version__,
             "command": command_line()}
+
+
+def graph_provenance(model) -> dict[str, str]:
+    """`provenance` as graph attributes: strings only (GraphML and GEXF hold no null), "" for unknown."""
+    return {key: "" if value is None else str(value) for key, value in provenance(model).items()}

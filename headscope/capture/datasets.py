@@ -368,6 +368,38 @@ def fit_seq_len(model, seq_len: int | None, default: int = 64) -> int:
     return seq_len if seq_len is not None else max(2, min(default, model.cfg.n_ctx - 2))
 
 
+def check_request(model, spec: str, seq_len: int, num_prompts: int, memory: int | None = None) -> None:
+    """Refuse, before anything is built, prompts longer than the model's context and a repeated-random
+    request whose token ids and per-prompt statistics would not fit in `memory` bytes (default: what
+    `headscope.capture.budget.available_memory` finds), with the figures."""
+    from headscope.capture.budget import available_memory
+
+    frame = 2 if model.tokenizer is not None and model.tokenizer.uses_post_processor else 1
+    if seq_len + frame > model.cfg.n_ctx:
+        raise InputError(f"seq_len={seq_len} tokens per prompt (plus {frame} for BOS or the encoder's frame) do "
+                         f"not fit the model's context of {model.cfg.n_ctx} positions: use at most "
+                         f"{model.cfg.n_ctx - frame}", parameter="seq_len")
+    if not spec.startswith("repeated-random"):
+        return  # a file's prompts are bounded by the file
+    # token ids and mask of the prompts and of the shuffled control (int64), and about a dozen float64
+    # per-prompt sums per head: an estimate that errs high
+    per_prompt = 3 * 8 * (seq_len + frame) + 12 * 8 * model.cfg.n_layers * model.cfg.n_heads
+    need = per_prompt * num_prompts
+    budget = available_memory(torch.device("cpu")) if memory is None else memory
+    if need > budget:
+        raise InputError(f"num_prompts={num_prompts} prompts of {seq_len} tokens need about {_size(need)} of "
+                         f"memory, more than the {_size(budget)} available: use at most {budget // per_prompt} "
+                         "prompts", parameter="num_prompts")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
 def dataset_for_model(model, spec: str, *, seq_len: int | None = None, num_prompts: int, seed: int = 0,
                       mode: str = "pad", default_seq_len: int = 64) -> TokenDataset:
     """`load_dataset` with the model's tokenizer, vocabulary, BOS and special tokens filled in.
@@ -375,6 +407,7 @@ def dataset_for_model(model, spec: str, *, seq_len: int | None = None, num_promp
     seq_len: content tokens per prompt; None takes `default_seq_len`, cut to the model's context.
     """
     seq_len = fit_seq_len(model, seq_len, default_seq_len)
+    check_request(model, spec, seq_len, num_prompts)
     tokenizer = model.tokenizer
     prepends_bos = tokenizer is not None and tokenizer.resolve_bos(None)
     dataset = load_dataset(
