@@ -155,7 +155,7 @@ def test_capture_bad_requests_are_one_line(tiny_checkpoint, tmp_path):
     assert_one_line_error(run("capture", str(tiny_checkpoint), "--patterns", "L9H0", "--out", str(tmp_path / "b")),
                     "head L9H0 does not exist")
     assert_one_line_error(run("capture", str(tiny_checkpoint), "--seq-len", "40", "--out", str(tmp_path / "c")),
-                    "longer than the model's context of 16")
+                    "do not fit the model's context of 16")
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("some text\n")
     assert_one_line_error(run("capture", str(tiny_checkpoint), "--dataset", str(prompts), "--out", str(tmp_path / "d")),
