@@ -173,7 +173,10 @@ def from_texts(
     texts = [text for text in texts if text.strip()]
     if not texts:
         raise InputError("the dataset is empty: no text with anything but whitespace")
-    content = [e.ids for e in tokenizer.backend.encode_batch(texts, add_special_tokens=False)]
+    encodings = tokenizer.backend.encode_batch(texts, add_special_tokens=False)
+    for text, encoding in zip(texts, encodings):
+        tokenizer.check_known(text, encoding)
+    content = [e.ids for e in encodings]
     if not any(content):
         raise InputError("the dataset is empty: the tokenizer made no tokens from these texts")
     prefix, suffix = _frame(tokenizer, prepend_bos, texts, content)
@@ -409,11 +412,14 @@ def dataset_for_model(model, spec: str, *, seq_len: int | None = None, num_promp
     seq_len = fit_seq_len(model, seq_len, default_seq_len)
     check_request(model, spec, seq_len, num_prompts)
     tokenizer = model.tokenizer
-    prepends_bos = tokenizer is not None and tokenizer.resolve_bos(None)
+    if tokenizer is not None:
+        bos = tokenizer.bos_token_id if tokenizer.resolve_bos(None) else None
+    else:  # a model folder without tokenizer files: BOS as its config.json names it
+        bos = getattr(model, "bos_token_id", None)
     dataset = load_dataset(
         spec, tokenizer, seq_len=seq_len, num_prompts=num_prompts, seed=seed, vocab_size=model.cfg.d_vocab,
-        bos_token_id=tokenizer.bos_token_id if prepends_bos else None,
-        exclude_ids=tokenizer.special_ids if tokenizer is not None else (), mode=mode,
+        bos_token_id=bos, exclude_ids=tokenizer.special_ids if tokenizer is not None else [bos] if bos is not None
+        else (), mode=mode,
     )
     if dataset.name == "repeated-random" and tokenizer is not None and tokenizer.uses_post_processor:
         return _framed(dataset, *_frame(tokenizer, None, ["a"], [[0]]))

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
-from typing import Any, Literal
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Literal, get_args
 
 Norm = Literal["layernorm", "rmsnorm", "none"]
 Positional = Literal["learned", "rotary", "none"]
 Activation = Literal["gelu_new", "gelu", "relu", "silu"]
+_LITERALS = {"Norm": Norm, "Positional": Positional, "Activation": Activation}
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class ModelConfig:
     attn_scale: float | None = None  # None means 1 / sqrt(d_head)
 
     def __post_init__(self) -> None:
+        self._check_types()
         for name in ("d_model", "n_layers", "n_heads", "d_head", "d_vocab", "n_ctx"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -60,6 +63,27 @@ class ModelConfig:
             raise ValueError("gated_mlp needs d_mlp > 0")
         if self.tie_embeddings and not self.has_unembed:
             raise ValueError("tie_embeddings needs has_unembed")
+
+    def _check_types(self) -> None:
+        """Every field of the type it is declared with (a config file can hold 4.5, null or "2" anywhere)."""
+        for item in fields(self):
+            value, declared = getattr(self, item.name), str(item.type)
+            if value is None and "None" in declared:
+                continue
+            if declared.startswith("int"):
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            elif declared.startswith("float"):
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            elif declared == "bool":
+                ok = isinstance(value, bool)
+            else:  # str and the Literal names
+                ok = isinstance(value, str)
+                options = get_args(_LITERALS.get(declared))
+                if ok and options and value not in options:
+                    raise ValueError(f"{item.name} must be one of {', '.join(options)}, got {value!r}")
+            if not ok:
+                raise ValueError(f"{item.name} must be of type {declared.replace('float', 'finite float')}, "
+                                 f"got {value!r}")
 
     @property
     def kv_heads(self) -> int:
