@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from headscope.errors import InputError
 
@@ -25,9 +28,11 @@ def atomic_path(path: str | Path) -> Iterator[str]:
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; outputs get the usual permissions
     try:
         yield tmp
+        # mkstemp makes 0600 files, and writers that replace the file (safetensors) make their own: every
+        # output gets the usual permissions (0644 under the common umask 022)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -80,3 +85,19 @@ def run_lock(folder: str | Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def strict_json(data: Any, indent: int | None = 2) -> str:
+    """JSON text that every parser reads: NaN and infinities become null (never the bare `NaN` Python's
+    json writes by default), and anything else json cannot hold is an error, not a silent string."""
+    return json.dumps(_finite(data), indent=indent, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value

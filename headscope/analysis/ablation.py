@@ -26,7 +26,6 @@ Chan et al. (2022), "Causal Scrubbing" (resampling ablation).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from headscope.analysis.metrics import MetricFn, resolve_metric
 from headscope.capture.datasets import TokenDataset
 from headscope.errors import InputError
 from headscope.heads import head_name
+from headscope.io import strict_json
 from headscope.model.transformer import HookedTransformer
 from headscope.progress import ProgressFile, rank_path, run_fingerprint
 from headscope.provenance import provenance
@@ -122,11 +122,11 @@ class AblationResult:
     meta: dict
 
     def to_json(self) -> str:
-        return json.dumps({
+        return strict_json({
             "model": self.model, "method": self.method, "metric": self.metric, "baseline": self.baseline,
             "results": [{"heads": [head_name(l, h) for l, h in e.heads], "value": e.value, "delta": e.delta,
                          "ci": list(e.ci)} for e in self.effects],
-            "meta": self.meta}, indent=2)
+            "meta": self.meta})
 
     def grid(self, n_layers: int, n_heads: int) -> torch.Tensor:
         """(layers, heads) deltas of a single-head sweep."""

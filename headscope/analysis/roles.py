@@ -57,6 +57,7 @@ from headscope.capture.result import CaptureResult
 from headscope.capture.statistics import Batch, EntryPlan, make_plans
 from headscope.errors import InputError
 from headscope.heads import head_name
+from headscope.io import strict_json
 from headscope.model.transformer import HookedTransformer
 from headscope.progress import discard
 from headscope.provenance import provenance
@@ -145,8 +146,8 @@ class RoleTable:
         return [h for h in self.heads_with_roles() if role in h.roles]
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps({"model": self.model, "n_layers": self.n_layers, "n_heads": self.n_heads,
-                           "heads": [h.to_dict() for h in self.heads], "meta": self.meta}, indent=indent)
+        return strict_json({"model": self.model, "n_layers": self.n_layers, "n_heads": self.n_heads,
+                            "heads": [h.to_dict() for h in self.heads], "meta": self.meta}, indent=indent)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "RoleTable":

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from headscope.errors import InputError
 from headscope.heads import head_name
-from headscope.io import atomic_path
+from headscope.io import atomic_path, strict_json
 
 
 @dataclass
@@ -63,7 +63,7 @@ class CaptureResult:
 
     def to_json(self) -> str:
         counts = {name: self.count(name) for name in self.statistics}
-        return json.dumps({"meta": self.meta, "counts": counts, "heads": self.to_rows()}, indent=2)
+        return strict_json({"meta": self.meta, "counts": counts, "heads": self.to_rows()})
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """`sum/NAME` and `count/NAME` of every statistic: what `save` and progress files hold."""
@@ -76,7 +76,7 @@ class CaptureResult:
 
     def save(self, path: str | Path) -> None:
         """Sums and counts as safetensors, meta inside its header; written atomically."""
-        metadata = {"meta": json.dumps(self.meta), "statistics": json.dumps(self.statistics)}
+        metadata = {"meta": strict_json(self.meta, None), "statistics": strict_json(self.statistics, None)}
         with atomic_path(path) as tmp:
             save_file(self.tensors(), tmp, metadata=metadata)
 
