@@ -57,9 +57,12 @@ def test_models_list_shows_every_registered_model(empty_cache):
     result = run("models", "list")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].split()[:2] == ["name", "architecture"]
-    assert lines[1].split() == ["smollm2-135m", "llama", "30", "x", "9", "(3)", "gguf", "not", "cached"]
-    assert lines[2].split() == ["minilm-l6", "bert", "6", "x", "12", "(12)", "hf", "not", "cached"]
+    assert lines[0].split()[:3] == ["name", "kind", "architecture"]
+    smol, minilm = lines[1].split(), lines[2].split()
+    assert smol[:9] == ["smollm2-135m", "instruct", "llama", "30", "x", "9", "(3)", "gguf", "Q4_1"]
+    assert smol[-3:] == ["b179c9523d0e", "not", "cached"]  # pinned: known before any download
+    assert minilm[:9] == ["minilm-l6", "sentence", "embedding", "bert", "6", "x", "12", "(12)", "hf"]
+    assert minilm[-2:] == ["not", "cached"]
 
 
 def test_models_info_prints_config_and_grouped_hook_names(tiny_checkpoint):

