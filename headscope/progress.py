@@ -76,9 +76,10 @@ class ProgressFile:
 
 
 def run_fingerprint(model, dataset, **options) -> str:
-    """What a progress file must match to be continued: the model, the exact prompts, the run's options."""
+    """What a progress file must match to be continued: the model (its source, config and a digest of its
+    weights), the exact prompts, the run's options."""
     return json.dumps({"model": getattr(model, "source", ""), "config": model.cfg.to_dict(),
-                       "dataset": dataset.digest(), **options}, sort_keys=True)
+                       "weights": model.weights_digest(), "dataset": dataset.digest(), **options}, sort_keys=True)
 
 
 def rank_path(path: str | Path | None, split: bool) -> Path | None:

@@ -13,8 +13,11 @@ from headscope.heads import head_name
 def describe_model(model) -> list[str]:
     """The lines of `models info`: source, size, tokenizer, config fields, folded hook names."""
     tok = model.tokenizer
-    lines = [f"source: {model.source}",
-             f"parameters: {sum(p.numel() for p in model.parameters()):,}",
+    lines = [f"source: {model.source}", *_registered(model.source),
+             f"sha256: {model.source_sha256 or 'none (loaded from memory)'}",
+             f"weights sha256 (as loaded): {model.weights_digest()}",
+             f"parameters: {sum(p.numel() for p in model.parameters()):,} "
+             f"({', '.join(sorted({str(p.dtype).removeprefix('torch.') for p in model.parameters()}))})",
              "tokenizer: " + (f"vocab {tok.vocab_size}, bos {tok.bos_token_id}, eos {tok.eos_token_id}, "
                               f"pad {tok.pad_token_id}" if tok is not None else "none"),
              "config:"]
@@ -41,6 +44,17 @@ def attention_runs(cfg) -> list[tuple[str, str]]:
     return [(f"L{a}" if a == b else f"L{a}-L{b}", kind) for a, b, kind in runs]
 
 
+def _registered(source: str) -> list[str]:
+    """What a registered model is: its description, kind and how its file stores the weights."""
+    from headscope.loading.registry import REGISTRY
+
+    entry = REGISTRY.get(source)
+    if entry is None:
+        return []
+    return [f"registered model: {entry.description}", f"kind: {entry.kind}",
+            f"stored as: {entry.quantisation}, dequantised to float32 when loaded"]
+
+
 def group_hook_names(names: Iterable[str]) -> list[str]:
     """Fold per-layer hook names: `blocks.0.attn.hook_q` ... `blocks.29.attn.hook_q` -> `blocks.{0..29}.attn.hook_q`."""
     layers: dict[str, list[int]] = {}
@@ -61,12 +75,16 @@ def group_hook_names(names: Iterable[str]) -> list[str]:
 
 
 def model_table(statuses) -> list[str]:
-    """The lines of `models list`: name, architecture, shape, format, and where each model is cached."""
-    rows = [("name", "architecture", "layers x heads (kv)", "format", "cached")]
+    """The lines of `models list`: name, what the weights are (kind, quantisation), shape, format, the sha256
+    of the file or folder (first 12 digits; `models info` shows it whole), and where each model is cached."""
+    from headscope.loading.registry import model_sha256
+
+    rows = [("name", "kind", "architecture", "layers x heads (kv)", "format", "stored as", "sha256", "cached")]
     for status in statuses:
         e = status.entry
-        rows.append((e.name, e.architecture, f"{e.n_layers} x {e.n_heads} ({e.n_kv_heads})", e.format,
-                     str(status.path) if status.cached else "not cached"))
+        digest = model_sha256(e) or ""
+        rows.append((e.name, e.kind, e.architecture, f"{e.n_layers} x {e.n_heads} ({e.n_kv_heads})", e.format,
+                     f"{e.quantisation} -> float32", digest[:12], str(status.path) if status.cached else "not cached"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in rows]
 

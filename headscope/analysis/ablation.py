@@ -27,20 +27,23 @@ Chan et al. (2022), "Causal Scrubbing" (resampling ablation).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-import headscope
 from headscope import distributed as distributed_run
+from headscope.analysis.intervals import bootstrap_interval
 from headscope.analysis.metrics import MetricFn, resolve_metric
 from headscope.capture.datasets import TokenDataset
 from headscope.errors import InputError
 from headscope.heads import head_name, parse_head
+from headscope.io import strict_json
 from headscope.model.transformer import HookedTransformer
 from headscope.progress import ProgressFile, rank_path, run_fingerprint
+from headscope.provenance import provenance
 
 Heads = list[tuple[int, int]]
 METHODS = ("zero", "mean", "resample")  # of a head's output; `knockout` cuts attention edges instead
@@ -127,21 +130,21 @@ class AblationResult:
     def to_json(self) -> str:
         """What `ablate --json` writes: {"model", "method", "metric", "baseline", "results": [{"heads",
         "value", "delta", "ci"}], "meta"}, a row of "results" per effect, heads by name."""
-        return json.dumps({
+        return strict_json({
             "model": self.model, "method": self.method, "metric": self.metric, "baseline": self.baseline,
             "results": [{"heads": [head_name(l, h) for l, h in e.heads], "value": e.value, "delta": e.delta,
                          "ci": list(e.ci)} for e in self.effects],
-            "meta": self.meta}, indent=2)
+            "meta": self.meta})
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "AblationResult":
         """A result written by `to_json` (e.g. the file `ablate --json` wrote)."""
         try:
             data = json.loads(text)
-            effects = tuple(Effect(tuple(parse_head(name) for name in row["heads"]), float(row["value"]),
-                                   float(row["delta"]), (float(row["ci"][0]), float(row["ci"][1])))
+            effects = tuple(Effect(tuple(parse_head(name) for name in row["heads"]), _number(row["value"]),
+                                   _number(row["delta"]), (_number(row["ci"][0]), _number(row["ci"][1])))
                             for row in data["results"])
-            return cls(str(data["model"]), str(data["method"]), str(data["metric"]), float(data["baseline"]),
+            return cls(str(data["model"]), str(data["method"]), str(data["metric"]), _number(data["baseline"]),
                        effects, dict(data["meta"]))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError) as err:
             raise InputError(f"not a headscope ablation result: {err}") from err
@@ -155,18 +158,20 @@ class AblationResult:
         return out
 
 
-def _bootstrap(deltas: torch.Tensor, n_bootstrap: int, seed: int) -> tuple[float, float]:
+def _interval(deltas: torch.Tensor, n_bootstrap: int, seed: int) -> tuple[float, float]:
     """Percentile interval of the mean of per-prompt deltas, prompts resampled with replacement."""
-    generator = torch.Generator().manual_seed(seed)
-    draws = torch.randint(0, len(deltas), (n_bootstrap, len(deltas)), generator=generator)
-    means = deltas.double()[draws].mean(1)
-    low, high = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64))
+    low, high = bootstrap_interval(deltas, None, n_bootstrap, seed)
     return float(low), float(high)
 
 
 def _effect(heads, ablated: torch.Tensor, clean: torch.Tensor, n_bootstrap: int, seed: int) -> Effect:
     deltas = (ablated - clean).cpu()
-    return Effect(tuple(heads), float(ablated.mean()), float(deltas.mean()), _bootstrap(deltas, n_bootstrap, seed))
+    return Effect(tuple(heads), float(ablated.mean()), float(deltas.mean()), _interval(deltas, n_bootstrap, seed))
+
+
+def _number(value) -> float:
+    """A JSON number back as a float; strict JSON writes a missing value (NaN) as null."""
+    return math.nan if value is None else float(value)
 
 
 # ----- the public functions --------------------------------------------------------------------------------
@@ -181,7 +186,7 @@ def _check(model, dataset, method) -> None:
 
 def _meta(model, dataset, seed) -> dict:
     return {"dataset": dataset.name, "dataset_meta": dataset.meta, "n_prompts": len(dataset),
-            "seq_len": dataset.tokens.shape[1], "seed": seed, "headscope_version": headscope.__version__}
+            "seq_len": dataset.tokens.shape[1], "seed": seed, **provenance(model)}
 
 
 @torch.no_grad()

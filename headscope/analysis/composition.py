@@ -20,12 +20,15 @@ Elhage et al. (2021), "A Mathematical Framework for Transformer Circuits", Trans
 
 from __future__ import annotations
 
+import math
+
 import networkx as nx
 import torch
 
 from headscope.errors import InputError
 from headscope.heads import head_name
 from headscope.model.transformer import HookedTransformer
+from headscope.provenance import graph_provenance
 
 KINDS = ("q", "k", "v")
 DEFAULT_TOP_K = 3  # edges kept into each reading head when no threshold is given
@@ -111,9 +114,11 @@ def composition_graph(model: HookedTransformer, kind: str = "k", threshold: floa
     strongest into each reader."""
     if kind not in KINDS:
         raise InputError(f"unknown composition {kind!r}: use q, k or v")
+    if threshold is not None and not math.isfinite(threshold):
+        raise InputError(f"threshold must be a finite number, got {threshold}", parameter="threshold")
     scores = composition_scores(model)[KINDS.index(kind)]
     cfg = model.cfg
-    graph = nx.DiGraph(composition=kind)
+    graph = nx.DiGraph(composition=kind, **graph_provenance(model))
     for layer in range(cfg.n_layers):
         for head in range(cfg.n_heads):
             held = ";".join(roles.head(layer, head).roles) if roles is not None else ""

@@ -18,6 +18,8 @@ Abnar & Zuidema (2020), "Quantifying Attention Flow in Transformers", ACL.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import networkx as nx
@@ -29,6 +31,7 @@ from scipy.sparse.csgraph import maximum_flow
 from headscope.errors import InputError
 from headscope.heads import head_name
 from headscope.model.transformer import HookedTransformer
+from headscope.provenance import graph_provenance
 
 CAPACITY_SCALE = 2**30  # int32 capacities: flows of at most 1 fit with room to spare
 
@@ -187,12 +190,15 @@ def token_flow(model: HookedTransformer, tokens: torch.Tensor, method: str = "ro
         raise InputError(f"unknown flow method {method!r}: use rollout or maxflow")
     if threshold is not None and top_k is not None:
         raise InputError("prune with a threshold or with top_k, not both", parameter="top_k")
+    if threshold is not None and not math.isfinite(threshold):
+        raise InputError(f"threshold must be a finite number, got {threshold}", parameter="threshold")
     tokens = tokens if tokens.dim() == 2 else tokens[None]
     attention = gradient_weighted_attention(model, tokens, target, heads) if gradient else \
         layer_attention(model, tokens, heads)
     target = _position(target, attention.shape[-1])
     text = model.to_str_tokens(tokens[0]) if model.tokenizer is not None else None
     built = flow_graph(attention, text, min_capacity=threshold or 0.0)
+    built.graph.graph.update(graph_provenance(model))
     for (layer, position), value in _relevance(attention, target).items():
         built.graph.nodes[node_name(layer, position)]["relevance"] = value
     if method == "maxflow":

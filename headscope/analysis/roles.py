@@ -49,16 +49,18 @@ from pathlib import Path
 
 import torch
 
-import headscope
 from headscope import distributed as distributed_run
+from headscope.analysis import intervals
 from headscope.capture.datasets import TokenDataset, dataset_for_model, fit_seq_len
 from headscope.capture.engine import capture
 from headscope.capture.result import CaptureResult
 from headscope.capture.statistics import Batch, EntryPlan, make_plans
 from headscope.errors import InputError
 from headscope.heads import head_name
+from headscope.io import strict_json
 from headscope.model.transformer import HookedTransformer
 from headscope.progress import discard
+from headscope.provenance import provenance
 
 # role -> the capture statistic that scores it
 ROLE_STATISTICS = {
@@ -76,7 +78,7 @@ DEFAULT_THRESHOLDS = {
     "local": 0.6, "next_token": 0.4, "sep": 0.4,
 }
 DEFAULT_MARGIN = 0.05
-CONFIDENCE = 0.95
+CONFIDENCE = intervals.CONFIDENCE
 MIN_SEQ_LEN = 4  # two periods of at least two tokens
 
 
@@ -152,8 +154,8 @@ class RoleTable:
     def to_json(self, indent: int | None = 2) -> str:
         """roles.json: {"model", "n_layers", "n_heads", "results": [a row per head, its "heads" the head's
         name], "meta"} (headscope 0.1 wrote the rows under "heads"; `from_json` reads both)."""
-        return json.dumps({"model": self.model, "n_layers": self.n_layers, "n_heads": self.n_heads,
-                           "results": [h.to_dict() for h in self.heads], "meta": self.meta}, indent=indent)
+        return strict_json({"model": self.model, "n_layers": self.n_layers, "n_heads": self.n_heads,
+                            "results": [h.to_dict() for h in self.heads], "meta": self.meta}, indent=indent)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "RoleTable":
@@ -240,6 +242,7 @@ def classify_heads(
     progress: bool = False,
     distributed: bool | None = None,
     resume: str | Path | None = None,
+    max_memory: int | None = None,
 ) -> RoleTable:
     """Give every head of `model` the roles its attention supports (see the module docstring).
 
@@ -255,6 +258,8 @@ def classify_heads(
     one); every process gets the whole table (see `headscope.distributed`).
     resume: a folder for the two captures' progress files: a rerun with the same model, data and options
     continues where the last stopped, a finished capture included; they are removed at the end.
+    max_memory: bytes for each forward pass's activations (default: a share of the free memory, see
+    `headscope.capture.capture`); the bootstrap draws its resamples in bounded chunks whatever the prompts.
 
     References
     ----------
@@ -275,10 +280,10 @@ def classify_heads(
         except OSError as err:
             raise InputError(f"cannot create the resume folder {resume}: {err.strerror}") from err
     probe = capture(model, dataset, stats, device=device, progress=progress, distributed=distributed,
-                    resume=stages["probe"], keep_progress=True)
+                    resume=stages["probe"], keep_progress=True, max_memory=max_memory)
     control = capture(model, shuffled_control(dataset, seed), [ROLE_STATISTICS[r] for r in CONTENT_ROLES],
                       device=device, plan_dataset=dataset, progress=progress, distributed=distributed,
-                      resume=stages["control"], keep_progress=True)
+                      resume=stages["control"], keep_progress=True, max_memory=max_memory)
     scores = {r: probe.mean(ROLE_STATISTICS[r]) for r in roles}
     intervals = {r: bootstrap_interval(probe, ROLE_STATISTICS[r], n_bootstrap, seed) for r in roles}
     nulls = _nulls(model, dataset, control, roles)
@@ -288,7 +293,7 @@ def classify_heads(
         for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)
     )
     meta = {"dataset": dataset.name, "dataset_meta": dataset.meta, "seq_len": int(dataset.tokens.shape[1]),
-            "num_prompts": len(dataset), "seed": seed, "headscope_version": headscope.__version__,
+            "num_prompts": len(dataset), "seed": seed, **provenance(model),
             "thresholds": limits, "margin": margin, "n_bootstrap": n_bootstrap, "confidence": CONFIDENCE,
             "nulls": {r: "shuffled control, same positions" if r in CONTENT_ROLES else "uniform attention"
                       for r in roles}}
@@ -352,21 +357,9 @@ def shuffled_control(dataset: TokenDataset, seed: int = 0) -> TokenDataset:
 
 def bootstrap_interval(result: CaptureResult, stat: str, n_bootstrap: int = 1000, seed: int = 0,
                        confidence: float = CONFIDENCE) -> tuple[torch.Tensor, torch.Tensor]:
-    """Percentile bootstrap interval over prompts of a statistic's mean, (n_layers, n_heads) each end.
-
-    Prompts are resampled with replacement: a (B, n_prompts) matrix of multinomial counts W, and each
-    resample's mean is (W @ sums) / (W @ counts), the same pooled mean `CaptureResult.mean` takes.
-    """
-    sums = result.sums[stat]  # (n, L, H)
-    counts = result.counts[stat].double()  # (n,)
-    n = sums.shape[0]
-    generator = torch.Generator().manual_seed(seed)
-    draws = torch.randint(0, n, (n_bootstrap, n), generator=generator)
-    weights = torch.zeros(n_bootstrap, n, dtype=torch.float64).scatter_add_(1, draws, torch.ones_like(draws, dtype=torch.float64))
-    means = (weights @ sums.reshape(n, -1)) / (weights @ counts)[:, None]  # (B, L*H); NaN where nothing counted
-    alpha = (1 - confidence) / 2
-    ends = torch.nanquantile(means, torch.tensor([alpha, 1 - alpha], dtype=torch.float64), dim=0)
-    return ends[0].reshape(sums.shape[1:]), ends[1].reshape(sums.shape[1:])
+    """Percentile bootstrap interval over prompts of a statistic's mean, (n_layers, n_heads) each end: each
+    resample's mean is pooled as `CaptureResult.mean` pools (`headscope.analysis.intervals`)."""
+    return intervals.bootstrap_interval(result.sums[stat], result.counts[stat], n_bootstrap, seed, confidence)
 
 
 def uniform_null(dataset: TokenDataset, stat: str, causal: bool) -> float:

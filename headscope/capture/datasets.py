@@ -174,7 +174,10 @@ def from_texts(
     texts = [text for text in texts if text.strip()]
     if not texts:
         raise InputError("the dataset is empty: no text with anything but whitespace")
-    content = [e.ids for e in tokenizer.backend.encode_batch(texts, add_special_tokens=False)]
+    encodings = tokenizer.backend.encode_batch(texts, add_special_tokens=False)
+    for text, encoding in zip(texts, encodings):
+        tokenizer.check_known(text, encoding)
+    content = [e.ids for e in encodings]
     if not any(content):
         raise InputError("the dataset is empty: the tokenizer made no tokens from these texts")
     prefix, suffix = _frame(tokenizer, prepend_bos, texts, content)
@@ -369,6 +372,38 @@ def fit_seq_len(model, seq_len: int | None, default: int = 64) -> int:
     return seq_len if seq_len is not None else max(2, min(default, model.cfg.n_ctx - 2))
 
 
+def check_request(model, spec: str, seq_len: int, num_prompts: int, memory: int | None = None) -> None:
+    """Refuse, before anything is built, prompts longer than the model's context and a repeated-random
+    request whose token ids and per-prompt statistics would not fit in `memory` bytes (default: what
+    `headscope.capture.budget.available_memory` finds), with the figures."""
+    from headscope.capture.budget import available_memory
+
+    frame = 2 if model.tokenizer is not None and model.tokenizer.uses_post_processor else 1
+    if seq_len + frame > model.cfg.n_ctx:
+        raise InputError(f"seq_len={seq_len} tokens per prompt (plus {frame} for BOS or the encoder's frame) do "
+                         f"not fit the model's context of {model.cfg.n_ctx} positions: use at most "
+                         f"{model.cfg.n_ctx - frame}", parameter="seq_len")
+    if not spec.startswith("repeated-random"):
+        return  # a file's prompts are bounded by the file
+    # token ids and mask of the prompts and of the shuffled control (int64), and about a dozen float64
+    # per-prompt sums per head: an estimate that errs high
+    per_prompt = 3 * 8 * (seq_len + frame) + 12 * 8 * model.cfg.n_layers * model.cfg.n_heads
+    need = per_prompt * num_prompts
+    budget = available_memory(torch.device("cpu")) if memory is None else memory
+    if need > budget:
+        raise InputError(f"num_prompts={num_prompts} prompts of {seq_len} tokens need about {_size(need)} of "
+                         f"memory, more than the {_size(budget)} available: use at most {budget // per_prompt} "
+                         "prompts", parameter="num_prompts")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
 def dataset_for_model(model, spec: str, *, seq_len: int | None = None, num_prompts: int, seed: int = 0,
                       mode: str = "pad", default_seq_len: int = 64) -> TokenDataset:
     """`load_dataset` with the model's tokenizer, vocabulary, BOS and special tokens filled in.
@@ -376,12 +411,16 @@ def dataset_for_model(model, spec: str, *, seq_len: int | None = None, num_promp
     seq_len: content tokens per prompt; None takes `default_seq_len`, cut to the model's context.
     """
     seq_len = fit_seq_len(model, seq_len, default_seq_len)
+    check_request(model, spec, seq_len, num_prompts)
     tokenizer = model.tokenizer
-    prepends_bos = tokenizer is not None and tokenizer.resolve_bos(None)
+    if tokenizer is not None:
+        bos = tokenizer.bos_token_id if tokenizer.resolve_bos(None) else None
+    else:  # a model folder without tokenizer files: BOS as its config.json names it
+        bos = getattr(model, "bos_token_id", None)
     dataset = load_dataset(
         spec, tokenizer, seq_len=seq_len, num_prompts=num_prompts, seed=seed, vocab_size=model.cfg.d_vocab,
-        bos_token_id=tokenizer.bos_token_id if prepends_bos else None,
-        exclude_ids=tokenizer.special_ids if tokenizer is not None else (), mode=mode,
+        bos_token_id=bos, exclude_ids=tokenizer.special_ids if tokenizer is not None else [bos] if bos is not None
+        else (), mode=mode,
     )
     if dataset.name == "repeated-random" and tokenizer is not None and tokenizer.uses_post_processor:
         return _framed(dataset, *_frame(tokenizer, None, ["a"], [[0]]))

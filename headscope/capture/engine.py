@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-import headscope
 from headscope import distributed as distributed_run
 from headscope.capture.budget import choose_batch_size, is_out_of_memory
 from headscope.capture.datasets import TokenDataset, real_mask
@@ -31,6 +30,7 @@ from headscope.heads import parse_heads
 from headscope.model.attention import Attention
 from headscope.model.transformer import HookedTransformer
 from headscope.progress import ProgressFile, rank_path, run_fingerprint
+from headscope.provenance import provenance
 
 PAIR_CHUNK = 1 << 15  # pairs gathered at once: memory is PAIR_CHUNK x heads x d_head
 
@@ -303,7 +303,7 @@ def capture(
             "seq_len": dataset.tokens.shape[1], "method": method, "processes": processes,
             "resumed_prompts": resumed,
             "oom_halvings": sum(halvings for _, _, halvings in shards),  # times a batch was halved after OOM
-            "headscope_version": headscope.__version__, "torch_version": torch.__version__}
+            "torch_version": torch.__version__, **provenance(model)}
     result = CaptureResult.concat(parts, meta)
     if not keep_progress:
         progress_file.remove()

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from headscope.errors import InputError
 from headscope.heads import head_name
-from headscope.io import atomic_path
+from headscope.io import atomic_path, strict_json
 
 
 @dataclass
@@ -51,7 +51,7 @@ class PatternRecorder:
         tensors = {k: v.contiguous() for k, v in self.patterns.items()}
         tensors |= {f"tokens/{p}": t.contiguous() for p, t in self.tokens.items()}
         with atomic_path(path) as tmp:
-            save_file(tensors, tmp, metadata={"meta": json.dumps(meta or {})})
+            save_file(tensors, tmp, metadata={"meta": strict_json(meta or {}, None)})
 
     def result(self, meta: dict) -> "Patterns":
         """What was recorded, keyed by (head name, prompt) as `load_patterns` returns it."""

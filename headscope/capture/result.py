@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from headscope.errors import InputError
 from headscope.heads import head_name
-from headscope.io import atomic_path
+from headscope.io import atomic_path, strict_json
 
 
 @dataclass
@@ -70,8 +70,8 @@ class CaptureResult:
         """stats.json: {"model", "statistics", "counts", "results": [{"heads": [name], "layer", "head",
         <statistic>: mean}], "meta"}: a row per head, and how many queries each statistic counted."""
         counts = {name: self.count(name) for name in self.statistics}
-        return json.dumps({"model": self.meta.get("model"), "statistics": list(self.statistics), "counts": counts,
-                           "results": self.to_rows(), "meta": self.meta}, indent=2)
+        return strict_json({"model": self.meta.get("model"), "statistics": list(self.statistics), "counts": counts,
+                            "results": self.to_rows(), "meta": self.meta})
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """`sum/NAME` and `count/NAME` of every statistic: what `save` and progress files hold."""
@@ -85,7 +85,7 @@ class CaptureResult:
 
     def save(self, path: str | Path) -> None:
         """Sums and counts as safetensors, meta inside its header; written atomically."""
-        metadata = {"meta": json.dumps(self.meta), "statistics": json.dumps(self.statistics)}
+        metadata = {"meta": strict_json(self.meta, None), "statistics": strict_json(self.statistics, None)}
         with atomic_path(path) as tmp:
             save_file(self.tensors(), tmp, metadata=metadata)
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import click
 
 from headscope import distributed
-from headscope.cli.options import DEFAULT_MODEL, dataset_options, parse_bytes, report_written, split
+from headscope.cli.options import (DEFAULT_MODEL, check_outputs, dataset_options, int_list, name_list, parse_bytes,
+                                   report_written)
 from headscope.errors import InputError
 from headscope.io import write_text_atomically
 from headscope.reports import ablation_lines
@@ -15,12 +16,12 @@ from headscope.reports import ablation_lines
 @click.command()
 @click.argument("model_source", metavar="[MODEL]", default=DEFAULT_MODEL, required=False)
 @dataset_options(seq_len=64)
-@click.option("--heads", help="Ablate these heads together, e.g. L1H6,L0H3.")
+@click.option("--heads", callback=name_list, help="Ablate these heads together, e.g. L1H6,L0H3.")
 @click.option("--role", help="Ablate every head holding this role in --roles, e.g. induction.")
 @click.option("--roles", "roles_path", type=click.Path(exists=True, dir_okay=False), help="A roles.json.")
 @click.option("--sweep", "by", type=click.Choice(["head", "layer"]), help="Ablate every head (or layer) alone.")
 @click.option("--method", type=click.Choice(["zero", "mean", "resample"]), default="zero", show_default=True)
-@click.option("--knockout", "knockout_keys", help="Instead of removing the heads' output, cut only their attention "
+@click.option("--knockout", "knockout_keys", callback=int_list(), help="Instead of removing the heads' output, cut only their attention "
                                                   "to these key positions, e.g. 0 (the BOS sink) or 0,3.")
 @click.option("--metric", type=click.Choice(["loss", "induction-loss", "kl", "logit-diff"]), default="loss",
               show_default=True)
@@ -34,8 +35,8 @@ from headscope.reports import ablation_lines
               help="With --sweep: memory budget for one pass's activations, e.g. 2GB; it sets how many ablated "
                    "variants share a pass.  [default: 1GB]")
 def ablate(model_source: str, dataset: str, seq_len: int | None, num_prompts: int, device: str, seed: int, pack: bool,
-           heads: str | None, role: str | None, roles_path: str | None, by: str | None, method: str,
-           knockout_keys: str | None, metric: str, pairs: str | None, json_path: str | None,
+           heads: list[str] | None, role: str | None, roles_path: str | None, by: str | None, method: str,
+           knockout_keys: list[int] | None, metric: str, pairs: str | None, json_path: str | None,
            html_path: str | None, resume_path: str | None, max_memory: int | None) -> None:
     """What heads are for: the change in a metric when they are zero-, mean- or resample-ablated."""
     from headscope.analysis import ablation, metrics
@@ -43,6 +44,7 @@ def ablate(model_source: str, dataset: str, seq_len: int | None, num_prompts: in
     from headscope.loading.load import load_model
 
     _check_choices(heads, role, roles_path, by, knockout_keys, metric, pairs, resume_path, max_memory)
+    check_outputs(json_path, html_path, resume_path)
     model = load_model(model_source, device=device)
     if pairs:
         data, answers, wrongs = metrics.pairs_dataset(pairs, model.tokenizer)
@@ -57,8 +59,7 @@ def ablate(model_source: str, dataset: str, seq_len: int | None, num_prompts: in
     else:
         targets = _targets(model, heads, role, roles_path)
         if knockout_keys:
-            keys = [int(k) for k in split(knockout_keys) or [] if k.lstrip("-").isdigit()]
-            result = ablation.knockout(model, data, targets, keys, chosen_metric, seed=seed)
+            result = ablation.knockout(model, data, targets, knockout_keys, chosen_metric, seed=seed)
         else:
             result = ablation.ablate(model, data, targets, method, chosen_metric, seed=seed)
     if not distributed.is_writer():  # under torchrun, rank 0 writes and prints
@@ -90,7 +91,7 @@ def _check_choices(heads, role, roles_path, by, knockout_keys, metric, pairs, re
                          "process")
 
 
-def _targets(model, heads: str | None, role: str | None, roles_path: str | None) -> list[tuple[int, int]]:
+def _targets(model, heads: list[str] | None, role: str | None, roles_path: str | None) -> list[tuple[int, int]]:
     """The heads named by --heads, or those holding --role in --roles."""
     from headscope.analysis.roles import RoleTable
     from headscope.heads import parse_heads

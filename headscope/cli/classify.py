@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import click
 
 from headscope import distributed
-from headscope.cli.options import DEFAULT_MODEL, dataset_options, report_written
-from headscope.io import write_text_atomically
+from headscope.cli.options import DEFAULT_MODEL, check_outputs, dataset_options, output_folder, report_written
+from headscope.io import run_lock, write_text_atomically
 from headscope.reports import role_lines
 
 
@@ -30,10 +32,12 @@ def classify(model_source: str, dataset: str, seq_len: int | None, num_prompts: 
     from headscope.capture.datasets import dataset_for_model
     from headscope.loading.load import load_model
 
-    model = load_model(model_source, device=device)
-    data = dataset_for_model(model, dataset, seq_len=seq_len, num_prompts=num_prompts, seed=seed,
-                             mode="pack" if pack else "pad")
-    table = classify_heads(model, data, seed=seed, progress=True, resume=resume_dir)
+    check_outputs(json_path, csv_path, html_path)
+    with run_lock(output_folder(resume_dir)) if resume_dir and distributed.is_writer() else contextlib.nullcontext():
+        model = load_model(model_source, device=device)
+        data = dataset_for_model(model, dataset, seq_len=seq_len, num_prompts=num_prompts, seed=seed,
+                                 mode="pack" if pack else "pad")
+        table = classify_heads(model, data, seed=seed, progress=True, resume=resume_dir)
     if not distributed.is_writer():  # under torchrun, rank 0 writes and prints
         return
     click.echo("\n".join(role_lines(table)))

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from headscope.cli.options import DEFAULT_MODEL, device_option, prompt_options, read_prompt
+from headscope.cli.options import (DEFAULT_MODEL, check_outputs, device_option, finite_float, name_list,
+                                   prompt_options, read_prompt)
 from headscope.errors import InputError
 from headscope.export.graphs import GRAPH_FORMATS
 from headscope.viz.render import FIGURE_SUFFIXES
@@ -27,14 +28,14 @@ OUTPUT_SUFFIXES = tuple(GRAPH_FORMATS) + FIGURE_SUFFIXES
               help="A roles.json from `headscope classify`, to label the heads of a composition graph.")
 @click.option("--target-pos", default=-1, show_default=True, help="The output position the flow goes to.")
 @click.option("--gradient", is_flag=True, help="Weight attention by its gradient for the predicted token's logit.")
-@click.option("--heads", help="Average only these heads, e.g. L1H6,L0H3 (default: every head).")
-@click.option("--threshold", type=float, help="Leave out edges weaker than this.")
+@click.option("--heads", callback=name_list, help="Average only these heads, e.g. L1H6,L0H3 (default: every head).")
+@click.option("--threshold", type=float, callback=finite_float, help="Leave out edges weaker than this.")
 @click.option("--top-k", type=int, help="Keep the k strongest edges into each node.")
 @click.option("--out", "outs", multiple=True, required=True, type=click.Path(dir_okay=False),
               help="Output file; the suffix picks the format: " + ", ".join(OUTPUT_SUFFIXES) + ". Repeatable.")
 @device_option
 def flow(model_source: str, text: str | None, prompt_file: str | None, method: str, kind: str,
-         roles_path: str | None, target_pos: int, gradient: bool, heads: str | None, threshold: float | None,
+         roles_path: str | None, target_pos: int, gradient: bool, heads: list[str] | None, threshold: float | None,
          top_k: int | None, outs: tuple[str, ...], device: str) -> None:
     """How attention carries information from each token to a target position (Abnar & Zuidema 2020):
     rollout or max-flow through the layers, as a graph file or an interactive page; or, with
@@ -45,6 +46,7 @@ def flow(model_source: str, text: str | None, prompt_file: str | None, method: s
     if bad:
         raise InputError(f"unknown output format {Path(bad[0]).suffix or '(no suffix)'!r} for {bad[0]}: "
                          f"use {', '.join(OUTPUT_SUFFIXES)}")
+    check_outputs(*outs)
     if method in ("composition", "ablation"):
         if any(Path(o).suffix.lower() in FIGURE_SUFFIXES for o in outs):
             raise InputError("a composition graph is written as " + ", ".join(GRAPH_FORMATS))
@@ -57,7 +59,7 @@ def flow(model_source: str, text: str | None, prompt_file: str | None, method: s
 
     prompt = read_prompt(text, prompt_file)
     model = load_model(model_source, device=device)
-    chosen = parse_heads(heads, model.cfg.n_layers, model.cfg.n_heads) if heads else None
+    chosen = parse_heads(heads, model.cfg.n_layers, model.cfg.n_heads) if heads is not None else None
     built = token_flow(model, model.to_tokens(prompt), method, target_pos, chosen, threshold, top_k, gradient)
     _write(built.graph, outs, title=f"{model.name}: {method} to position {built.graph.graph['target']}")
 

@@ -1,4 +1,4 @@
-"""`headscope models list | fetch | info`: the registered models, the cache, one model's config and hooks."""
+"""`headscope models list | fetch | verify | info`: the registered models, the cache, one model's config and hooks."""
 
 from __future__ import annotations
 
@@ -32,6 +32,28 @@ def models_fetch(names: tuple[str, ...]) -> None:
 
     for entry in [get_entry(name) for name in names]:  # check every name before downloading any
         click.echo(f"{entry.name}: {fetch(entry)}")
+
+
+@models.command("verify")
+@click.argument("names", nargs=-1)
+def models_verify(names: tuple[str, ...]) -> None:
+    """Hash cached models afresh and compare every file with its pinned sha256 (default: every cached model).
+
+    Exits with code 1 when a file is missing, of another size or another sha256; `models fetch` replaces it.
+    """
+    from headscope.errors import HeadscopeError
+    from headscope.loading.registry import get_entry, list_models, verify
+
+    entries = [get_entry(name) for name in names] if names else [s.entry for s in list_models() if s.cached]
+    damaged = 0
+    for entry in entries:
+        try:
+            click.echo(f"{entry.name}: ok, sha256 {verify(entry)}")
+        except HeadscopeError as err:
+            damaged += 1
+            click.echo(f"{entry.name}: {err}", err=True)
+    if damaged:
+        raise click.ClickException(f"{damaged} of {len(entries)} models failed verification")
 
 
 @models.command("info")

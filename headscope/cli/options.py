@@ -38,6 +38,54 @@ def split(value: str | None) -> list[str] | None:
     return [part.strip() for part in value.split(",") if part.strip()] if value else None
 
 
+def name_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+    """`"a,b"` -> ["a", "b"]; an empty entry (`""`, `","`, `"a,,b"`) is refused rather than dropped."""
+    if value is None:
+        return None
+    parts = [part.strip() for part in value.split(",")]
+    if not all(parts):
+        raise click.BadParameter(f"{value!r} has an empty entry: give comma-separated names, e.g. L1H0,L0H3")
+    return parts
+
+
+def int_list(minimum: int | None = None):
+    """A callback for `"0,3"` -> [0, 3]: every entry an integer (at least `minimum`), none dropped."""
+
+    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+        if value is None:
+            return None
+        numbers = []
+        for part in value.split(","):
+            try:
+                number = int(part.strip())
+            except ValueError:
+                raise click.BadParameter(f"{part.strip()!r} in {value!r} is not an integer") from None
+            if minimum is not None and number < minimum:
+                raise click.BadParameter(f"{number} in {value!r} is below {minimum}")
+            numbers.append(number)
+        return numbers
+
+    return parse
+
+
+def finite_float(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """A float option that refuses NaN and infinities."""
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number")
+    return value
+
+
+def check_outputs(*paths: str | None) -> None:
+    """Refuse, before any work, output files whose folder is missing or not writable."""
+    from headscope.io import check_writable
+
+    for path in paths:
+        if path is not None and path != "-":
+            check_writable(path)
+
+
 def device_option(command):
     """--device, with the check above."""
     return click.option("--device", default="cpu", show_default=True, callback=check_device)(command)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from headscope.cli.options import device_option, prompt_options, read_prompt
+from headscope.cli.options import check_outputs, device_option, prompt_options, read_prompt
 
 
 @click.command()
@@ -22,6 +22,7 @@ def pattern(model_source: str, head_name: str, text: str | None, prompt_file: st
     from headscope.viz import pattern_figure, write_html
 
     text = read_prompt(text, prompt_file)
+    check_outputs(html_path)
     model = load_model(model_source, device=device)
     heads = parse_heads(head_name, model.cfg.n_layers, model.cfg.n_heads)
     if len(heads) != 1:

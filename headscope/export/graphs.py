@@ -6,14 +6,13 @@ attributes (layer, position, token, capacity/weight, role...).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import networkx as nx
 from networkx.readwrite import json_graph
 
 from headscope.errors import InputError
-from headscope.io import atomic_path
+from headscope.io import atomic_path, strict_json
 
 
 def _graphml(graph: nx.DiGraph, path: str) -> None:
@@ -25,7 +24,7 @@ def _gexf(graph: nx.DiGraph, path: str) -> None:
 
 
 def _json(graph: nx.DiGraph, path: str) -> None:
-    Path(path).write_text(json.dumps(json_graph.node_link_data(graph, edges="edges"), indent=1))
+    Path(path).write_text(strict_json(json_graph.node_link_data(graph, edges="edges"), indent=1))
 
 
 def _dot(graph: nx.DiGraph, path: str) -> None:

@@ -38,9 +38,12 @@ HUB_FILES = ("config.json", *TOKENIZER_FILES)
 # ----- reading a folder ----------------------------------------------------------------------------
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ModelFormatError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise ModelFormatError(f"{path} holds a JSON {type(data).__name__}, not an object of settings")
+    return data
 
 
 def _read_one(path: Path) -> dict[str, Tensor]:
@@ -135,8 +138,12 @@ def load_hf_folder(path: str | Path) -> LoadedModel:
     family, lm_head = family_and_head(hf, class_name, source)
     cfg = model_config(family, hf, lm_head, source)
     state_dict = convert_state_dict(_read_weights(folder), family, cfg, source)
-    return LoadedModel(cfg, state_dict, _folder_tokenizer(folder, hf, family.encoder, cfg.d_vocab), source,
-                       meta={"hf_architecture": class_name})
+    tokenizer = _folder_tokenizer(folder, hf, family.encoder, cfg.d_vocab)
+    meta = {"hf_architecture": class_name}
+    bos = hf.get("bos_token_id")
+    if tokenizer is None and not family.encoder and isinstance(bos, int) and 0 <= bos < cfg.d_vocab:
+        meta["bos_token_id"] = bos  # no tokenizer: generated prompts still start as the model was trained
+    return LoadedModel(cfg, state_dict, tokenizer, source, meta=meta)
 
 
 def load_hf_model(model: Any, tokenizer: Any = None, state_dict: dict[str, Tensor] | None = None) -> LoadedModel:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from headscope.errors import HeadscopeError, ModelNotFoundError
-from headscope.loading import LoadedModel, registry
+from headscope.loading import LoadedModel, digests, registry
 
 # Optional packages a loader may need, and the extra that installs them.
 _OPTIONAL = {"transformers": "hf", "accelerate": "hf", "huggingface_hub": "hf", "transformer_lens": "tl"}
@@ -59,10 +59,13 @@ def _load_named(source: str | os.PathLike) -> LoadedModel:
         path = registry.fetch(entry)
         loaded = _load_path(path, entry.format)
         loaded.source = entry.name
+        loaded.meta["sha256"] = registry.model_sha256(entry)
         return loaded
     path = Path(text).expanduser()
     if path.exists():
-        return _load_path(path, None)
+        loaded = _load_path(path, None)
+        loaded.meta["sha256"] = digests.source_sha256(path)
+        return loaded
     if _looks_like_path(source, text):
         raise ModelNotFoundError(f"no such file or folder: {text}")
     raise ModelNotFoundError(f"unknown model {text!r}: not a registered name ({', '.join(registry.REGISTRY)}) "

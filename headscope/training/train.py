@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from headscope.capture.datasets import repeated_random_tokens
 from headscope.capture.engine import capture
 from headscope.errors import InputError
+from headscope.io import strict_json, write_text_atomically
 from headscope.loading.checkpoint import load_checkpoint, save_checkpoint
 from headscope.model.config import ModelConfig
 from headscope.model.tokenizer import Tokenizer
@@ -107,7 +108,8 @@ class TrainResult:
 
 def toy_tokenizer(vocab: int) -> Tokenizer:
     """Words `t0` ... `t{vocab-1}` and `<bos>` (id `vocab`), split on whitespace: enough to type a prompt
-    such as "t3 t17 t3" and for datasets to know the BOS id and the special tokens."""
+    such as "t3 t17 t3" and for datasets to know the BOS id and the special tokens. There is no unknown
+    token (its place is `<bos>`), so `Tokenizer.check_known` refuses any other word with an InputError."""
     words = {f"t{i}": i for i in range(vocab)} | {"<bos>": vocab}
     backend = RustTokenizer(models.WordLevel(words, unk_token="<bos>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -279,5 +281,5 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, resume: bool = Tr
             _save(Path(out_dir), model, optimizer, step, log)
     bar.close()
     if out_dir is not None:
-        (Path(out_dir) / "log.json").write_text(json.dumps(log, indent=1))
+        write_text_atomically(Path(out_dir) / "log.json", strict_json(log, indent=1))
     return TrainResult(model.eval(), log)

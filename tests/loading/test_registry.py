@@ -78,7 +78,10 @@ def test_a_folder_without_the_right_marker_is_not_cached(cache):
     (folder / registry._MARKER).write_text(json.dumps({**marker, "version": "0.0.9"}))
     assert registry.cached_path("minilm-l6") is None  # filled from another version of the wheel
     (folder / registry._MARKER).write_text(json.dumps(marker))
-    assert registry.cached_path("minilm-l6") == folder
+    assert registry.cached_path("minilm-l6") is None  # the right marker, but files of other sizes than pinned
+    unpinned = dataclasses.replace(registry.REGISTRY["minilm-l6"],
+                                   source=dataclasses.replace(registry.REGISTRY["minilm-l6"].source, pins=()))
+    assert registry.cached_path(unpinned) == folder
 
 
 def test_pip_failure_is_a_fetch_error_with_pips_message(cache, offline):

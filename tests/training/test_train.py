@@ -86,8 +86,9 @@ def test_byte_level_training_on_a_corpus_folder_and_an_empty_one(tmp_path):
     (empty / "blank.py").write_text("\n\n")
     with pytest.raises(InputError, match="has no .py or .txt text to train on"):
         train(TrainConfig(data="stdlib", corpus_dir=str(empty), vocab=256, steps=5), progress=False)
+    assert TrainConfig(data="stdlib").vocab == 256 and TrainConfig().vocab == 64  # derived from the data
     with pytest.raises(InputError, match="vocab must be 256"):
-        TrainConfig(data="stdlib")
+        TrainConfig(data="stdlib", vocab=64)
 
 
 def test_the_train_command_writes_checkpoints_that_classify_reads(tmp_path):
