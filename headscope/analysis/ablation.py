@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 import headscope
 from headscope import distributed as distributed_run
 from headscope.analysis.metrics import MetricFn, resolve_metric
+from headscope.analysis.stacking import edit_hook, run_stacked, split_metric, variants_per_pass
 from headscope.capture.datasets import TokenDataset
 from headscope.errors import InputError
 from headscope.heads import head_name, parse_head
@@ -279,7 +280,7 @@ def sweep(model: HookedTransformer, dataset: TokenDataset, method: str = "zero",
     clean = chosen.of(model, clean_output, tokens, real, clean_output)
     variants = [[(layer, h)] for layer in range(cfg.n_layers) for h in range(cfg.n_heads)] if by == "head" else \
         [[(layer, h) for h in range(cfg.n_heads)] for layer in range(cfg.n_layers)]
-    stack = max(1, int(max_memory // _bytes_per_variant(cfg, *tokens.shape, chosen.reads)))
+    stack = variants_per_pass(cfg, *tokens.shape, chosen.reads, max_memory)
 
     split = distributed_run.active(distributed)
     processes = distributed_run.world_size() if split else 1
@@ -317,29 +318,17 @@ def sweep(model: HookedTransformer, dataset: TokenDataset, method: str = "zero",
     return AblationResult(model.name, method, chosen.name, float(clean.mean()), effects, meta)
 
 
-def _bytes_per_variant(cfg, n_prompts: int, n_pos: int, reads: str) -> int:
-    """Rough float32 memory one stacked variant holds at once: its logits when the metric reads them, else
-    the largest activations of a block (residual copies, MLP hidden, one layer's attention scores)."""
-    if reads == "logits":
-        return 3 * n_prompts * n_pos * cfg.d_vocab * 4
-    return n_prompts * n_pos * (4 * cfg.d_model + 2 * cfg.d_mlp + cfg.n_heads * n_pos) * 4
-
-
 def _run_variants(model, layer, variants, resid, tokens, real, mask, clean_output, metric, replacements):
     """Several ablated variants of one layer in one pass, stacked along the batch (variant-major)."""
-    k, n = len(variants), len(tokens)
-    rows = torch.arange(n, device=tokens.device)
+    rows = torch.arange(len(tokens), device=tokens.device)
 
-    def hook(z, hook):
-        z = z.clone()
-        for index, heads in enumerate(variants):
-            block = slice(index * n, (index + 1) * n)
+    def ablating(heads):
+        def edit(z):
             for l, h in heads:
-                z[block, :, h] = replacements.value(l, h, z[block], rows)
-        return z
+                z[:, :, h] = replacements.value(l, h, z, rows)
+        return edit
 
-    stacked_mask = None if mask is None else mask.repeat(k, 1)
-    with model.hooks([(f"blocks.{layer}.attn.hook_z", hook)]):
-        output = model.run_from_layer(resid.repeat(k, 1, 1), layer, attention_mask=stacked_mask,
-                                      return_type=metric.reads)
-    return [metric.of(model, output[i * n : (i + 1) * n], tokens, real, clean_output) for i in range(k)]
+    hook = edit_hook(len(tokens), [ablating(heads) for heads in variants])
+    output = run_stacked(model, layer, resid.repeat(len(variants), 1, 1), len(variants),
+                         [(f"blocks.{layer}.attn.hook_z", hook)], mask, metric.reads)
+    return split_metric(metric, model, output, len(variants), tokens, real, clean_output)
