@@ -156,7 +156,7 @@ class AblationResult:
         return out
 
 
-def _bootstrap(deltas: torch.Tensor, n_bootstrap: int, seed: int) -> tuple[float, float]:
+def bootstrap_mean_interval(deltas: torch.Tensor, n_bootstrap: int, seed: int) -> tuple[float, float]:
     """Percentile interval of the mean of per-prompt deltas, prompts resampled with replacement."""
     generator = torch.Generator().manual_seed(seed)
     draws = torch.randint(0, len(deltas), (n_bootstrap, len(deltas)), generator=generator)
@@ -167,7 +167,7 @@ def _bootstrap(deltas: torch.Tensor, n_bootstrap: int, seed: int) -> tuple[float
 
 def _effect(heads, ablated: torch.Tensor, clean: torch.Tensor, n_bootstrap: int, seed: int) -> Effect:
     deltas = (ablated - clean).cpu()
-    return Effect(tuple(heads), float(ablated.mean()), float(deltas.mean()), _bootstrap(deltas, n_bootstrap, seed))
+    return Effect(tuple(heads), float(ablated.mean()), float(deltas.mean()), bootstrap_mean_interval(deltas, n_bootstrap, seed))
 
 
 # ----- the public functions --------------------------------------------------------------------------------

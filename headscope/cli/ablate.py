@@ -39,13 +39,14 @@ def ablate(model_source: str, dataset: str, seq_len: int | None, num_prompts: in
            html_path: str | None, resume_path: str | None, max_memory: int | None) -> None:
     """What heads are for: the change in a metric when they are zero-, mean- or resample-ablated."""
     from headscope.analysis import ablation, metrics
+    from headscope.analysis.patching.pairs import pairs_dataset
     from headscope.capture.datasets import dataset_for_model
     from headscope.loading.load import load_model
 
     _check_choices(heads, role, roles_path, by, knockout_keys, metric, pairs, resume_path, max_memory)
     model = load_model(model_source, device=device)
     if pairs:
-        data, answers, wrongs = metrics.pairs_dataset(pairs, model.tokenizer)
+        data, answers, wrongs = pairs_dataset(pairs, model.tokenizer)
         chosen_metric = metrics.logit_diff_metric(answers, wrongs)
     else:
         data = dataset_for_model(model, dataset, seq_len=seq_len, num_prompts=num_prompts, seed=seed,
