@@ -177,13 +177,13 @@ def resolve_metric(metric: str | MetricFn | Metric, dataset: TokenDataset) -> Me
 PAIR_METRICS = ("logit-diff", "normalized-logit-diff", "answer-prob", "loss", "kl")
 
 
-def _last_rows(output: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+def last_rows(output: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """Each prompt's last real position of a (prompts, pos, ...) output: (prompts, ...)."""
     return output[torch.arange(len(output), device=output.device), _last_real(real).to(output.device)]
 
 
 def _last_log_probs(model, output: torch.Tensor, real: torch.Tensor, is_hidden: bool) -> torch.Tensor:
-    rows = _last_rows(output, real)
+    rows = last_rows(output, real)
     return (model.unembed_hidden(rows) if is_hidden else rows).float().log_softmax(-1)
 
 

@@ -9,6 +9,7 @@ Each returns a `PatchResult` (to_json / from_json; `headscope.viz.patching.patch
 """
 
 from headscope.analysis.patching.attribution import attribution_sweep
+from headscope.analysis.patching.dla import direct_logit_attribution, logit_lens
 from headscope.analysis.patching.exact import patch, patch_sweep
 from headscope.analysis.patching.generate import GENERATORS, induction_records, ioi_records
 from headscope.analysis.patching.pairs import PromptPairs, from_records, pairs_dataset, read_pairs
@@ -16,7 +17,8 @@ from headscope.analysis.patching.path import path_patch, path_patch_sweep
 from headscope.analysis.patching.result import PatchEffect, PatchResult
 
 __all__ = [
-    "GENERATORS", "PatchEffect", "PatchResult", "PromptPairs", "attribution_sweep", "from_records",
+    "GENERATORS", "PatchEffect", "PatchResult", "PromptPairs", "attribution_sweep", "direct_logit_attribution",
+    "from_records", "logit_lens",
     "induction_records", "ioi_records", "pairs_dataset", "patch", "patch_sweep", "path_patch", "path_patch_sweep",
     "read_pairs",
 ]
