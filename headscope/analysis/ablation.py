@@ -6,7 +6,7 @@ A head's output is its `hook_z` slice, `z[:, :, head]` (batch, pos, d_head), rep
   computed once per call from a clean pass);
 - "resample": its value on another prompt of the same dataset at the same position, the pairing a seeded
   derangement of the prompts (Chan et al.'s resampling ablation).
-Metrics (`headscope.analysis.metrics`: loss, induction-loss, kl, logit-diff, or a callable) give one value
+Metrics (`headscope.analysis.metrics`: loss, induction-loss, kl, logit-diff, cosine for encoders, or a callable) give one value
 per prompt, so effects get bootstrap intervals over prompts.
 
 "knockout" (attention-edge knockout) leaves a head's output alone and cuts only its attention to chosen key
@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 import headscope
 from headscope import distributed as distributed_run
-from headscope.analysis.metrics import MetricFn, resolve_metric
+from headscope.analysis.metrics import Metric, MetricFn, resolve_metric
 from headscope.analysis.stacking import edit_hook, run_stacked, split_metric, variants_per_pass
 from headscope.capture.datasets import TokenDataset
 from headscope.errors import InputError
@@ -171,11 +171,13 @@ def _effect(heads, ablated: torch.Tensor, clean: torch.Tensor, n_bootstrap: int,
 
 
 # ----- the public functions --------------------------------------------------------------------------------
-def _check(model, dataset, method) -> None:
+def _check(model, dataset, method, metric) -> None:
     if method not in METHODS:
         raise InputError(f"unknown ablation method {method!r}: use zero, mean or resample")
-    if not model.cfg.has_unembed:
-        raise InputError("ablation metrics read next-token logits; this model (an encoder) has none")
+    reads_hidden = metric == "cosine" or (isinstance(metric, Metric) and metric.reads == "hidden")
+    if not model.cfg.has_unembed and not reads_hidden:
+        raise InputError("this metric reads next-token logits and this model (an encoder) has none: use the cosine "
+                         "metric (similarity of the mean-pooled embedding to the clean run's)")
     if len(dataset) == 0:
         raise InputError("the dataset is empty")
 
@@ -189,7 +191,7 @@ def _meta(model, dataset, seed) -> dict:
 def ablate(model: HookedTransformer, dataset: TokenDataset, heads: Heads, method: str = "zero",
            metric: str | MetricFn = "loss", *, seed: int = 0, n_bootstrap: int = 1000) -> AblationResult:
     """The metric with all of `heads` ablated together, against the clean model."""
-    _check(model, dataset, method)
+    _check(model, dataset, method, metric)
     if not heads:
         raise InputError("no heads to ablate")
     chosen = resolve_metric(metric, dataset)
@@ -219,7 +221,7 @@ def ablate(model: HookedTransformer, dataset: TokenDataset, heads: Heads, method
 def knockout(model: HookedTransformer, dataset: TokenDataset, heads: Heads, key_positions: list[int],
              metric: str | MetricFn = "loss", *, seed: int = 0, n_bootstrap: int = 1000) -> AblationResult:
     """The metric when `heads` may no longer attend to `key_positions` (e.g. [0]: the BOS sink)."""
-    _check(model, dataset, "zero")
+    _check(model, dataset, "zero", metric)
     if not heads or not key_positions:
         raise InputError("knockout needs heads and key positions")
     n_pos = dataset.tokens.shape[1]
@@ -268,7 +270,7 @@ def sweep(model: HookedTransformer, dataset: TokenDataset, method: str = "zero",
     seconds); a rerun with the same model, prompts and options skips them. Removed at the end.
     progress: show a progress bar of this process's variants (rank 0's only, under several processes).
     """
-    _check(model, dataset, method)
+    _check(model, dataset, method, metric)
     if by not in ("head", "layer"):
         raise InputError(f"sweep by {by!r}: use head or layer")
     chosen = resolve_metric(metric, dataset)

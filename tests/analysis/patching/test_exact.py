@@ -92,3 +92,34 @@ def test_patching_every_head_of_every_layer_moves_the_clean_run_to_the_corrupted
     assert all(e.positions == (6,) for e in noised_z)
     assert denoised.value != pytest.approx(result.corrupted)
     assert len(resid.effects) == 2 * 7
+
+
+@torch.no_grad()
+def test_an_encoder_is_patched_and_ablated_by_the_cosine_of_its_pooled_embedding():
+    from headscope.analysis.ablation import ablate, sweep
+    from headscope.capture.datasets import from_tensor
+
+    model, pairs = tiny("bert", seed=12), make_pairs(seed=12)
+    result = patch_sweep(model, pairs, "head", metric="cosine", n_bootstrap=10)
+    assert result.clean == pytest.approx(1.0) and result.corrupted < 1.0
+    mask = pairs.clean.attention_mask
+    real = mask.bool()[..., None]
+
+    def pooled(hidden):
+        return (hidden * real).sum(1) / real.sum(1)
+
+    clean = pooled(model(pairs.clean.tokens, attention_mask=mask))
+    _, cache = model.run_with_cache(pairs.corrupted.tokens, names_filter=["blocks.1.attn.hook_z"], attention_mask=mask)
+
+    def swap(z, hook):
+        z = z.clone()
+        z[:, :, 2] = cache["blocks.1.attn.hook_z"][:, :, 2]
+        return z
+
+    hidden = model.run_with_hooks(pairs.clean.tokens, fwd_hooks=[("blocks.1.attn.hook_z", swap)], attention_mask=mask)
+    expected = torch.nn.functional.cosine_similarity(pooled(hidden), clean, dim=-1).mean()
+    assert result.effects[6].value == pytest.approx(float(expected), abs=1e-5)
+    data = from_tensor(pairs.clean.tokens)
+    swept = sweep(model, data, "zero", "cosine", n_bootstrap=10)
+    alone = ablate(model, data, [(1, 2)], "zero", "cosine", n_bootstrap=10).effects[0]
+    assert swept.baseline == pytest.approx(1.0) and swept.effects[6].value == pytest.approx(alone.value, abs=1e-5)
