@@ -99,3 +99,30 @@ def role_lines(table) -> list[str]:
             lines.append(f"  {name:<7}{role:<17}{row.scores[role]:>7.3f}  [{lo:.3f}, {hi:.3f}]  "
                          f"{float(row.nulls[role]):>6.3f}  {copying}")
     return lines
+
+
+def patch_lines(result, top: int = 15) -> list[str]:
+    """The clean and corrupted baselines, then the patches that move the metric most, then any control."""
+    meta = result.meta
+    direction = "denoising (corrupted run, clean patched in)" if meta.get("denoise") else \
+        "noising (clean run, corrupted patched in)"
+    route = f", senders -> {','.join(meta['receivers']) or 'logits'} via {meta['via']}" if "via" in meta else ""
+    lines = [f"{result.model}: {result.method} {result.kind} patching{route}, {direction}, {meta['n_pairs']} pairs",
+             f"  {result.metric}: clean {result.clean:.4f}, corrupted {result.corrupted:.4f}"]
+    effects = sorted(result.effects, key=lambda e: abs(e.value - result.base), reverse=True)
+    for e in effects[:top]:
+        names = ",".join(f"L{l}H{h}" for l, h in e.heads) or f"resid L{e.layer}"
+        if e.positions is not None:
+            names += "@" + ",".join(map(str, e.positions))
+        normalized = "" if e.normalized is None else f"  normalised {e.normalized:+.3f}"
+        lines.append(f"  {names:<24} {e.value:.4f}  [{e.ci[0]:.4f}, {e.ci[1]:.4f}]{normalized}")
+    if len(effects) > top:
+        lines.append(f"  ... {len(effects) - top} more in --json")
+    held = meta.get("held_out")
+    if held:
+        lines.append(f"  heads chosen on {len(held['select'])} pairs, measured on the other {len(held['evaluate'])}")
+    control = meta.get("control") or (held or {}).get("control")
+    if control:
+        lines.append(f"  random-head control: the real effect {control['real']:+.4f} beats "
+                     f"{control['percentile']:.0f}% of {control['n_draws']} random draws from the same layers")
+    return lines
