@@ -101,3 +101,12 @@ def induction_records(tokenizer: Tokenizer | None, n: int, seed: int = 0, period
 
 
 GENERATORS = {"ioi": ioi_records, "induction": induction_records}
+
+
+def generate_records(task: str, tokenizer: Tokenizer | None, n: int, seed: int = 0, period: int = 8) -> list[dict]:
+    """`n` pairs of a task by name ("ioi" or "induction"; `period` is induction's)."""
+    if task == "ioi":
+        return ioi_records(tokenizer, n, seed)
+    if task == "induction":
+        return induction_records(tokenizer, n, seed, period)
+    raise InputError(f"unknown prompt-pair task {task!r}: use {', '.join(GENERATORS)}")
