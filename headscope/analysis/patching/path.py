@@ -1,9 +1,9 @@
 """Path patching (Wang et al. 2022): the effect of sender heads on receivers through one route only.
 
 Noising (default): the clean run, with the senders' output z taken from the corrupted run and every other
-head frozen at its clean z (MLPs recomputed), gives the receivers' new input; only the chosen input (q, k
-or v) of each receiver head is recomputed from it, the receiver's other inputs stay clean, and the
-metric is read after a normal forward from the receivers on. `via="logits"` is the direct path: the
+head frozen at its clean z (MLPs recomputed), gives the receivers' new input; in a last, normal clean
+pass from the first receiver on, only the chosen input (q, k or v) of each receiver head is taken from
+that hybrid run, and the metric is read at the end. `via="logits"` is the direct path: the
 senders' change of output added to the final residual stream, then the final norm and unembedding.
 `denoise=True` swaps the roles of the two runs. Receivers must come after every sender (a later layer).
 
@@ -71,22 +71,33 @@ def _frozen_senders(prepared: Prepared, layer: int, senders_of_variants: list[He
     return edit_hook(len(base), [freeze(s) for s in senders_of_variants])
 
 
-def _receiver_z(model, prepared: Prepared, receivers: Heads, via: str, captured: dict, n: int, k: int) -> dict:
-    """Each receiver's new z per variant, (k * n, pos, d_head): its `via` input from the hybrid run."""
-    out = {}
-    for layer, head in receivers:
-        kv = head // model.blocks[layer].attn.group_size
-        index = head if via == "q" else kv
-        hybrid = captured[_input_names(model, layer)[via]][:, :, index]  # (k * n, pos, d_head)
-        inputs = {name: prepared.base.head_input(model, layer, head, name).repeat(k, 1, 1) for name in INPUTS}
-        inputs[via] = hybrid
-        out[(layer, head)] = attend(model, layer, inputs["q"], inputs["k"], inputs["v"], prepared.real.repeat(k, 1))[0]
-    return out
+def _receivers_hooks(model, prepared: Prepared, receivers: Heads, via: str, hybrid: dict, k: int) -> list:
+    """Hooks for the last pass: each receiver layer's live q, k, v are kept, and each receiver's z is
+    recomputed from them with its `via` input taken from the hybrid run (per query head, so a grouped
+    key/value head is patched for that head alone)."""
+    live, hooks = {}, []
+    real = prepared.real.repeat(k, 1)
+    for layer in sorted({l for l, _ in receivers}):
+        names = _input_names(model, layer)
+        hooks += [(name, lambda act, hook: live.__setitem__(hook.name, act)) for name in names.values()]
+
+        def splice(z, hook, layer=layer, names=names):
+            z = z.clone()
+            group = model.blocks[layer].attn.group_size
+            for l, h in receivers:
+                if l == layer:
+                    inputs = {n: live[names[n]][:, :, h if n == "q" else h // group] for n in INPUTS}
+                    inputs[via] = hybrid[names[via]][:, :, h if via == "q" else h // group]
+                    z[:, :, h] = attend(model, layer, inputs["q"], inputs["k"], inputs["v"], real)[0]
+            return z
+
+        hooks.append((f"blocks.{layer}.attn.hook_z", splice))
+    return hooks
 
 
 def _path_values(model, prepared: Prepared, variants: list[Heads], receivers: Heads | None, via: str) -> list[torch.Tensor]:
     """Per-prompt metric values of several sender sets through the same path, stacked in one pass each."""
-    n, k = len(prepared.base.tokens), len(variants)
+    k = len(variants)
     start = min(l for senders in variants for l, _ in senders)
     if via == "logits":
         return _direct_values(model, prepared, variants)
@@ -98,20 +109,10 @@ def _path_values(model, prepared: Prepared, variants: list[Heads], receivers: He
     names = {_input_names(model, l)[via] for l, _ in receivers}
     capture = [(name, lambda act, hook: captured.__setitem__(hook.name, act)) for name in names]
     run_stacked(model, start, prepared.base.resid(start).repeat(k, 1, 1), k, freezes + capture, prepared.mask, None)
-    new_z = _receiver_z(model, prepared, receivers, via, captured, n, k)
-
-    def splice(layer):
-        def hook(z, hook):
-            z = z.clone()
-            for (l, h), value in new_z.items():
-                if l == layer:
-                    z[:, :, h] = value
-            return z
-        return hook
-
-    layers = sorted({l for l, _ in receivers})
-    output = run_stacked(model, layers[0], prepared.base.resid(layers[0]).repeat(k, 1, 1), k,
-                         [(f"blocks.{l}.attn.hook_z", splice(l)) for l in layers], prepared.mask, prepared.metric.reads)
+    first = min(l for l, _ in receivers)
+    output = run_stacked(model, first, prepared.base.resid(first).repeat(k, 1, 1), k,
+                         _receivers_hooks(model, prepared, receivers, via, captured, k), prepared.mask,
+                         prepared.metric.reads)
     return split_metric(prepared.metric, model, output, k, prepared.base.tokens, prepared.real, prepared.clean.output)
 
 

@@ -9,7 +9,7 @@ from tests.analysis.patching.conftest import logit_diff, make_pairs, tiny
 
 
 @torch.no_grad()
-def slow_path(model, pairs, senders, receiver, via, denoise=False):
+def slow_path(model, pairs, senders, receivers, via, denoise=False):
     """Wang et al.'s recipe with three full passes and hooks: cache both runs' z; a hybrid pass with every
     head frozen at the base z except the senders (source z), keeping the receiver layer's `via` projection;
     a last pass of the base run with only the receiver's `via` projection replaced by the hybrid's."""
@@ -27,18 +27,23 @@ def slow_path(model, pairs, senders, receiver, via, denoise=False):
                 z[:, :, h] = source_cache[hook.name][:, :, h]
         return z
 
-    layer, head = receiver
-    name = f"blocks.{layer}.attn.hook_{via}"
+    receivers = [receivers] if isinstance(receivers, tuple) else receivers
+    names = {f"blocks.{layer}.attn.hook_{via}" for layer, _ in receivers}
+    last = max(layer for layer, _ in receivers)
     kept = {}
-    model.run_with_hooks(base.tokens, fwd_hooks=[(z_name, freeze) for z_name in z_names[:layer]]
-                         + [(name, lambda act, hook: kept.__setitem__("act", act))], attention_mask=mask)
+    model.run_with_hooks(base.tokens, fwd_hooks=[(z_name, freeze) for z_name in z_names[:last]]
+                         + [(name, lambda act, hook: kept.__setitem__(hook.name, act)) for name in names],
+                         attention_mask=mask)
 
     def replace(act, hook):
         act = act.clone()
-        act[:, :, head] = kept["act"][:, :, head]
+        layer = int(hook.name.split(".")[1])
+        for l, h in receivers:
+            if l == layer:
+                act[:, :, h] = kept[hook.name][:, :, h]
         return act
 
-    logits = model.run_with_hooks(base.tokens, fwd_hooks=[(name, replace)], attention_mask=mask)
+    logits = model.run_with_hooks(base.tokens, fwd_hooks=[(name, replace) for name in names], attention_mask=mask)
     return float(logit_diff(logits, pairs).mean())
 
 
@@ -91,3 +96,22 @@ def test_a_receiver_before_its_sender_is_refused():
         path_patch(model, pairs, [(0, 0)], [(1, 2)], "o")
     with pytest.raises(InputError, match="head L5H0 does not exist"):
         path_patch(model, pairs, [(5, 0)], [(1, 2)], "q")
+
+
+def test_receivers_in_two_layers_see_the_senders_only_through_the_path():
+    import dataclasses
+
+    from headscope.model.transformer import HookedTransformer
+    from tests.conftest import TINY_CONFIGS
+
+    torch.manual_seed(13)
+    model = HookedTransformer(dataclasses.replace(TINY_CONFIGS["gpt2"], n_layers=3)).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.rsplit(".", 1)[-1].startswith("W_"):
+                param.mul_(5)
+    pairs = make_pairs(seed=13)
+    receivers = [(1, 2), (2, 1)]
+    for via in ("q", "v"):
+        fast = path_patch(model, pairs, [(0, 3)], receivers, via, n_bootstrap=10).effects[0].value
+        assert fast == pytest.approx(slow_path(model, pairs, [(0, 3)], receivers, via), abs=1e-4)
