@@ -80,7 +80,7 @@ def ablation_lines(result, top: int = 15) -> list[str]:
                      f"[{effect.ci[0]:+.4f}, {effect.ci[1]:+.4f}]")
     if len(effects) > top:
         lines.append(f"  ... {len(effects) - top} more in the JSON output")
-    return lines
+    return lines + control_lines(result.meta, "prompts")
 
 
 def role_lines(table) -> list[str]:
@@ -117,10 +117,16 @@ def patch_lines(result, top: int = 15) -> list[str]:
         normalized = "" if e.normalized is None else f"  normalised {e.normalized:+.3f}"
         lines.append(f"  {names:<24} {e.value:.4f}  [{e.ci[0]:.4f}, {e.ci[1]:.4f}]{normalized}")
     if len(effects) > top:
-        lines.append(f"  ... {len(effects) - top} more in --json")
+        lines.append(f"  ... {len(effects) - top} more in the JSON output")
+    return lines + control_lines(meta, "pairs")
+
+
+def control_lines(meta: dict, unit: str) -> list[str]:
+    """A held-out selection's split and a random-head control, when the result's meta has them."""
+    lines = []
     held = meta.get("held_out")
     if held:
-        lines.append(f"  heads chosen on {len(held['select'])} pairs, measured on the other {len(held['evaluate'])}")
+        lines.append(f"  heads chosen on {len(held['select'])} {unit}, measured on the other {len(held['evaluate'])}")
     control = meta.get("control") or (held or {}).get("control")
     if control:
         lines.append(f"  random-head control: the real effect {control['real']:+.4f} beats "

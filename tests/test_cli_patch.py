@@ -64,3 +64,28 @@ def test_bad_input_is_one_line_and_writes_nothing(toy_pairs, tmp_path):
     assert_one_line_error(run("patch", TOY, "--pairs", pairs, "--heads", "L1H0", "--sweep", "head"), "exactly one of")
     assert_one_line_error(run("patch", TOY, "--pairs", pairs, "--heads", "L1H0", "--control", "many"), "random:N")
     assert not out.exists()
+
+
+def test_ablate_held_out_with_random_control_and_its_refusals(tmp_path):
+    out = tmp_path / "held.json"
+    result = run("ablate", TOY, "--held-out", "2", "--control", "random:4", "--metric", "induction-loss",
+                 "--num-prompts", "8", "--json", str(out))
+    assert result.exit_code == 0, result.output
+    assert "chosen on 4 prompts, measured on the other 4" in result.stdout and "random-head control" in result.stdout
+    held = json.loads(out.read_text())["meta"]["held_out"]
+    assert not set(held["select"]) & set(held["evaluate"]) and held["control"]["n_draws"] == 4
+    named = run("ablate", TOY, "--heads", "L1H1,L1H3", "--control", "random:3", "--metric", "induction-loss")
+    assert named.exit_code == 0 and "of 3 random draws" in named.stdout
+    assert_one_line_error(run("ablate", TOY, "--sweep", "head", "--control", "random:3"), "--control random:N compares")
+    assert_one_line_error(run("ablate", TOY, "--held-out", "2", "--heads", "L0H0"), "exactly one of")
+
+
+@pytest.mark.real_model
+def test_an_encoder_is_ablated_with_the_cosine_metric(minilm_dir, tmp_path):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("the cat sat on the mat\na dog ran in the park\nsentence embeddings are useful\n")
+    result = run("ablate", "minilm-l6", "--dataset", str(texts), "--heads", "L5H11", "--metric", "cosine")
+    assert result.exit_code == 0, result.output
+    assert "cosine baseline 1.0000" in result.stdout
+    refused = run("ablate", "minilm-l6", "--dataset", str(texts), "--heads", "L5H11")
+    assert_one_line_error(refused, "use the cosine metric")

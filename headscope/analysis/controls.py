@@ -125,3 +125,15 @@ def held_out_ablation(model, dataset, k: int = 3, *, method: str = "zero", metri
             return ablation.ablate(model, evaluate, chosen, method, metric, seed=seed, n_bootstrap=1).effects[0].value
         meta["control"] = random_head_control(measure, heads, model.cfg.n_heads, result.baseline, n_draws, seed).to_dict()
     return replace(result, meta={**result.meta, "held_out": meta})
+
+
+def ablate_with_control(model, dataset, heads: Heads, *, method: str = "zero", metric="loss", n_draws: int = 100,
+                        seed: int = 0, n_bootstrap: int = 1000):
+    """`ablation.ablate` of `heads`, its meta holding the random-head control of `n_draws` draws."""
+    result = ablation.ablate(model, dataset, heads, method, metric, seed=seed, n_bootstrap=n_bootstrap)
+
+    def measure(chosen):
+        return ablation.ablate(model, dataset, chosen, method, metric, seed=seed, n_bootstrap=1).effects[0].value
+
+    control = random_head_control(measure, heads, model.cfg.n_heads, result.baseline, n_draws, seed)
+    return replace(result, meta={**result.meta, "control": control.to_dict()})

@@ -7,21 +7,11 @@ import json
 
 import click
 
-from headscope.cli.options import device_option, report_written
+from headscope.cli.options import device_option, parse_control, report_written
 from headscope.errors import InputError
 from headscope.io import write_text_atomically
 
 METRIC_CHOICES = ["logit-diff", "normalized-logit-diff", "answer-prob", "loss", "kl", "cosine"]
-
-
-def _parse_control(value: str | None) -> int:
-    """`random:N` -> N draws (0 without a control)."""
-    if value is None:
-        return 0
-    kind, _, count = value.partition(":")
-    if kind != "random" or not count.isdigit() or int(count) < 1:
-        raise InputError(f"--control {value!r}: use random:N, e.g. random:100")
-    return int(count)
 
 
 @click.command()
@@ -61,7 +51,7 @@ def patch(model_source: str, pairs_path: str, heads: str | None, sweep: str | No
 
     if sum(x is not None for x in (heads, sweep, path_spec, held_out)) != 1:
         raise InputError("choose what to patch with exactly one of --heads, --sweep, --path or --held-out")
-    draws = _parse_control(control)
+    draws = parse_control(control)
     model = load_model(model_source, device=device)
     pairs = read_pairs(pairs_path, model.tokenizer)
     result = run_patching(model, pairs, heads=heads, sweep=sweep, path_spec=path_spec, via=via, site=site,
