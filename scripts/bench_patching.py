@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--denoise", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--json")
+    parser.add_argument("--save", help="write the exact, AtP and AtP* results as PREFIX_exact.json, ...")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -79,6 +80,9 @@ def main() -> None:
     figures["atp_worst"] = ", ".join(f"{names[i]} exact {truth[i]:+.3f} atp {deltas(atp)[i]:+.3f}" for i in off)
     figures["exact_top5"] = ", ".join(f"{names[i]} {truth[i]:+.3f}" for i in truth.abs().topk(5).indices.tolist())
     report(figures, args.json)
+    for label, result in (("exact", exact), ("atp", atp), ("atp_star", star)) if args.save else ():
+        with open(f"{args.save}_{label}.json", "w") as f:
+            f.write(result.to_json())
 
 
 if __name__ == "__main__":
