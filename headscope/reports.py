@@ -113,7 +113,7 @@ def ablation_lines(result, top: int = 15) -> list[str]:
                      f"[{effect.ci[0]:+.4f}, {effect.ci[1]:+.4f}]")
     if len(effects) > top:
         lines.append(f"  ... {len(effects) - top} more in the JSON output")
-    return lines
+    return lines + control_lines(result.meta, "prompts")
 
 
 def role_lines(table) -> list[str]:
@@ -131,4 +131,37 @@ def role_lines(table) -> list[str]:
             name = row.name if n == 0 else ""
             lines.append(f"  {name:<7}{role:<17}{row.scores[role]:>7.3f}  [{lo:.3f}, {hi:.3f}]  "
                          f"{float(row.nulls[role]):>6.3f}  {copying}")
+    return lines
+
+
+def patch_lines(result, top: int = 15) -> list[str]:
+    """The clean and corrupted baselines, then the patches that move the metric most, then any control."""
+    meta = result.meta
+    direction = "denoising (corrupted run, clean patched in)" if meta.get("denoise") else \
+        "noising (clean run, corrupted patched in)"
+    route = f", senders -> {','.join(meta['receivers']) or 'logits'} via {meta['via']}" if "via" in meta else ""
+    lines = [f"{result.model}: {result.method} {result.kind} patching{route}, {direction}, {meta['n_pairs']} pairs",
+             f"  {result.metric}: clean {result.clean:.4f}, corrupted {result.corrupted:.4f}"]
+    effects = sorted(result.effects, key=lambda e: abs(e.value - result.base), reverse=True)
+    for e in effects[:top]:
+        names = ",".join(f"L{l}H{h}" for l, h in e.heads) or f"resid L{e.layer}"
+        if e.positions is not None:
+            names += "@" + ",".join(map(str, e.positions))
+        normalized = "" if e.normalized is None else f"  normalised {e.normalized:+.3f}"
+        lines.append(f"  {names:<24} {e.value:.4f}  [{e.ci[0]:.4f}, {e.ci[1]:.4f}]{normalized}")
+    if len(effects) > top:
+        lines.append(f"  ... {len(effects) - top} more in the JSON output")
+    return lines + control_lines(meta, "pairs")
+
+
+def control_lines(meta: dict, unit: str) -> list[str]:
+    """A held-out selection's split and a random-head control, when the result's meta has them."""
+    lines = []
+    held = meta.get("held_out")
+    if held:
+        lines.append(f"  heads chosen on {len(held['select'])} {unit}, measured on the other {len(held['evaluate'])}")
+    control = meta.get("control") or (held or {}).get("control")
+    if control:
+        lines.append(f"  random-head control: the real effect {control['real']:+.4f} beats "
+                     f"{control['percentile']:.0f}% of {control['n_draws']} random draws from the same layers")
     return lines

@@ -6,7 +6,7 @@ A head's output is its `hook_z` slice, `z[:, :, head]` (batch, pos, d_head), rep
   computed once per call from a clean pass);
 - "resample": its value on another prompt of the same dataset at the same position, the pairing a seeded
   derangement of the prompts (Chan et al.'s resampling ablation).
-Metrics (`headscope.analysis.metrics`: loss, induction-loss, kl, logit-diff, or a callable) give one value
+Metrics (`headscope.analysis.metrics`: loss, induction-loss, kl, logit-diff, cosine for encoders, or a callable) give one value
 per prompt, so effects get bootstrap intervals over prompts.
 
 "knockout" (attention-edge knockout) leaves a head's output alone and cuts only its attention to chosen key
@@ -36,7 +36,8 @@ from tqdm.auto import tqdm
 
 from headscope import distributed as distributed_run
 from headscope.analysis.intervals import bootstrap_interval
-from headscope.analysis.metrics import MetricFn, resolve_metric
+from headscope.analysis.metrics import Metric, MetricFn, resolve_metric
+from headscope.analysis.stacking import edit_hook, run_stacked, split_metric, variants_per_pass
 from headscope.capture.datasets import TokenDataset
 from headscope.errors import InputError
 from headscope.heads import head_name, parse_head
@@ -158,7 +159,7 @@ class AblationResult:
         return out
 
 
-def _interval(deltas: torch.Tensor, n_bootstrap: int, seed: int) -> tuple[float, float]:
+def bootstrap_mean_interval(deltas: torch.Tensor, n_bootstrap: int, seed: int) -> tuple[float, float]:
     """Percentile interval of the mean of per-prompt deltas, prompts resampled with replacement."""
     low, high = bootstrap_interval(deltas, None, n_bootstrap, seed)
     return float(low), float(high)
@@ -166,7 +167,8 @@ def _interval(deltas: torch.Tensor, n_bootstrap: int, seed: int) -> tuple[float,
 
 def _effect(heads, ablated: torch.Tensor, clean: torch.Tensor, n_bootstrap: int, seed: int) -> Effect:
     deltas = (ablated - clean).cpu()
-    return Effect(tuple(heads), float(ablated.mean()), float(deltas.mean()), _interval(deltas, n_bootstrap, seed))
+    return Effect(tuple(heads), float(ablated.mean()), float(deltas.mean()),
+                  bootstrap_mean_interval(deltas, n_bootstrap, seed))
 
 
 def _number(value) -> float:
@@ -175,11 +177,13 @@ def _number(value) -> float:
 
 
 # ----- the public functions --------------------------------------------------------------------------------
-def _check(model, dataset, method) -> None:
+def _check(model, dataset, method, metric) -> None:
     if method not in METHODS:
         raise InputError(f"unknown ablation method {method!r}: use zero, mean or resample")
-    if not model.cfg.has_unembed:
-        raise InputError("ablation metrics read next-token logits; this model (an encoder) has none")
+    reads_hidden = metric == "cosine" or (isinstance(metric, Metric) and metric.reads == "hidden")
+    if not model.cfg.has_unembed and not reads_hidden:
+        raise InputError("this metric reads next-token logits and this model (an encoder) has none: use the cosine "
+                         "metric (similarity of the mean-pooled embedding to the clean run's)")
     if len(dataset) == 0:
         raise InputError("the dataset is empty")
 
@@ -193,7 +197,7 @@ def _meta(model, dataset, seed) -> dict:
 def ablate(model: HookedTransformer, dataset: TokenDataset, heads: Heads, method: str = "zero",
            metric: str | MetricFn = "loss", *, seed: int = 0, n_bootstrap: int = 1000) -> AblationResult:
     """The metric with all of `heads` ablated together, against the clean model."""
-    _check(model, dataset, method)
+    _check(model, dataset, method, metric)
     if not heads:
         raise InputError("no heads to ablate")
     chosen = resolve_metric(metric, dataset)
@@ -223,7 +227,7 @@ def ablate(model: HookedTransformer, dataset: TokenDataset, heads: Heads, method
 def knockout(model: HookedTransformer, dataset: TokenDataset, heads: Heads, key_positions: list[int],
              metric: str | MetricFn = "loss", *, seed: int = 0, n_bootstrap: int = 1000) -> AblationResult:
     """The metric when `heads` may no longer attend to `key_positions` (e.g. [0]: the BOS sink)."""
-    _check(model, dataset, "zero")
+    _check(model, dataset, "zero", metric)
     if not heads or not key_positions:
         raise InputError("knockout needs heads and key positions")
     n_pos = dataset.tokens.shape[1]
@@ -272,7 +276,7 @@ def sweep(model: HookedTransformer, dataset: TokenDataset, method: str = "zero",
     seconds); a rerun with the same model, prompts and options skips them. Removed at the end.
     progress: show a progress bar of this process's variants (rank 0's only, under several processes).
     """
-    _check(model, dataset, method)
+    _check(model, dataset, method, metric)
     if by not in ("head", "layer"):
         raise InputError(f"sweep by {by!r}: use head or layer")
     chosen = resolve_metric(metric, dataset)
@@ -284,7 +288,7 @@ def sweep(model: HookedTransformer, dataset: TokenDataset, method: str = "zero",
     clean = chosen.of(model, clean_output, tokens, real, clean_output)
     variants = [[(layer, h)] for layer in range(cfg.n_layers) for h in range(cfg.n_heads)] if by == "head" else \
         [[(layer, h) for h in range(cfg.n_heads)] for layer in range(cfg.n_layers)]
-    stack = max(1, int(max_memory // _bytes_per_variant(cfg, *tokens.shape, chosen.reads)))
+    stack = variants_per_pass(cfg, *tokens.shape, chosen.reads, max_memory)
 
     split = distributed_run.active(distributed)
     processes = distributed_run.world_size() if split else 1
@@ -322,29 +326,17 @@ def sweep(model: HookedTransformer, dataset: TokenDataset, method: str = "zero",
     return AblationResult(model.name, method, chosen.name, float(clean.mean()), effects, meta)
 
 
-def _bytes_per_variant(cfg, n_prompts: int, n_pos: int, reads: str) -> int:
-    """Rough float32 memory one stacked variant holds at once: its logits when the metric reads them, else
-    the largest activations of a block (residual copies, MLP hidden, one layer's attention scores)."""
-    if reads == "logits":
-        return 3 * n_prompts * n_pos * cfg.d_vocab * 4
-    return n_prompts * n_pos * (4 * cfg.d_model + 2 * cfg.d_mlp + cfg.n_heads * n_pos) * 4
-
-
 def _run_variants(model, layer, variants, resid, tokens, real, mask, clean_output, metric, replacements):
     """Several ablated variants of one layer in one pass, stacked along the batch (variant-major)."""
-    k, n = len(variants), len(tokens)
-    rows = torch.arange(n, device=tokens.device)
+    rows = torch.arange(len(tokens), device=tokens.device)
 
-    def hook(z, hook):
-        z = z.clone()
-        for index, heads in enumerate(variants):
-            block = slice(index * n, (index + 1) * n)
+    def ablating(heads):
+        def edit(z):
             for l, h in heads:
-                z[block, :, h] = replacements.value(l, h, z[block], rows)
-        return z
+                z[:, :, h] = replacements.value(l, h, z, rows)
+        return edit
 
-    stacked_mask = None if mask is None else mask.repeat(k, 1)
-    with model.hooks([(f"blocks.{layer}.attn.hook_z", hook)]):
-        output = model.run_from_layer(resid.repeat(k, 1, 1), layer, attention_mask=stacked_mask,
-                                      return_type=metric.reads)
-    return [metric.of(model, output[i * n : (i + 1) * n], tokens, real, clean_output) for i in range(k)]
+    hook = edit_hook(len(tokens), [ablating(heads) for heads in variants])
+    output = run_stacked(model, layer, resid.repeat(len(variants), 1, 1), len(variants),
+                         [(f"blocks.{layer}.attn.hook_z", hook)], mask, metric.reads)
+    return split_metric(metric, model, output, len(variants), tokens, real, clean_output)

@@ -112,12 +112,12 @@ def _batch_effects(model, tokens, mask, heads, b, i, copied) -> dict[tuple[int, 
         x = cache[f"blocks.{layer}.attn.hook_result"][b, i, head].float()  # (queries, d_model)
         if model.cfg.block_norms != "pre":  # RMSNorm after attention, at its frozen scale
             x = x / cache[f"blocks.{layer}.ln1_post.hook_scale"][b, i].float() * model.blocks[layer].ln1_post.w.float()
-        x = _frozen_final_norm(model, x, None if not model.cfg.final_norm else cache["ln_final.hook_scale"][b, i])
+        x = frozen_final_norm(model, x, None if not model.cfg.final_norm else cache["ln_final.hook_scale"][b, i])
         out[(layer, head)] = float((x * directions.T).sum())
     return out
 
 
-def _frozen_final_norm(model, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+def frozen_final_norm(model, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
     """The final norm as a linear map at fixed scale: centre (LayerNorm), divide by the scale, weight."""
     if scale is None:
         return x

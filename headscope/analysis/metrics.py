@@ -5,6 +5,12 @@
 wrong answer at the last position, for prompt pairs from a JSONL file), `mean_token_loss` over positions
 of your choosing, or any callable `metric(logits, tokens, real, clean_logits) -> (prompts,)`.
 
+Metrics of prompt pairs (`pair_metric`, read at each prompt's last real position): "logit-diff",
+"normalized-logit-diff" (0 = the corrupted run, 1 = the clean run), "answer-prob", "loss" (the answer's
+loss, -log p(answer)) and "kl" (KL divergence of the clean run's next-token distribution from this one's).
+Encoders have no logits: "cosine" scores a pass by the cosine similarity of its mean-pooled final hidden
+state to the clean run's.
+
 The built-in metrics are `Metric`s that can also be computed from the final hidden states, unembedding
 only the positions (or vocabulary columns) they read: in a sweep of a model with a large vocabulary the
 full logits of every variant cost more than the layers rerun.
@@ -12,14 +18,12 @@ full logits of every variant cost more than the layers rerun.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from headscope.capture.datasets import TokenDataset, from_texts
+from headscope.capture.datasets import TokenDataset
 from headscope.errors import InputError
 from headscope.model.transformer import token_losses
 
@@ -61,7 +65,8 @@ class Metric:
     """A metric of a forward pass, one value per prompt.
 
     Called as `metric(logits, tokens, real, clean_logits)`, the form any callable metric takes. The built-in
-    metrics also have `on_hidden(model, hidden, tokens, real)`: the same value from the final hidden states,
+    metrics also have `on_hidden(model, hidden, tokens, real, clean_hidden)`: the same value from the final
+    hidden states (and the clean run's, for metrics that compare with it),
     unembedding only the positions (for logit-diff, only the two vocabulary columns) that the metric reads.
     Ablation runs use it when it is there; most of a sweep's time otherwise goes into logits nobody reads.
     """
@@ -82,7 +87,7 @@ class Metric:
         """The metric of a forward pass that returned `self.reads`."""
         if self.on_hidden is None:
             return self.on_logits(output, tokens, real, clean_output)
-        return self.on_hidden(model, output, tokens, real)
+        return self.on_hidden(model, output, tokens, real, clean_output)
 
 
 def mean_token_loss(name: str, predicted_kept: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Metric:
@@ -95,7 +100,7 @@ def mean_token_loss(name: str, predicted_kept: Callable[[torch.Tensor, torch.Ten
     def on_logits(logits, tokens, real, clean_logits):
         return _masked_mean(token_losses(logits, tokens), predicted_kept(tokens, real))
 
-    def on_hidden(model, hidden, tokens, real):
+    def on_hidden(model, hidden, tokens, real, clean_hidden=None):
         keep = predicted_kept(tokens, real)
         return _masked_mean(_token_losses_from_hidden(model, hidden, tokens, keep), keep)
 
@@ -134,38 +139,13 @@ def logit_diff_metric(answers: torch.Tensor, wrongs: torch.Tensor) -> Metric:
         last = logits[rows, _last_real(real)].float()
         return last[rows, answers.to(logits.device)] - last[rows, wrongs.to(logits.device)]
 
-    def on_hidden(model, hidden, tokens, real):
+    def on_hidden(model, hidden, tokens, real, clean_hidden=None):
         last = hidden[torch.arange(len(tokens)), _last_real(real)]  # (prompts, d_model)
         answer = model.unembed_hidden(last, columns=answers.to(hidden.device))
         wrong = model.unembed_hidden(last, columns=wrongs.to(hidden.device))
         return (answer - wrong).float()
 
     return Metric("logit-diff", on_logits, on_hidden)
-
-
-def pairs_dataset(path, tokenizer) -> tuple[TokenDataset, torch.Tensor, torch.Tensor]:
-    """Prompts from a JSONL file of {"prompt", "answer", "wrong"}; each answer must be one token."""
-    path = Path(path)
-    if tokenizer is None:
-        raise InputError("logit-diff needs a model with a tokenizer")
-    try:
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        records = [json.loads(line) for line in lines]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"cannot read pairs file {path}: {err}") from err
-    if not records:
-        raise InputError(f"pairs file {path} is empty")
-    answers, wrongs = [], []
-    for number, record in enumerate(records, 1):
-        if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in ("prompt", "answer", "wrong")):
-            raise InputError(f'{path} line {number} needs string fields "prompt", "answer" and "wrong"')
-        for key, out in (("answer", answers), ("wrong", wrongs)):
-            ids = tokenizer.encode(record[key], prepend_bos=False)
-            if len(ids) != 1:
-                raise InputError(f"{path} line {number}: {key} {record[key]!r} is {len(ids)} tokens, not one")
-            out.append(ids[0])
-    dataset = from_texts([r["prompt"] for r in records], tokenizer, name=f"pairs:{path.name}")
-    return dataset, torch.tensor(answers), torch.tensor(wrongs)
 
 
 def resolve_metric(metric: str | MetricFn | Metric, dataset: TokenDataset) -> Metric:
@@ -176,9 +156,85 @@ def resolve_metric(metric: str | MetricFn | Metric, dataset: TokenDataset) -> Me
         return Metric(getattr(metric, "__name__", "custom"), metric)
     if metric == "induction-loss":
         return induction_loss_metric(dataset)
+    if metric == "cosine":
+        return COSINE
     if metric == "logit-diff":
         raise InputError("logit-diff needs the answer and wrong token of every prompt: pass "
                          "logit_diff_metric(answers, wrongs) (or a prompt-pairs file on the command line)")
     if metric not in METRICS:
-        raise InputError(f"unknown metric {metric!r}: use loss, induction-loss, kl, logit-diff or a callable")
+        raise InputError(f"unknown metric {metric!r}: use loss, induction-loss, kl, cosine, logit-diff or a callable")
     return METRICS[metric]
+
+
+# ----- prompt pairs and encoders ---------------------------------------------------------------------------
+PAIR_METRICS = ("logit-diff", "normalized-logit-diff", "answer-prob", "loss", "kl")
+
+
+def last_rows(output: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Each prompt's last real position of a (prompts, pos, ...) output: (prompts, ...)."""
+    return output[torch.arange(len(output), device=output.device), _last_real(real).to(output.device)]
+
+
+def _last_log_probs(model, output: torch.Tensor, real: torch.Tensor, is_hidden: bool) -> torch.Tensor:
+    rows = last_rows(output, real)
+    return (model.unembed_hidden(rows) if is_hidden else rows).float().log_softmax(-1)
+
+
+def _last_metric(name: str, of_log_probs: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Metric:
+    """A metric of the last position's log-probabilities and the clean run's there (prompts, vocab) each."""
+
+    def on_logits(logits, tokens, real, clean_logits):
+        return of_log_probs(_last_log_probs(None, logits, real, False), _last_log_probs(None, clean_logits, real, False))
+
+    def on_hidden(model, hidden, tokens, real, clean_hidden=None):
+        clean = None if clean_hidden is None else _last_log_probs(model, clean_hidden, real, True)
+        return of_log_probs(_last_log_probs(model, hidden, real, True), clean)
+
+    return Metric(name, on_logits, on_hidden)
+
+
+def normalized_logit_diff_metric(answers: torch.Tensor, wrongs: torch.Tensor, clean: float,
+                                 corrupted: float) -> Metric:
+    """(logit-diff - corrupted) / (clean - corrupted) per prompt, with the two runs' mean logit differences:
+    0 is the corrupted run, 1 the clean one."""
+    if clean == corrupted:
+        raise InputError(f"the clean and corrupted runs have the same logit difference ({clean:.4g}): nothing to "
+                         "normalise by")
+    plain = logit_diff_metric(answers, wrongs)
+
+    def scaled(fn):
+        return lambda *args: (fn(*args) - corrupted) / (clean - corrupted)
+
+    return Metric("normalized-logit-diff", scaled(plain.on_logits), scaled(plain.on_hidden))
+
+
+def pair_metric(name: str, answers: torch.Tensor, wrongs: torch.Tensor, clean_ld: float | None = None,
+                corrupted_ld: float | None = None) -> Metric:
+    """A prompt-pair metric by name (PAIR_METRICS); normalized-logit-diff needs the two runs' mean logit
+    differences."""
+    if name == "logit-diff":
+        return logit_diff_metric(answers, wrongs)
+    if name == "normalized-logit-diff":
+        return normalized_logit_diff_metric(answers, wrongs, clean_ld, corrupted_ld)
+    if name == "answer-prob":
+        return _last_metric("answer-prob", lambda lp, clean: lp[torch.arange(len(lp)), answers.to(lp.device)].exp())
+    if name == "loss":
+        return _last_metric("loss", lambda lp, clean: -lp[torch.arange(len(lp)), answers.to(lp.device)])
+    if name == "kl":
+        return _last_metric("kl", lambda lp, clean: (clean.exp() * (clean - lp)).sum(-1))
+    raise InputError(f"unknown metric {name!r} for prompt pairs: use {', '.join(PAIR_METRICS)} or a callable")
+
+
+def _mean_pooled(hidden: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    keep = real.to(hidden.dtype)[..., None]
+    return (hidden * keep).sum(1) / keep.sum(1).clamp(min=1)
+
+
+def _cosine(output, tokens, real, clean_output):
+    return torch.nn.functional.cosine_similarity(_mean_pooled(output.float(), real),
+                                                 _mean_pooled(clean_output.float(), real), dim=-1)
+
+
+# For a sentence encoder (no logits): the similarity of the mean-pooled embedding to the clean run's.
+COSINE = Metric("cosine", _cosine, lambda model, hidden, tokens, real, clean_hidden: _cosine(hidden, tokens, real,
+                                                                                             clean_hidden))

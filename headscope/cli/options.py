@@ -146,6 +146,16 @@ def output_folder(out: str) -> Path:
     return folder
 
 
+def parse_control(value: str | None) -> int:
+    """`--control random:N` -> N draws of random heads (0 without a control)."""
+    if value is None:
+        return 0
+    kind, _, count = value.partition(":")
+    if kind != "random" or not count.isdigit() or int(count) < 1:
+        raise InputError(f"--control {value!r}: use random:N, e.g. random:100")
+    return int(count)
+
+
 def report_written(**paths: str | None) -> None:
     """`wrote JSON to roles.json` for every output that was asked for."""
     for label, path in paths.items():

@@ -9,7 +9,8 @@ from tokenizers import Tokenizer as RustTokenizer
 from tokenizers import models, pre_tokenizers
 
 from headscope.analysis.ablation import AblationResult, ablate, sweep
-from headscope.analysis.metrics import METRICS, induction_loss_metric, logit_diff_metric, pairs_dataset
+from headscope.analysis.metrics import METRICS, induction_loss_metric, logit_diff_metric
+from headscope.analysis.patching.pairs import pairs_dataset
 from headscope.capture.datasets import repeated_random_tokens
 from headscope.errors import InputError
 from headscope.heads import parse_heads
