@@ -216,7 +216,7 @@ def row_chunks(rows: list[int] | range, per_row_bytes: int, max_memory: int = CO
     return chunks
 
 
-def _term_bytes(dec: LayerDecomposition) -> int:
+def term_bytes(dec: LayerDecomposition) -> int:
     """Bytes one query row's (head, keys, d_model) terms and their temporaries take."""
     return 3 * dec.values.numel() * dec.values.element_size()
 
@@ -246,6 +246,7 @@ class SublayerScores:
         return f"SublayerScores(rows={self.rows.start}..{self.rows.stop - 1})"
 
 
+@torch.no_grad()
 def attention_scores(dec: LayerDecomposition, rows: range) -> SublayerScores:
     """The routes scores of the attention sublayer for query rows `rows`: every head's term from every key,
     and the residual, normalised together (in a parallel block the MLP term too)."""
@@ -261,6 +262,7 @@ def attention_scores(dec: LayerDecomposition, rows: range) -> SublayerScores:
     return SublayerScores(rows, heads / norm[:, None], residual / norm, None if mlp is None else mlp / norm)
 
 
+@torch.no_grad()
 def mlp_scores(dec: LayerDecomposition, rows: range) -> SublayerScores:
     """The routes scores of a non-parallel block's MLP sublayer: the residual (the row after attention)
     and the MLP output, normalised over the two."""
@@ -316,7 +318,7 @@ def raw_token_scores(dec: LayerDecomposition, method: str, max_memory: int = CON
     if method not in _TOKEN_SCORES:
         raise InputError(f"unknown contribution method {method!r}: use one of {', '.join(TOKEN_METHODS)}")
     scores = torch.zeros(dec.n_pos, dec.n_pos, dtype=dec.resid.dtype, device=dec.resid.device)
-    for rows in row_chunks(range(dec.n_pos), _term_bytes(dec), max_memory):
+    for rows in row_chunks(range(dec.n_pos), term_bytes(dec), max_memory):
         part = _TOKEN_SCORES[method](dec, rows)
         scores[rows.start : rows.stop, : part.shape[-1]] = part
     return scores
