@@ -182,7 +182,10 @@ def decompose_layer(model: HookedTransformer, layer: int, resid: torch.Tensor) -
     q, k, v = block.attn.project_qkv(attn_in, rotary)  # (1, pos, head or kv_head, d_head)
     kv_of_head = torch.arange(cfg.n_heads, device=resid.device) // (cfg.n_heads // cfg.kv_heads)
     values = torch.einsum("phd,hdm->hpm", v[0][:, kv_of_head], block.attn.W_O)  # (head, pos, d_model)
-    attn_out = block.attn(attn_in, None, rotary)[0]
+    z = block.attn.fused(q, k, v, None)[0]  # (pos, head, d_head); the projections above are reused
+    attn_out = z.flatten(1) @ block.attn.W_O.flatten(0, 1)
+    if cfg.attn_out_bias:
+        attn_out = attn_out + block.attn.b_O
     mlp_out, mid = None, resid + attn_out
     if cfg.parallel_attn_mlp:
         mlp_out = block.mlp(block.ln2(x))[0] if cfg.d_mlp else None
