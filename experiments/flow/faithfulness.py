@@ -6,7 +6,7 @@ non-BOS input; each importance measure says how much the prediction's probabilit
 is taken away; the table is the mean Spearman correlation over sentences.
   methods: raw attention (last layer, heads averaged), rollout, max-flow, gradient-weighted rollout,
   ALTI, information-flow routes, value zeroing, norm (each chained over layers), gradient x input.
-  measures: blank-out with the end-of-text token; blank-out by resampling (the token replaced by 8
+  measures: blank-out with the end-of-text token; blank-out by resampling (the token replaced by 4
   tokens drawn from the other sentences, the drops averaged); attention knockout (the input hidden from
   every head of every layer with `headscope.analysis.ablation.knockout`, its own residual untouched).
 
@@ -33,12 +33,13 @@ import headscope
 from headscope.analysis.ablation import knockout
 from headscope.analysis.contributions import chain, decompose, token_scores
 from headscope.analysis.flow import gradient_weighted_attention, layer_attention, max_flow, rollout
+from headscope.analysis.metrics import Metric
 from headscope.analysis.routes import attention_node, information_routes, input_contributions, residual_node
 from headscope.capture.datasets import dataset_for_model, from_tensor
 
 HERE = Path(__file__).parent
 SENTENCES = HERE.parent / "head_roles" / "sentences.txt"
-N_TOKENS, N_RESAMPLES, SEED = 16, 8, 0
+N_TOKENS, N_RESAMPLES, SEED = 16, 4, 0
 METHODS = ("raw_attention", "rollout", "max_flow", "gradient_rollout", "alti", "routes", "value_zeroing", "norm",
            "gradient_x_input")
 MEASURES = ("blank_out_eot", "blank_out_resample", "knockout")
@@ -77,12 +78,18 @@ def gradient_x_input(model, tokens: torch.Tensor, predicted: int) -> torch.Tenso
     return (kept["e"].grad * kept["e"].detach())[0].sum(-1).double()
 
 
+def last_probability(model, tokens: torch.Tensor, predicted: int) -> torch.Tensor:
+    """(prompts,) probability of `predicted` at the last position, unembedding that position only."""
+    hidden = model(tokens, return_type="hidden")[:, -1]
+    return model.unembed_hidden(hidden).softmax(-1)[:, predicted]
+
+
 @torch.no_grad()
 def measure_scores(model, tokens: torch.Tensor, predicted: int, blank: int, pool: torch.Tensor,
                    generator: torch.Generator) -> dict[str, torch.Tensor]:
     """(pos - 1,) drop in the predicted token's probability when each non-BOS input is taken away."""
     n_pos = tokens.shape[1]
-    clean = model(tokens).softmax(-1)[0, -1, predicted]
+    clean = last_probability(model, tokens, predicted)[0]
     positions = torch.arange(1, n_pos)
     blanked = tokens.repeat(n_pos - 1, 1)
     blanked[positions - 1, positions] = blank
@@ -90,16 +97,14 @@ def measure_scores(model, tokens: torch.Tensor, predicted: int, blank: int, pool
     rows = torch.arange(len(resampled))
     resampled[rows, positions.repeat_interleave(N_RESAMPLES)] = pool[torch.randint(len(pool), (len(rows),),
                                                                                    generator=generator)]
-    resample_probs = model(resampled).softmax(-1)[:, -1, predicted].reshape(n_pos - 1, N_RESAMPLES).mean(1)
+    resample_probs = last_probability(model, resampled, predicted).reshape(n_pos - 1, N_RESAMPLES).mean(1)
     heads = [(layer, head) for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)]
     data = from_tensor(tokens, has_bos=True)
-
-    def probability(logits, tokens, real, clean_logits):
-        return logits[:, -1].softmax(-1)[:, predicted]
-
+    probability = Metric("probability", lambda logits, *_: logits[:, -1].softmax(-1)[:, predicted],
+                         lambda model, hidden, *_: model.unembed_hidden(hidden[:, -1]).softmax(-1)[:, predicted])
     knocked = torch.tensor([-knockout(model, data, heads, [j], probability, n_bootstrap=1).effects[0].delta
                             for j in range(1, n_pos)])
-    return {"blank_out_eot": clean - model(blanked).softmax(-1)[:, -1, predicted],
+    return {"blank_out_eot": clean - last_probability(model, blanked, predicted),
             "blank_out_resample": clean - resample_probs, "knockout": knocked}
 
 
@@ -111,7 +116,7 @@ def importance_benchmark(model) -> tuple[list[dict], dict]:
     rows = []
     for index, tokens in enumerate(all_tokens):
         with torch.no_grad():
-            predicted = int(model(tokens)[0, -1].argmax())
+            predicted = int(model.unembed_hidden(model(tokens, return_type="hidden")[0, -1]).argmax())
         pool = torch.cat([t[0, 1:] for i, t in enumerate(all_tokens) if i != index])
         measures = measure_scores(model, tokens, predicted, model.tokenizer.eos_token_id, pool, generator)
         methods = method_scores(model, tokens, predicted)
@@ -170,27 +175,29 @@ def _after_attention(model, layer: int, position: int) -> str:
 
 
 def main() -> None:
+    # One thread: on a shared, oversubscribed machine two spinning threads cost 10x the CPU time here.
+    torch.set_num_threads(1)
     torch.manual_seed(SEED)
     result = {"command": "python experiments/flow/faithfulness.py", "seed": SEED, "meta": {
         "sentences": str(SENTENCES.relative_to(HERE.parent.parent)), "tokens_per_sentence": N_TOKENS,
         "resamples": N_RESAMPLES, "headscope_version": headscope.__version__}}
     start = time.perf_counter()
-    toy = headscope.load_model("toy-induction-2l")
-    result["toy_circuit"] = circuit_recovery(toy, None, "L0H1", n_prompts=16, period=20, queries=list(range(1, 19, 2)))
-    print("toy", result["toy_circuit"], flush=True)
-    del toy
     model = headscope.load_model("smollm2-135m")
     result["model"] = "SmolLM2-135M-Instruct Q4_1"
-    result["smollm2_circuit"] = circuit_recovery(model, SMOLLM2_INDUCTION, "L16H0", n_prompts=4, period=16,
-                                                 queries=[3, 7, 11])
-    print("smollm2", result["smollm2_circuit"], flush=True)
     rows, means = importance_benchmark(model)
     result["mean_spearman"] = means
     result["per_sentence"] = rows
+    for measure in MEASURES:
+        print(measure, {m: None if v is None else round(v, 3) for m, v in means[measure].items()}, flush=True)
+    result["smollm2_circuit"] = circuit_recovery(model, SMOLLM2_INDUCTION, "L16H0", n_prompts=4, period=16,
+                                                 queries=[3, 7, 11])
+    print("smollm2", result["smollm2_circuit"], flush=True)
+    del model
+    toy = headscope.load_model("toy-induction-2l")
+    result["toy_circuit"] = circuit_recovery(toy, None, "L0H1", n_prompts=8, period=20, queries=list(range(1, 19, 2)))
+    print("toy", result["toy_circuit"], flush=True)
     result["seconds"] = round(time.perf_counter() - start, 1)
     (HERE / "faithfulness.json").write_text(json.dumps(result, indent=1, allow_nan=False))
-    for measure in MEASURES:
-        print(measure, {m: None if v is None else round(v, 3) for m, v in means[measure].items()})
     figure(means)
 
 
