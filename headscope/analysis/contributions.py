@@ -174,7 +174,7 @@ def _linear_norm(norm: nn.Module, total: torch.Tensor) -> Callable[[torch.Tensor
 def decompose_layer(model: HookedTransformer, layer: int, resid: torch.Tensor) -> LayerDecomposition:
     """Block `layer` run on `resid` (pos, d_model), kept apart into the pieces the scores are made of."""
     if not 0 <= layer < model.cfg.n_layers:
-        raise InputError(f"layer {layer} is outside 0..{model.cfg.n_layers - 1}")
+        raise InputError(f"layer {layer} is outside 0..{model.cfg.n_layers - 1}", parameter="layer")
     block, cfg = model.blocks[layer], model.cfg
     rotary = block.attn.rotary.cos_sin(resid.shape[0], resid.device) if cfg.positional == "rotary" else None
     x = resid[None]  # (1, pos, d_model)
@@ -319,7 +319,8 @@ def raw_token_scores(dec: LayerDecomposition, method: str, max_memory: int = CON
     i by `method` ("alti": proximity, "norm": ||c_ij||_2, "value-zeroing": cosine distance), heads summed,
     the residual in the diagonal term (value zeroing re-runs the layer's norms and MLP)."""
     if method not in _TOKEN_SCORES:
-        raise InputError(f"unknown contribution method {method!r}: use one of {', '.join(TOKEN_METHODS)}")
+        raise InputError(f"unknown contribution method {method!r}: use one of {', '.join(TOKEN_METHODS)}",
+                         parameter="method")
     scores = torch.zeros(dec.n_pos, dec.n_pos, dtype=dec.resid.dtype, device=dec.resid.device)
     for rows in row_chunks(range(dec.n_pos), term_bytes(dec), max_memory):
         part = _TOKEN_SCORES[method](dec, rows)

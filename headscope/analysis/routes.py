@@ -59,11 +59,13 @@ def information_routes(model: HookedTransformer, tokens: torch.Tensor, target: i
     """The route graph of the prediction at position `target` of one prompt (see the module docstring for
     nodes and edges). `token` labels the prediction (default: the model's most likely next token)."""
     if not 0 < threshold <= 1:
-        raise InputError(f"a route threshold is a share of a node's input, in (0, 1]; got {threshold}")
+        raise InputError(f"a route threshold is a share of a node's input, in (0, 1]; got {threshold}",
+                         parameter="threshold")
     residuals = capture_residuals(model, tokens)
     n_layers, n_pos = model.cfg.n_layers, residuals.shape[1]
     if not -n_pos <= target < n_pos:
-        raise InputError(f"target position {target} is out of range for a prompt of {n_pos} tokens")
+        raise InputError(f"target position {target} is out of range for a prompt of {n_pos} tokens",
+                         parameter="target")
     target %= n_pos
     text = model.to_str_tokens(tokens.flatten()) if model.tokenizer is not None else [""] * n_pos
     graph = nx.MultiDiGraph()
@@ -146,7 +148,8 @@ def _prediction(model: HookedTransformer, final: torch.Tensor, token: int | None
         hidden = model.ln_final(final[None]) if model.cfg.final_norm else final[None]
         token = int(model.unembed_hidden(hidden)[0].argmax())
     if not 0 <= token < model.cfg.d_vocab:
-        raise InputError(f"token id {token} is out of range for a vocabulary of {model.cfg.d_vocab}")
+        raise InputError(f"token id {token} is out of range for a vocabulary of {model.cfg.d_vocab}",
+                         parameter="token")
     text = model.to_string(torch.tensor([token])) if model.tokenizer is not None else str(token)
     return token, text
 
