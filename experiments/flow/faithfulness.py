@@ -17,12 +17,17 @@ from k into k + 1? Toy model `toy-induction-2l`: layer-1 heads, L0H1. SmolLM2: t
 of experiments/flow/README.md, L16H0.
 
   python experiments/flow/faithfulness.py            # writes faithfulness.json, .svg, .html here
+  python experiments/flow/faithfulness.py --table    # the README's table from faithfulness.json
+  python experiments/flow/faithfulness.py --figure   # the figure from faithfulness.json
+The JSON is rewritten after every sentence (`sentences_done`), so a run cut short still reports honestly.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -108,8 +113,9 @@ def measure_scores(model, tokens: torch.Tensor, predicted: int, blank: int, pool
             "blank_out_resample": clean - resample_probs, "knockout": knocked}
 
 
-def importance_benchmark(model) -> tuple[list[dict], dict]:
-    """Per-sentence Spearman correlations of every method with every measure, and their means."""
+def importance_benchmark(model, done: Callable[[list[dict], dict], None]) -> None:
+    """Per-sentence Spearman correlations of every method with every measure, and their means so far,
+    handed to `done` after every sentence."""
     sentences = [line for line in SENTENCES.read_text().splitlines() if line.strip()]
     all_tokens = [model.to_tokens(s)[:, : N_TOKENS + 1] for s in sentences]
     generator = torch.Generator().manual_seed(SEED)
@@ -126,10 +132,9 @@ def importance_benchmark(model) -> tuple[list[dict], dict]:
                 rho = spearmanr(truth.numpy(), values[1:].detach().numpy()).statistic
                 row[f"{method}|{measure}"] = None if np.isnan(rho) else float(rho)
         rows.append(row)
+        done(rows, {measure: {method: _mean([r[f"{method}|{measure}"] for r in rows]) for method in METHODS}
+                    for measure in MEASURES})
         print(f"sentence {index + 1}/{len(all_tokens)} done", flush=True)
-    means = {measure: {method: _mean([r[f"{method}|{measure}"] for r in rows]) for method in METHODS}
-             for measure in MEASURES}
-    return rows, means
 
 
 def _mean(values: list) -> float | None:
@@ -182,26 +187,27 @@ def main() -> None:
         "sentences": str(SENTENCES.relative_to(HERE.parent.parent)), "tokens_per_sentence": N_TOKENS,
         "resamples": N_RESAMPLES, "headscope_version": headscope.__version__}}
     start = time.perf_counter()
-    model = headscope.load_model("smollm2-135m")
-    result["model"] = "SmolLM2-135M-Instruct Q4_1"
-    rows, means = importance_benchmark(model)
-    result["mean_spearman"] = means
-    result["per_sentence"] = rows
-    for measure in MEASURES:
-        print(measure, {m: None if v is None else round(v, 3) for m, v in means[measure].items()}, flush=True)
-    result["smollm2_circuit"] = circuit_recovery(model, SMOLLM2_INDUCTION, "L16H0", n_prompts=4, period=16,
-                                                 queries=[3, 7, 11])
-    print("smollm2", result["smollm2_circuit"], flush=True)
-    del model
     toy = headscope.load_model("toy-induction-2l")
     result["toy_circuit"] = circuit_recovery(toy, None, "L0H1", n_prompts=8, period=20, queries=list(range(1, 19, 2)))
     print("toy", result["toy_circuit"], flush=True)
-    result["seconds"] = round(time.perf_counter() - start, 1)
-    (HERE / "faithfulness.json").write_text(json.dumps(result, indent=1, allow_nan=False))
-    figure(means)
+    model = headscope.load_model("smollm2-135m")
+    result["model"] = "SmolLM2-135M-Instruct Q4_1"
+    result["smollm2_circuit"] = circuit_recovery(model, SMOLLM2_INDUCTION, "L16H0", n_prompts=4, period=16,
+                                                 queries=[3, 7, 11])
+    print("smollm2", result["smollm2_circuit"], flush=True)
+
+    def save(rows: list[dict], means: dict) -> None:  # after every sentence, so a cut-short run still counts
+        result.update(sentences_done=len(rows), mean_spearman=means, per_sentence=rows,
+                      seconds=round(time.perf_counter() - start, 1))
+        (HERE / "faithfulness.json").write_text(json.dumps(result, indent=1, allow_nan=False))
+
+    importance_benchmark(model, save)
+    for measure in MEASURES:
+        print(measure, {m: None if v is None else round(v, 3) for m, v in result["mean_spearman"][measure].items()})
+    figure(result["mean_spearman"], result["sentences_done"])
 
 
-def figure(means: dict) -> None:
+def figure(means: dict, n_sentences: int) -> None:
     """Mean Spearman correlation of each method with each importance measure, grouped bars."""
     import plotly.graph_objects as go
 
@@ -211,11 +217,28 @@ def figure(means: dict) -> None:
                             y=[means[measure][m] for m in METHODS]) for measure in MEASURES])
     fig.add_hline(y=0, line=dict(color="grey", dash="dot"))
     fig.update_layout(barmode="group", template="plotly_white", width=980, height=520, font=dict(size=14),
-                      title="SmolLM2-135M: mean Spearman correlation with importance, 32 sentences x 16 tokens",
+                      title=f"SmolLM2-135M: mean Spearman correlation with importance, {n_sentences} sentences x 16 tokens",
                       yaxis=dict(title="mean Spearman rho", range=[-1, 1]))
     write_figure(fig, HERE / "faithfulness.html")
     write_figure(fig, HERE / "faithfulness.svg")
 
 
+def table(means: dict) -> str:
+    """The README's markdown table: one row per method, one column per importance measure."""
+    lines = ["| method | " + " | ".join(m.replace("_", " ") for m in MEASURES) + " |",
+             "|---|" + "---|" * len(MEASURES)]
+    for method in METHODS:
+        cells = ["n/a" if means[m][method] is None else f"{means[m][method]:+.2f}" for m in MEASURES]
+        lines.append(f"| {method.replace('_', ' ')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] in (["--figure"], ["--table"]):  # redraw the figure, or print the table, from the JSON
+        saved = json.loads((HERE / "faithfulness.json").read_text())
+        if sys.argv[1] == "--figure":
+            figure(saved["mean_spearman"], saved["sentences_done"])
+        else:
+            print(table(saved["mean_spearman"]))
+    else:
+        main()
