@@ -56,12 +56,20 @@ _TINY = 1e-12  # a row whose terms all score 0 stays 0 instead of NaN
 def capture_residuals(model: HookedTransformer, tokens: torch.Tensor) -> torch.Tensor:
     """(n_layers + 1, pos, d_model): the residual stream entering each block of one prompt, and the one
     leaving the last block (before the final norm)."""
+    return capture_stream(model, tokens)[0]
+
+
+def capture_stream(model: HookedTransformer, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The residuals of `capture_residuals` and (n_layers, pos, d_model) MLP outputs (None without MLPs), from
+    one forward pass: the MLPs are most of a block's work, so `decompose_layer` reuses their outputs."""
     tokens = _one_prompt(tokens)
-    names = [f"blocks.{layer}.hook_resid_pre" for layer in range(model.cfg.n_layers)]
-    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    n_layers = model.cfg.n_layers
+    names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)] + [f"blocks.{n_layers - 1}.hook_resid_post"]
+    mlps = [f"blocks.{layer}.hook_mlp_out" for layer in range(n_layers)] if model.cfg.d_mlp else []
     with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=[*names, last], return_type=None)
-    return torch.stack([cache[name][0] for name in [*names, last]])
+        _, cache = model.run_with_cache(tokens, names_filter=names + mlps, return_type=None)
+    residuals = torch.stack([cache[name][0] for name in names])
+    return residuals, torch.stack([cache[name][0] for name in mlps]) if mlps else None
 
 
 def _one_prompt(tokens: torch.Tensor) -> torch.Tensor:
@@ -171,8 +179,10 @@ def _linear_norm(norm: nn.Module, total: torch.Tensor) -> Callable[[torch.Tensor
 
 
 @torch.no_grad()
-def decompose_layer(model: HookedTransformer, layer: int, resid: torch.Tensor) -> LayerDecomposition:
-    """Block `layer` run on `resid` (pos, d_model), kept apart into the pieces the scores are made of."""
+def decompose_layer(model: HookedTransformer, layer: int, resid: torch.Tensor,
+                    mlp_out: torch.Tensor | None = None) -> LayerDecomposition:
+    """Block `layer` run on `resid` (pos, d_model), kept apart into the pieces the scores are made of; the
+    block's MLP output (pos, d_model) is computed unless given (from `capture_stream`)."""
     if not 0 <= layer < model.cfg.n_layers:
         raise InputError(f"layer {layer} is outside 0..{model.cfg.n_layers - 1}", parameter="layer")
     block, cfg = model.blocks[layer], model.cfg
@@ -186,14 +196,17 @@ def decompose_layer(model: HookedTransformer, layer: int, resid: torch.Tensor) -
     attn_out = z.flatten(1) @ block.attn.W_O.flatten(0, 1)
     if cfg.attn_out_bias:
         attn_out = attn_out + block.attn.b_O
-    mlp_out, mid = None, resid + attn_out
+    mid = resid + attn_out
+    if not cfg.d_mlp:
+        mlp_out = None
     if cfg.parallel_attn_mlp:
-        mlp_out = block.mlp(block.ln2(x))[0] if cfg.d_mlp else None
+        if cfg.d_mlp and mlp_out is None:
+            mlp_out = block.mlp(block.ln2(x))[0]
         post = mid if mlp_out is None else mid + mlp_out
     else:
         if cfg.post_norm:
             mid = block.ln1(mid)
-        if cfg.d_mlp:
+        if cfg.d_mlp and mlp_out is None:
             mlp_out = block.mlp(mid if cfg.post_norm else block.ln2(mid))
         post = mid if mlp_out is None else (block.ln2(mid + mlp_out) if cfg.post_norm else mid + mlp_out)
     return LayerDecomposition(layer, block, resid, q[0], k[0], values, attn_out, mid, mlp_out, post)
@@ -201,9 +214,9 @@ def decompose_layer(model: HookedTransformer, layer: int, resid: torch.Tensor) -
 
 def decompose(model: HookedTransformer, tokens: torch.Tensor) -> Iterator[LayerDecomposition]:
     """Every block of one prompt in turn, bottom up (one at a time, so memory holds one layer's pieces)."""
-    residuals = capture_residuals(model, tokens)
+    residuals, mlp_outs = capture_stream(model, tokens)
     for layer in range(model.cfg.n_layers):
-        yield decompose_layer(model, layer, residuals[layer])
+        yield decompose_layer(model, layer, residuals[layer], None if mlp_outs is None else mlp_outs[layer])
 
 
 def row_chunks(rows: list[int] | range, per_row_bytes: int, max_memory: int = CONTRIBUTION_MEMORY) -> list[range]:

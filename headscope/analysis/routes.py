@@ -32,7 +32,7 @@ import networkx as nx
 import torch
 
 from headscope.analysis.contributions import (
-    CONTRIBUTION_MEMORY, LayerDecomposition, attention_scores, capture_residuals, decompose_layer, mlp_scores,
+    CONTRIBUTION_MEMORY, LayerDecomposition, attention_scores, capture_stream, decompose_layer, mlp_scores,
     row_chunks, term_bytes,
 )
 from headscope.errors import InputError
@@ -61,7 +61,7 @@ def information_routes(model: HookedTransformer, tokens: torch.Tensor, target: i
     if not 0 < threshold <= 1:
         raise InputError(f"a route threshold is a share of a node's input, in (0, 1]; got {threshold}",
                          parameter="threshold")
-    residuals = capture_residuals(model, tokens)
+    residuals, mlp_outs = capture_stream(model, tokens)
     n_layers, n_pos = model.cfg.n_layers, residuals.shape[1]
     if not -n_pos <= target < n_pos:
         raise InputError(f"target position {target} is out of range for a prompt of {n_pos} tokens",
@@ -72,7 +72,7 @@ def information_routes(model: HookedTransformer, tokens: torch.Tensor, target: i
     _add_node(graph, residual_node(n_layers, target), float(n_layers), target, text)
     active = {target}
     for layer in reversed(range(n_layers)):
-        dec = decompose_layer(model, layer, residuals[layer])
+        dec = decompose_layer(model, layer, residuals[layer], None if mlp_outs is None else mlp_outs[layer])
         if dec.mlp_out is not None and not model.cfg.parallel_attn_mlp:
             active = _mlp_edges(graph, dec, active, threshold, text)
             end_of = partial(attention_node, layer)

@@ -160,3 +160,14 @@ def test_row_chunks_and_bad_input(tiny_model):
         decompose_layer(tiny_model, 5, dec.resid)
     with pytest.raises(InputError, match="batch of 2"):
         capture_residuals(tiny_model, TOKENS.repeat(2, 1))
+
+
+def test_captured_mlp_outputs_give_the_same_decomposition(tiny_model):
+    """decompose() reuses the forward pass's MLP outputs; decompose_layer alone recomputes them."""
+    residuals = capture_residuals(tiny_model, TOKENS)
+    for dec in decompose(tiny_model, TOKENS):
+        alone = decompose_layer(tiny_model, dec.layer, residuals[dec.layer])
+        assert torch.allclose(dec.post, alone.post, atol=1e-5) and torch.allclose(dec.mid, alone.mid, atol=1e-5)
+        assert (dec.mlp_out is None) == (alone.mlp_out is None)
+        if dec.mlp_out is not None:
+            assert torch.allclose(dec.mlp_out, alone.mlp_out, atol=1e-5)
