@@ -326,3 +326,29 @@ def test_models_info_names_each_layers_attention_type(tmp_path):
     start = lines.index("attention per layer:")
     assert lines[start + 1 : start + 4] == ["  L0-L1: local window 5, sinks", "  L2: global, sinks",
                                             "  L3: local window 5, sinks"]
+
+
+def test_flow_routes_and_contributions_in_every_format(tmp_path):
+    import networkx as nx
+    import pydot
+
+    outs = [tmp_path / f"routes{suffix}" for suffix in (".graphml", ".gexf", ".json", ".dot", ".html")]
+    args = ["flow", "--text", "t3 t9 t14 t22 t3 t9 t14", "--method", "routes", "--threshold", "0.05"]
+    result = run(*args, *[arg for out in outs for arg in ("--out", str(out))])  # the shipped toy model
+    assert result.exit_code == 0, result.output
+    graph = nx.read_graphml(outs[0])
+    assert graph.is_multigraph() and graph.number_of_edges() > 0
+    assert all(w >= 0.05 for _, _, w in graph.edges(data="weight"))
+    assert {c for _, _, c in graph.edges(data="component")} & {"L1H0", "L1H1", "L1H2", "L1H3"}
+    assert nx.read_gexf(outs[1]).number_of_edges() == graph.number_of_edges()
+    assert len(json.loads(outs[2].read_text())["edges"]) == graph.number_of_edges()
+    assert len(pydot.graph_from_dot_file(str(outs[3]))[0].get_edges()) == graph.number_of_edges()
+    assert "plotly" in outs[4].read_text()
+    for method in ("alti", "norm", "value-zeroing"):
+        out = tmp_path / f"{method}.graphml"
+        result = run("flow", "--text", "t3 t9 t14 t3", "--method", method, "--out", str(out))
+        assert result.exit_code == 0, result.output
+        assert nx.read_graphml(out).graph["node_value"] == "relevance"
+    assert_one_line_error(run(*args, "--top-k", "2", "--out", str(tmp_path / "x.json")), "top")
+    assert_one_line_error(run("flow", "--text", "t3 t9", "--method", "routes", "--threshold", "0",
+                              "--out", str(tmp_path / "y.json")), "threshold")

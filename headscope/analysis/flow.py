@@ -1,4 +1,5 @@
-"""Attention flow through the layers: rollout and max-flow (Abnar & Zuidema 2020).
+"""Attention flow through the layers: rollout and max-flow (Abnar & Zuidema 2020); `token_flow` also
+builds the graphs of contribution methods (`contributions`, `routes`) for export.
 
 Each layer's attention, averaged over its heads (or over chosen heads), gets the residual connection
 added and its rows renormalised: A' = normalise(0.5 A + 0.5 I). Nodes are (layer, position), layer 0
@@ -28,6 +29,8 @@ import torch
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import maximum_flow
 
+from headscope.analysis.contributions import TOKEN_METHODS, token_contributions
+from headscope.analysis.routes import ROUTE_THRESHOLD, information_routes
 from headscope.errors import InputError
 from headscope.heads import head_name
 from headscope.model.transformer import HookedTransformer
@@ -120,7 +123,14 @@ def node_name(layer: int, position: int) -> str:
 def flow_graph(attention: torch.Tensor, tokens: list[str] | None = None, min_capacity: float = 0.0) -> FlowGraph:
     """The layered graph of (layers, pos, pos) attention with the residual added; edges below
     `min_capacity` are left out (never for max-flow values, which use every edge)."""
-    mixed = with_residual(attention).cpu().numpy()
+    return layered_graph(with_residual(attention), tokens, min_capacity)
+
+
+def layered_graph(matrices: torch.Tensor, tokens: list[str] | None = None, min_weight: float = 0.0) -> FlowGraph:
+    """The layered graph of (layers, pos, pos) matrices whose row i says how much position i of layer l + 1
+    draws on each position of layer l (rows of mixed attention, or of contributions); edges of weight at
+    most `min_weight` are left out."""
+    mixed = matrices.cpu().numpy()
     n_layers, n_pos = mixed.shape[0], mixed.shape[-1]
     graph = nx.DiGraph()
     for layer in range(n_layers + 1):
@@ -128,7 +138,7 @@ def flow_graph(attention: torch.Tensor, tokens: list[str] | None = None, min_cap
             graph.add_node(node_name(layer, pos), layer=layer, position=pos,
                            token="" if tokens is None else tokens[pos])
     for layer in range(1, n_layers + 1):
-        queries, keys = np.nonzero(mixed[layer - 1] > min_capacity)
+        queries, keys = np.nonzero(mixed[layer - 1] > min_weight)
         for i, j in zip(queries.tolist(), keys.tolist()):
             value = float(mixed[layer - 1][i, j])
             graph.add_edge(node_name(layer - 1, j), node_name(layer, i), capacity=value, weight=value)
@@ -179,41 +189,65 @@ def _position(target: int, n_pos: int) -> int:
     return target % n_pos
 
 
+FLOW_METHODS = ("rollout", "maxflow", *TOKEN_METHODS, "routes")
+
+
 def token_flow(model: HookedTransformer, tokens: torch.Tensor, method: str = "rollout", target: int = -1,
                heads: list[tuple[int, int]] | None = None, threshold: float | None = None,
                top_k: int | None = None, gradient: bool = False) -> FlowGraph:
-    """The flow graph of one prompt, ready to export: every node carries `relevance`, the rollout share of
-    the target position it feeds; with method "maxflow" input nodes also carry `flow`, their max-flow to
-    the target. Edges are then pruned for readability: below `threshold`, or beyond the `top_k` strongest
-    edges into each node (flow values are computed on the full graph first)."""
-    if method not in ("rollout", "maxflow"):
-        raise InputError(f"unknown flow method {method!r}: use rollout or maxflow")
+    """The flow graph of one prompt, ready to export; `graph.graph["node_value"]` names the node attribute
+    a figure colours by.
+
+    "rollout" and "maxflow" follow attention (Abnar & Zuidema): every node carries `relevance`, the rollout
+    share of the target position it feeds; with "maxflow" input nodes also carry `flow`. "alti", "norm"
+    and "value-zeroing" follow what each layer's output is made of (see `contributions`), heads summed, the
+    layers chained; nodes carry `relevance` from the chained contributions. "routes" is the graph of the
+    edges the prediction at `target` uses (see `routes`; `threshold` defaults to ROUTE_THRESHOLD there).
+    Other graphs are then pruned for readability: edges below `threshold`, or beyond the `top_k` strongest
+    into each node (flow values are computed on the full graph first)."""
+    if method not in FLOW_METHODS:
+        raise InputError(f"unknown flow method {method!r}: use one of {', '.join(FLOW_METHODS)}")
     if threshold is not None and top_k is not None:
         raise InputError("prune with a threshold or with top_k, not both", parameter="top_k")
     if threshold is not None and not math.isfinite(threshold):
         raise InputError(f"threshold must be a finite number, got {threshold}", parameter="threshold")
+    if method not in ("rollout", "maxflow") and (heads is not None or gradient):
+        raise InputError(f"a head selection and gradient weighting apply to attention flow, not to {method}",
+                         parameter="heads" if heads is not None else "gradient")
     tokens = tokens if tokens.dim() == 2 else tokens[None]
-    attention = gradient_weighted_attention(model, tokens, target, heads) if gradient else \
-        layer_attention(model, tokens, heads)
-    target = _position(target, attention.shape[-1])
     text = model.to_str_tokens(tokens[0]) if model.tokenizer is not None else None
-    built = flow_graph(attention, text, min_capacity=threshold or 0.0)
+    if method == "routes":
+        if top_k is not None:
+            raise InputError("routes keep the edges above a threshold; top_k pruning does not apply to them",
+                             parameter="top_k")
+        graph = information_routes(model, tokens, target, ROUTE_THRESHOLD if threshold is None else threshold)
+        graph.graph.update(graph_provenance(model))
+        return FlowGraph(graph, model.cfg.n_layers, tokens.shape[1])
+    if method in TOKEN_METHODS:
+        mixed = token_contributions(model, tokens, method).double()
+    else:
+        attention = gradient_weighted_attention(model, tokens, target, heads) if gradient else \
+            layer_attention(model, tokens, heads)
+        mixed = with_residual(attention)
+    target = _position(target, mixed.shape[-1])
+    built = layered_graph(mixed, text, min_weight=threshold or 0.0)
     built.graph.graph.update(graph_provenance(model))
-    for (layer, position), value in _relevance(attention, target).items():
+    for (layer, position), value in _relevance(mixed, target).items():
         built.graph.nodes[node_name(layer, position)]["relevance"] = value
     if method == "maxflow":
         for position, value in enumerate(max_flow(attention, target).tolist()):
             built.graph.nodes[node_name(0, position)]["flow"] = value
     if top_k is not None:
         _keep_top_k(built.graph, top_k)
-    built.graph.graph.update(n_layers=built.n_layers, method=method, target=target, weighting="gradient" if gradient else "attention", heads="all" if heads is None else
-                             ",".join(head_name(l, h) for l, h in heads))
+    built.graph.graph.update(method=method, target=target, n_layers=built.n_layers, node_value="relevance",
+                             weighting="gradient" if gradient else "attention",
+                             heads="all" if heads is None else ",".join(head_name(l, h) for l, h in heads))
     return built
 
 
-def _relevance(attention: torch.Tensor, target: int) -> dict[tuple[int, int], float]:
-    """Rollout from every node to the target: node (l, p) gets (A'_L ... A'_{l+1})[target, p]."""
-    mixed = with_residual(attention)
+def _relevance(mixed: torch.Tensor, target: int) -> dict[tuple[int, int], float]:
+    """Chained shares from every node to the target, for (layers, pos, pos) mixed matrices: node (l, p)
+    gets (M_L ... M_{l+1})[target, p]."""
     n_layers, n_pos = mixed.shape[0], mixed.shape[-1]
     downstream = torch.eye(n_pos, dtype=mixed.dtype)
     relevance = {}

@@ -1,5 +1,5 @@
-"""`headscope flow`: token flow (rollout, max-flow) of one prompt, or head composition graphs, as graph files
-or figures."""
+"""`headscope flow`: token flow (rollout, max-flow, contributions, routes) of one prompt, or head composition
+graphs, as graph files or figures."""
 
 from __future__ import annotations
 
@@ -19,9 +19,11 @@ OUTPUT_SUFFIXES = tuple(GRAPH_FORMATS) + FIGURE_SUFFIXES
 @click.command()
 @click.argument("model_source", metavar="[MODEL]", default=DEFAULT_MODEL, required=False)
 @prompt_options
-@click.option("--method", type=click.Choice(["rollout", "maxflow", "composition", "ablation"]), default="rollout",
-              show_default=True, help="Token flow (rollout, maxflow); head composition from the weights; or the "
-                                      "composition graph's edges weighted by measured path ablation.")
+@click.option("--method", type=click.Choice(["rollout", "maxflow", "alti", "norm", "value-zeroing", "routes",
+                                            "composition", "ablation"]), default="rollout", show_default=True,
+              help="Attention flow (rollout, maxflow); contributions to each layer's output (alti, norm, "
+                   "value-zeroing); the information-flow routes of the prediction at --target-pos (routes); head "
+                   "composition from the weights; or the composition graph's edges weighted by path ablation.")
 @click.option("--composition", "kind", type=click.Choice(["q", "k", "v"]), default="k", show_default=True,
               help="With --method composition: Q-, K- or V-composition.")
 @click.option("--roles", "roles_path", type=click.Path(exists=True, dir_okay=False),
@@ -29,7 +31,9 @@ OUTPUT_SUFFIXES = tuple(GRAPH_FORMATS) + FIGURE_SUFFIXES
 @click.option("--target-pos", default=-1, show_default=True, help="The output position the flow goes to.")
 @click.option("--gradient", is_flag=True, help="Weight attention by its gradient for the predicted token's logit.")
 @click.option("--heads", callback=name_list, help="Average only these heads, e.g. L1H6,L0H3 (default: every head).")
-@click.option("--threshold", type=float, callback=finite_float, help="Leave out edges weaker than this.")
+@click.option("--threshold", type=float, callback=finite_float,
+              help="Leave out edges weaker than this (routes: the share of a node's input an edge must carry; "
+                   "default 0.04).")
 @click.option("--top-k", type=int, help="Keep the k strongest edges into each node.")
 @click.option("--out", "outs", multiple=True, required=True, type=click.Path(dir_okay=False),
               help="Output file; the suffix picks the format: " + ", ".join(OUTPUT_SUFFIXES) + ". Repeatable.")
@@ -37,9 +41,10 @@ OUTPUT_SUFFIXES = tuple(GRAPH_FORMATS) + FIGURE_SUFFIXES
 def flow(model_source: str, text: str | None, prompt_file: str | None, method: str, kind: str,
          roles_path: str | None, target_pos: int, gradient: bool, heads: list[str] | None, threshold: float | None,
          top_k: int | None, outs: tuple[str, ...], device: str) -> None:
-    """How attention carries information from each token to a target position (Abnar & Zuidema 2020):
-    rollout or max-flow through the layers, as a graph file or an interactive page; or, with
-    --method composition, which heads read what earlier heads write (Elhage et al. 2021), from the weights."""
+    """How information reaches a target position, as a graph file or a figure: attention rollout or max-flow
+    (Abnar & Zuidema 2020); what each layer's output is made of (ALTI, norms, value zeroing); the
+    information-flow routes one prediction uses (Ferrando & Voita 2024); or, with --method composition,
+    which heads read what earlier heads write (Elhage et al. 2021), from the weights."""
     from headscope.loading.load import load_model
 
     bad = [o for o in outs if Path(o).suffix.lower() not in OUTPUT_SUFFIXES]

@@ -29,7 +29,8 @@ def _json(graph: nx.DiGraph, path: str) -> None:
 
 def _dot(graph: nx.DiGraph, path: str) -> None:
     # DOT node ids may not contain ':' unquoted and attribute values must be strings: quote everything.
-    quoted = nx.DiGraph()
+    # A multigraph (route graphs: one edge per head between the same two nodes) keeps every edge.
+    quoted = nx.MultiDiGraph() if graph.is_multigraph() else nx.DiGraph()
     quoted.add_nodes_from((f'"{n}"', {k: f'"{v}"' for k, v in d.items()}) for n, d in graph.nodes(data=True))
     quoted.add_edges_from((f'"{u}"', f'"{v}"', {k: f'"{w}"' for k, w in d.items()}) for u, v, d in graph.edges(data=True))
     nx.nx_pydot.write_dot(quoted, path)

@@ -98,8 +98,10 @@ def _visible(token: str) -> str:
 
 def flow_figure(graph, title: str | None = None, width_bins: int = 5) -> go.Figure:
     """A layered flow graph: positions across (tokens on the axis), layers up, edge width by weight,
-    node colour by relevance to the target; hover gives token, layer and values."""
+    node colour by the attribute `graph.graph["node_value"]` names (default relevance to the target);
+    hover gives token, layer and values."""
     nodes = graph.nodes(data=True)
+    value = graph.graph.get("node_value", "relevance")
     n_pos = 1 + max(data["position"] for _, data in nodes)
     tokens = {data["position"]: data.get("token", "") for _, data in nodes}
     fig = go.Figure()
@@ -117,13 +119,13 @@ def flow_figure(graph, title: str | None = None, width_bins: int = 5) -> go.Figu
                                      line=dict(width=0.5 + 4 * (bin_index + 1) / width_bins,
                                                color=f"rgba(60, 90, 160, {0.15 + 0.6 * (bin_index + 1) / width_bins})")))
     hover = [f"{_visible(data.get('token', ''))} (position {data['position']}, layer {data['layer']})"
-             f"<br>relevance {data.get('relevance', float('nan')):.4f}"
+             f"<br>{value} {data.get(value, float('nan')):.4f}"
              + (f"<br>max-flow {data['flow']:.4f}" if "flow" in data else "") for _, data in nodes]
     fig.add_trace(go.Scatter(
         x=[data["position"] for _, data in nodes], y=[data["layer"] for _, data in nodes], mode="markers",
         text=hover, hoverinfo="text", showlegend=False,
-        marker=dict(size=9, color=[data.get("relevance", 0.0) for _, data in nodes], colorscale="Reds",
-                    line=dict(width=0.5, color="grey"), colorbar=dict(title=dict(text="relevance")))))
+        marker=dict(size=9, color=[data.get(value, 0.0) for _, data in nodes], colorscale="Reds",
+                    line=dict(width=0.5, color="grey"), colorbar=dict(title=dict(text=value)))))
     fig.update_layout(
         title=dict(text=title or f"{graph.graph.get('method', 'flow')} to position {graph.graph.get('target', '')}"),
         template="plotly_white", width=min(1600, max(640, 34 * n_pos + 240)), height=720,

@@ -64,3 +64,25 @@ def test_unknown_suffix_and_missing_folder_leave_no_file(graph, tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         write_graph(graph, tmp_path / "missing" / "flow.graphml")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".graphml", ".gexf", ".json", ".dot"])
+def test_multigraph_exports_keep_every_parallel_edge(tmp_path, suffix):
+    """Route graphs join two nodes by one edge per head: no format may merge them."""
+    import pydot
+
+    graph = nx.MultiDiGraph(node_value="contribution")
+    graph.add_node("L0P1", layer=0.0, position=1, token="a", contribution=0.5)
+    graph.add_node("L1P2", layer=1.0, position=2, token="b", contribution=1.0)
+    for component, weight in (("L0H1", 0.3), ("L0H2", 0.2), ("residual", 0.5)):
+        graph.add_edge("L0P1", "L1P2", key=component, component=component, weight=weight)
+    path = tmp_path / f"routes{suffix}"
+    write_graph(graph, path)
+    if suffix == ".dot":
+        assert len(pydot.graph_from_dot_file(str(path))[0].get_edges()) == 3
+        return
+    readers = {".graphml": nx.read_graphml, ".gexf": nx.read_gexf,
+               ".json": lambda p: json_graph.node_link_graph(json.loads(open(p).read()), edges="edges")}
+    read = readers[suffix](path)
+    assert sorted(w for _, _, w in read.edges(data="weight")) == pytest.approx([0.2, 0.3, 0.5])
+    assert sorted(c for _, _, c in read.edges(data="component")) == ["L0H1", "L0H2", "residual"]

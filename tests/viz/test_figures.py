@@ -165,3 +165,18 @@ def test_static_figures_are_real_svg_and_pdf(tmp_path):
     with pytest.raises(InputError, match="a static figure is written as"):
         write_image(fig, tmp_path / "pattern.bmp")
     assert not list(tmp_path.glob("*.tmp")) and not (tmp_path / "pattern.bmp").exists()
+
+
+def test_flow_figure_colours_by_the_graphs_node_value():
+    """A route graph names `contribution` as its node value; the figure colours and labels by it."""
+    from headscope.analysis.routes import information_routes
+    from headscope.viz import flow_figure
+
+    torch.manual_seed(0)
+    model = HookedTransformer(TINY_CONFIGS["gpt2"]).eval()
+    graph = information_routes(model, torch.tensor([[3, 17, 5, 42, 8]]), threshold=0.05)
+    fig = flow_figure(graph, "routes")
+    markers = fig.data[-1]
+    assert list(markers.marker.color) == [data["contribution"] for _, data in graph.nodes(data=True)]
+    assert markers.marker.colorbar.title.text == "contribution"
+    assert max(markers.marker.color) == 1.0
