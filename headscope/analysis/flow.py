@@ -181,7 +181,7 @@ def token_flow(model: HookedTransformer, tokens: torch.Tensor, method: str = "ro
                top_k: int | None = None, gradient: bool = False) -> FlowGraph:
     """The flow graph of one prompt, ready to export: every node carries `relevance`, the rollout share of
     the target position it feeds; with method "maxflow" input nodes also carry `flow`, their max-flow to
-    the target. Edges are then pruned for readability: below `threshold`, or beyond the `top_k` strongest
+    the target. `graph.graph["node_value"]` names the method's quantity (`flow` or `relevance`). Edges are then pruned for readability: below `threshold`, or beyond the `top_k` strongest
     edges into each node (flow values are computed on the full graph first)."""
     if method not in ("rollout", "maxflow"):
         raise InputError(f"unknown flow method {method!r}: use rollout or maxflow")
@@ -200,8 +200,12 @@ def token_flow(model: HookedTransformer, tokens: torch.Tensor, method: str = "ro
             built.graph.nodes[node_name(0, position)]["flow"] = value
     if top_k is not None:
         _keep_top_k(built.graph, top_k)
-    built.graph.graph.update(n_layers=built.n_layers, method=method, target=target, weighting="gradient" if gradient else "attention", heads="all" if heads is None else
-                             ",".join(head_name(l, h) for l, h in heads))
+    value, label = ("flow", f"max-flow to position {target}") if method == "maxflow" else \
+        ("relevance", f"rollout relevance to position {target}")
+    built.graph.graph.update(n_layers=built.n_layers, method=method, target=target,
+                             weighting="gradient" if gradient else "attention",
+                             heads="all" if heads is None else ",".join(head_name(l, h) for l, h in heads),
+                             node_value=value, node_value_label=label, weight="attention with the residual")
     return built
 
 

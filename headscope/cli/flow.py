@@ -80,9 +80,9 @@ def _write(graph, outs: tuple[str, ...], title: str | None) -> None:
 
     for out in outs:
         if Path(out).suffix.lower() in FIGURE_SUFFIXES:
-            from headscope.viz import flow_figure, write_figure
+            from headscope.viz import layered_graph_figure, write_figure
 
-            write_figure(flow_figure(graph, title), out)
+            write_figure(layered_graph_figure(graph, title=title), out)
         else:
             write_graph(graph, out)
         click.echo(f"wrote {out}")
