@@ -44,6 +44,19 @@ def html_table(rows: Sequence[Mapping], columns: Sequence[str] | None = None, ca
             f"<tbody>{body}{note}</tbody></table>")
 
 
+def results_html(data: Mapping, max_rows: int = MAX_ROWS) -> str:
+    """A result in the shared JSON vocabulary ("model", "method", "metric", optionally "baseline",
+    "results": [{"heads": [...], "value", ...}]) as an HTML table, the largest effect ("delta" where rows
+    have it, else "value") first: what a patching or ablation result's `_repr_html_` returns."""
+    rows = [dict(row, heads=",".join(row.get("heads", []))) for row in data.get("results", [])]
+    key = "delta" if rows and all("delta" in row for row in rows) else "value"
+    rows.sort(key=lambda row: -abs(row.get(key) or 0.0))
+    baseline = data.get("baseline", (data.get("meta") or {}).get("baseline"))
+    caption = f"{data.get('model', '')}: {data.get('method', '')}, {data.get('metric', '')}" + \
+        (f", baseline {format_value(float(baseline))}" if baseline is not None else "") + f"; largest {key} first"
+    return html_table(rows, caption=caption, max_rows=max_rows)
+
+
 def short_repr(obj, fields: Mapping[str, object]) -> str:
     """`ClassName(field=value, ...)` with each value formatted by `format_value` (shapes, not contents)."""
     inner = ", ".join(f"{name}={_brief(value)}" for name, value in fields.items())
@@ -55,6 +68,14 @@ def _brief(value) -> str:
         return repr(value if len(value) <= 60 else "…" + value[-57:])
     if isinstance(value, Iterable) and not hasattr(value, "shape") and not isinstance(value, Mapping):
         items = list(value)
-        shown = ", ".join(format_value(v) for v in items[:6])
+        shown = ", ".join(_item(v) for v in items[:6])
         return f"[{shown}{', …' if len(items) > 6 else ''}]"
+    return format_value(value)
+
+
+def _item(value) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, tuple):
+        return "(" + ", ".join(format_value(v) for v in value) + ")"
     return format_value(value)
