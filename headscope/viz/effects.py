@@ -87,7 +87,7 @@ def _heatmap(heads, effects, rows, n_layers, n_heads, label, style: Style) -> tu
         colorbar=colorbar(label, style, len=1, lenmode="fraction"),
         hovertemplate="L%{x}H%{y}<br>%{z:+.4f} [%{customdata[0]:+.4f}, %{customdata[1]:+.4f}]<extra></extra>"))
     fig.update_xaxes(title=dict(text="layer", standoff=2), tickmode="linear", tick0=0,
-                     dtick=tick_step(n_layers, n_layers * cell, style), showgrid=False, ticks="",
+                     dtick=tick_step(n_layers, plot_w, style), showgrid=False, ticks="",
                      range=[-0.5, n_layers - 0.5])
     fig.update_yaxes(title=dict(text="head", standoff=2), tickmode="linear", tick0=0, showgrid=False, ticks="",
                      dtick=tick_step(n_heads, n_heads * cell, style), autorange="reversed")

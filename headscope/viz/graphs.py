@@ -68,8 +68,10 @@ def layered_graph_figure(graph: nx.DiGraph, value: str | None = None, *, top_k: 
     longest = max((len(t) for t in ticks), default=2)
     margin = {"l": (0.6 * min(longest, 24) + 3) * style.font_px, "r": 7 * style.font_px}
     height_in = (n_rows * row_h + 5 * style.font_px) / 96
-    return apply_style(fig, style, height_in, title, caption if caption is not None else _caption(graph, value, kind),
-                       margin)
+    if caption is None:
+        caption = _caption(graph, value, kind) + (f" Only the {top_k} strongest edges into each node are drawn."
+                                                  if top_k is not None else "")
+    return apply_style(fig, style, height_in, title, caption, margin)
 
 
 def _kind(graph: nx.DiGraph) -> str:
