@@ -19,6 +19,7 @@ from headscope.cli.classify import classify
 from headscope.cli.flow import flow
 from headscope.cli.models import models
 from headscope.cli.pattern import pattern
+from headscope.cli.report import report
 from headscope.cli.train import train
 from headscope.errors import HeadscopeError, InputError
 
@@ -66,7 +67,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
         ctx.call_on_close(distributed.close)
 
 
-for _command in (models, capture, classify, pattern, flow, ablate, train):
+for _command in (models, capture, classify, pattern, flow, ablate, report, train):
     cli.add_command(_command)
 
 

@@ -46,11 +46,10 @@ def flow(model_source: str, text: str | None, prompt_file: str | None, method: s
         raise InputError(f"unknown output format {Path(bad[0]).suffix or '(no suffix)'!r} for {bad[0]}: "
                          f"use {', '.join(OUTPUT_SUFFIXES)}")
     if method in ("composition", "ablation"):
-        if any(Path(o).suffix.lower() in FIGURE_SUFFIXES for o in outs):
-            raise InputError("a composition graph is written as " + ", ".join(GRAPH_FORMATS))
         model = load_model(model_source, device=device)
         graph = _composition_graph(model, kind, roles_path, threshold, top_k, measured=method == "ablation")
-        _write(graph, outs, title=None)
+        what = "path-ablation effects" if method == "ablation" else f"{kind.upper()}-composition"
+        _write(graph, outs, title=f"{model.name}: {what} between heads")
         return
     from headscope.analysis.flow import token_flow
     from headscope.heads import parse_heads

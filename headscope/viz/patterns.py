@@ -8,12 +8,15 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import plotly.graph_objects as go
+import torch
 from plotly.subplots import make_subplots
 
 from headscope.errors import InputError
+from headscope.heads import head_name
 from headscope.viz.style import SEQUENTIAL, Style, apply_style, colorbar, get_style, tick_step, token_label
 
 
@@ -100,3 +103,39 @@ def attention_text_html(pattern, tokens: list[str], query: int, head: str = "") 
     legend = (f"<div class=\"hs-caption\">{what}attention from the boxed token (position {query}) to every token; "
               f"darkest = {top:.3f}.</div>")
     return f'<div class="hs-text" style="white-space: pre-wrap; line-height: 1.8;">{"".join(spans)}</div>{legend}'
+
+
+def head_patterns(model, tokens, heads: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
+    """name -> (query, key) attention of each of `heads` on one prompt (`tokens`, (pos,) or (1, pos)), from
+    one forward pass that keeps only the layers named."""
+    tokens = tokens if tokens.dim() == 2 else tokens[None]
+    names = sorted({f"blocks.{layer}.attn.hook_pattern" for layer, _ in heads})
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens.to(model.device), names_filter=names, return_type=None)
+    return {head_name(l, h): cache[f"blocks.{l}.attn.hook_pattern"][0, h].float().cpu() for l, h in heads}
+
+
+def write_patterns(model, text: str, heads: list[tuple[int, int]], outs: list[str | Path],
+                   query: int | None = None) -> None:
+    """The attention of `heads` on the prompt `text`, to each of `outs` by suffix: .html a page with a head
+    selector (and, given a `query` position, the text view of each head's attention from it); .svg, .pdf,
+    .png a grid of every head."""
+    from headscope.viz.page import Page, write_page
+    from headscope.viz.render import write_image
+
+    tokens = model.to_tokens(text)
+    strings = model.to_str_tokens(tokens[0])
+    patterns = head_patterns(model, tokens, heads)
+    title = f"{model.name}: attention of {', '.join(patterns)}"
+    if query is not None:
+        views = [attention_text_html(p, strings, query, name) for name, p in patterns.items()]  # checks query first
+    for out in outs:
+        if Path(out).suffix.lower() in (".html", ".htm"):
+            page = Page(title)
+            page.figure(pattern_figure(patterns, strings, causal=model.cfg.causal, style="screen",
+                                       selector=len(patterns) > 1))
+            for view in views if query is not None else []:
+                page.raw(view)
+            write_page(page, out)
+        else:
+            write_image(pattern_figure(patterns, strings, title, causal=model.cfg.causal), out)
