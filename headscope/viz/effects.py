@@ -19,6 +19,9 @@ from headscope.heads import parse_heads
 from headscope.viz.style import DIVERGING, Style, apply_style, colorbar, get_style, tick_step
 
 
+UNITS = {"loss": "nats", "induction-loss": "nats", "kl": "nats", "logit-diff": "logits"}  # of the metric's values
+
+
 def effects_figure(result, n_layers: int, n_heads: int, style: str | Style | None = None,
                    title: str | None = None) -> go.Figure:
     """`result` (an `AblationResult`, a patching result, or their JSON as a dict or text) as a heatmap of
@@ -31,7 +34,9 @@ def effects_figure(result, n_layers: int, n_heads: int, style: str | Style | Non
     key = "delta" if all("delta" in row for row in rows) else "value"
     heads = [parse_heads(row["heads"], n_layers, n_heads) for row in rows]
     effects = np.array([np.nan if row.get(key) is None else float(row[key]) for row in rows])
-    label = f"change in {data.get('metric', 'metric')}" if key == "delta" else f"effect on {data.get('metric', 'metric')}"
+    metric = data.get("metric", "metric")
+    unit = UNITS.get(metric, "")
+    label = (f"change in {metric}" if key == "delta" else f"effect on {metric}") + (f" ({unit})" if unit else "")
     sweep = all(len(h) == 1 for h in heads) and len({h[0] for h in heads}) == n_layers * n_heads
     caption = _caption(data, key, sweep)
     if sweep:
@@ -83,7 +88,7 @@ def _heatmap(heads, effects, rows, n_layers, n_heads, label, style: Style) -> tu
     plot_w = style.width - 13 * style.font_px
     cell = min(plot_w / n_layers, 16.0)
     fig = go.Figure(go.Heatmap(
-        z=grid, customdata=ci, colorscale=DIVERGING, zmid=0, zmin=-bound, zmax=bound,
+        z=grid.astype(np.float32), customdata=ci.astype(np.float32), colorscale=DIVERGING, zmid=0, zmin=-bound, zmax=bound,
         colorbar=colorbar(label, style, len=1, lenmode="fraction"),
         hovertemplate="L%{x}H%{y}<br>%{z:+.4f} [%{customdata[0]:+.4f}, %{customdata[1]:+.4f}]<extra></extra>"))
     fig.update_xaxes(title=dict(text="layer", standoff=2), tickmode="linear", tick0=0,

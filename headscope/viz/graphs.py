@@ -69,8 +69,8 @@ def layered_graph_figure(graph: nx.DiGraph, value: str | None = None, *, top_k: 
     margin = {"l": (0.6 * min(longest, 24) + 3) * style.font_px, "r": 7 * style.font_px}
     height_in = (n_rows * row_h + 5 * style.font_px) / 96
     if caption is None:
-        caption = _caption(graph, value, kind) + (f" Only the {top_k} strongest edges into each node are drawn."
-                                                  if top_k is not None else "")
+        drawn = "the strongest edge" if top_k == 1 else f"the {top_k} strongest edges"
+        caption = _caption(graph, value, kind) + (f" Only {drawn} into each node are drawn." if top_k else "")
     return apply_style(fig, style, height_in, title, caption, margin)
 
 
@@ -135,10 +135,11 @@ def _node_traces(graph: nx.DiGraph, xy: dict, value: str | None, label: str, kin
     bare = [(n, d) for n, d in nodes if not (value and _number(d.get(value)) is not None)]
     traces = []
     if bare:
+        labels = _labels(bare, kind, [""] * len(bare))  # no hover: these nodes carry nothing to read
         traces.append(go.Scatter(
             x=[xy[n][0] for n, _ in bare], y=[xy[n][1] for n, _ in bare], showlegend=False,
-            marker=dict(size=0.45 * style.font_px, color=MUTED), hoverinfo="text",
-            textfont=dict(size=0.8 * style.font_px), **_labels(bare, kind, [_hover(n, d, kind) for n, d in bare])))
+            marker=dict(size=0.45 * style.font_px, color=MUTED), hoverinfo="skip" if labels["mode"] == "markers" else "text",
+            textfont=dict(size=0.8 * style.font_px), **labels))
     if valued:
         values = np.array([_number(d[value]) for _, d in valued])
         bound = float(np.abs(values).max()) or 1.0

@@ -46,10 +46,11 @@ def pattern_figure(patterns, tokens: list[str], title: str | None = None, causal
     labels = [token_label(t) for t in tokens]
     n = len(tokens)
     names = list(named)
-    n_cols = 1 if selector else min(len(names), 2 if style.width_in < 5 else 4)
+    n_cols = 1 if selector else min(math.ceil(math.sqrt(len(names))), 2 if style.width_in < 5 else 3)
     n_rows = 1 if selector else math.ceil(len(names) / n_cols)
     longest = min(max(len(t) for t in tokens) + 1, 14)
-    margin = {"l": (0.6 * longest + 4) * style.font_px, "r": 7 * style.font_px}
+    margin = {"l": (0.6 * longest + 4) * style.font_px, "r": 7 * style.font_px,
+              "b": (0.6 * longest + 3.5) * style.font_px}  # the keys' labels stand vertical under the panels
     panel = (style.width - margin["l"] - margin["r"]) / n_cols - (longest * 0.6 * style.font_px if n_cols > 1 else 0)
     fig = make_subplots(rows=n_rows, cols=n_cols, shared_xaxes=True, shared_yaxes=True,
                         horizontal_spacing=0.04, vertical_spacing=min(0.2, 2.5 * style.font_px * n_rows / (n_rows * panel + 1)),

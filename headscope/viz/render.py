@@ -29,9 +29,13 @@ def write_image(fig: go.Figure, path: str | Path, dpi: int = 300) -> None:
     suffix = Path(path).suffix.lower()
     if suffix not in STATIC_SUFFIXES:
         raise InputError(f"{path}: a static figure is written as {', '.join(STATIC_SUFFIXES)}")
+    scale = dpi / PX_PER_IN if suffix == ".png" else 1
     with atomic_path(path) as tmp:
         try:
-            fig.write_image(tmp, format=suffix[1:], scale=dpi / PX_PER_IN if suffix == ".png" else 1)
+            try:
+                fig.write_image(tmp, format=suffix[1:], scale=scale)
+            except (RuntimeError, ValueError, OSError):  # kaleido's page may not be ready on a loaded machine
+                fig.write_image(tmp, format=suffix[1:], scale=scale)  # ("kaleido_scopes is not defined"): once more
         except (ImportError, RuntimeError, ValueError, OSError) as err:
             raise InputError(f"could not draw {path}: static figures need kaleido and Chromium "
                              f"(scripts/install_chromium.sh): {str(err).splitlines()[0]}") from err

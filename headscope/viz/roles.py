@@ -78,4 +78,4 @@ def _role_grid(table: RoleTable, role: str) -> tuple[np.ndarray, np.ndarray, lis
         extra[row.layer, row.head] = (lo, hi, float(row.nulls.get(role, math.nan)))
         if role in row.roles:
             held.append((row.layer, row.head))
-    return scores, extra, held
+    return scores.astype(np.float32), extra.astype(np.float32), held  # float32: half the page weight, 7 digits
