@@ -240,8 +240,6 @@ def test_flow_composition_writes_a_head_graph(tiny_checkpoint, tmp_path):
     assert result.exit_code == 0, result.output
     graph = nx.read_graphml(out)
     assert graph.number_of_nodes() == 8 and graph.number_of_edges() == 4  # one source for each layer-1 head
-    assert_one_line_error(run("flow", str(tiny_checkpoint), "--method", "composition", "--out",
-                              str(tmp_path / "g.html")), "written as .graphml")
 
 
 def test_ablate_sweeps_and_sets(tiny_checkpoint, tmp_path):

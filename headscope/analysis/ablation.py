@@ -43,6 +43,7 @@ from headscope.errors import InputError
 from headscope.heads import head_name, parse_head
 from headscope.io import strict_json
 from headscope.model.transformer import HookedTransformer
+from headscope.notebook import html_table, short_repr
 from headscope.progress import ProgressFile, rank_path, run_fingerprint
 from headscope.provenance import provenance
 
@@ -149,6 +150,20 @@ class AblationResult:
                        effects, dict(data["meta"]))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError) as err:
             raise InputError(f"not a headscope ablation result: {err}") from err
+
+    def rows(self) -> list[dict]:
+        """The effects as rows (heads, value, delta, ci), largest change first."""
+        effects = sorted(self.effects, key=lambda e: abs(e.delta), reverse=True)
+        return [{"heads": ",".join(head_name(l, h) for l, h in e.heads), "value": e.value, "delta": e.delta,
+                 "95% interval": list(e.ci)} for e in effects]
+
+    def __repr__(self) -> str:
+        return short_repr(self, {"model": self.model, "method": self.method, "metric": self.metric,
+                                 "baseline": self.baseline, "effects": len(self.effects)})
+
+    def _repr_html_(self) -> str:
+        return html_table(self.rows(), caption=f"{self.model}: {self.method} ablation, {self.metric} baseline "
+                                               f"{self.baseline:.4g}; largest changes first")
 
     def grid(self, n_layers: int, n_heads: int) -> torch.Tensor:
         """(layers, heads) deltas of a single-head sweep."""

@@ -111,14 +111,17 @@ def composition_graph(model: HookedTransformer, kind: str = "k", threshold: floa
                       top_k: int | None = None, roles=None) -> nx.DiGraph:
     """Heads as nodes (`L{l}H{h}`, with layer, head and the roles of a `RoleTable` if given), edges from
     writer to reader weighted by the chosen composition score, kept above `threshold` or as the `top_k`
-    strongest into each reader."""
+    strongest into each reader. Each head of layer 1 on carries `score`, its strongest composition score
+    from any earlier head (`graph.graph["node_value"]`)."""
     if kind not in KINDS:
         raise InputError(f"unknown composition {kind!r}: use q, k or v")
     if threshold is not None and not math.isfinite(threshold):
         raise InputError(f"threshold must be a finite number, got {threshold}", parameter="threshold")
     scores = composition_scores(model)[KINDS.index(kind)]
     cfg = model.cfg
-    graph = nx.DiGraph(composition=kind, **graph_provenance(model))
+    graph = nx.DiGraph(composition=kind, node_value="score", weight=f"{kind.upper()}-composition score",
+                       node_value_label=f"strongest {kind.upper()}-composition into the head",
+                       **graph_provenance(model))
     for layer in range(cfg.n_layers):
         for head in range(cfg.n_heads):
             held = ";".join(roles.head(layer, head).roles) if roles is not None else ""
@@ -128,6 +131,7 @@ def composition_graph(model: HookedTransformer, kind: str = "k", threshold: floa
             incoming = scores[:read_layer, :, read_layer, read_head]  # (writer layer, writer head)
             candidates = [(float(incoming[l, h]), l, h) for l in range(read_layer) for h in range(cfg.n_heads)]
             candidates.sort(reverse=True)
+            graph.nodes[head_name(read_layer, read_head)]["score"] = candidates[0][0]
             if top_k is not None:
                 candidates = candidates[:top_k]
             for value, l, h in candidates:

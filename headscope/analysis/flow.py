@@ -35,6 +35,7 @@ from headscope.errors import InputError
 from headscope.heads import head_name
 from headscope.model.transformer import HookedTransformer
 from headscope.provenance import graph_provenance
+from headscope.notebook import html_table, short_repr
 
 CAPACITY_SCALE = 2**30  # int32 capacities: flows of at most 1 fit with room to spare
 
@@ -113,6 +114,22 @@ class FlowGraph:
     graph: nx.DiGraph
     n_layers: int
     n_pos: int
+
+    def __repr__(self) -> str:
+        g = self.graph
+        return short_repr(self, {"method": g.graph.get("method", ""), "target": g.graph.get("target"),
+                                 "layers": self.n_layers, "positions": self.n_pos, "nodes": g.number_of_nodes(),
+                                 "edges": g.number_of_edges()})
+
+    def _repr_html_(self) -> str:
+        """The input tokens with the method's quantity (`graph.graph["node_value"]`), strongest first."""
+        value = self.graph.graph.get("node_value", "relevance")
+        rows = [{"position": p, "token": self.graph.nodes[node_name(0, p)].get("token", ""),
+                 value: self.graph.nodes[node_name(0, p)].get(value)} for p in range(self.n_pos)]
+        rows.sort(key=lambda row: -(row[value] or 0.0))
+        return html_table(rows, caption=f"{self.graph.graph.get('method', 'flow')} to position "
+                                        f"{self.graph.graph.get('target')}: {self.n_layers} layers, "
+                                        f"{self.graph.number_of_edges()} edges")
 
 
 def node_name(layer: int, position: int) -> str:
@@ -239,9 +256,14 @@ def token_flow(model: HookedTransformer, tokens: torch.Tensor, method: str = "ro
             built.graph.nodes[node_name(0, position)]["flow"] = value
     if top_k is not None:
         _keep_top_k(built.graph, top_k)
-    built.graph.graph.update(method=method, target=target, n_layers=built.n_layers, node_value="relevance",
+    value, label = ("flow", f"max-flow to position {target}") if method == "maxflow" else \
+        ("relevance", f"{method} relevance to position {target}")
+    built.graph.graph.update(n_layers=built.n_layers, method=method, target=target,
                              weighting="gradient" if gradient else "attention",
-                             heads="all" if heads is None else ",".join(head_name(l, h) for l, h in heads))
+                             heads="all" if heads is None else ",".join(head_name(l, h) for l, h in heads),
+                             node_value=value, node_value_label=label,
+                             weight="attention with the residual" if method in ("rollout", "maxflow") else
+                             f"{method} contribution")
     return built
 
 

@@ -73,7 +73,8 @@ def path_ablation_effects(model: HookedTransformer, dataset: TokenDataset, edges
 def measured_composition_graph(model: HookedTransformer, dataset: TokenDataset | None = None, kind: str = "k",
                                top_k: int = DEFAULT_TOP_K, metric: str = "loss", roles=None) -> nx.DiGraph:
     """The composition graph's `top_k` strongest edges into each head, weighted instead by their measured
-    path-ablation effect (`effect`; the composition score stays as `composition_score`).
+    path-ablation effect (`effect`; the composition score stays as `composition_score`); each head carries
+    `effect`, its strongest measured edge in (`graph.graph["node_value"]`).
 
     dataset: the prompts the effects are measured on; None takes `DEFAULT_PROMPTS` repeated-random prompts
     that fit the model's context (the loss of an induction circuit shows on them).
@@ -87,5 +88,10 @@ def measured_composition_graph(model: HookedTransformer, dataset: TokenDataset |
         graph.edges[u, v]["composition_score"] = graph.edges[u, v]["weight"]
         graph.edges[u, v]["weight"] = effect
         graph.edges[u, v]["effect"] = effect
-    graph.graph["weight"] = f"path-ablation effect on {metric}"
+    for node in graph.nodes:  # the node's quantity: its strongest measured edge in, with its sign
+        measured = [graph.edges[u, node]["effect"] for u in graph.predecessors(node)]
+        if measured:
+            graph.nodes[node]["effect"] = max(measured, key=abs)
+    graph.graph.update(weight=f"path-ablation effect on {metric}", node_value="effect",
+                       node_value_label=f"strongest path-ablation effect on {metric} into the head")
     return graph

@@ -59,6 +59,7 @@ from headscope.errors import InputError
 from headscope.heads import head_name
 from headscope.io import strict_json
 from headscope.model.transformer import HookedTransformer
+from headscope.notebook import html_table, short_repr
 from headscope.progress import discard
 from headscope.provenance import provenance
 
@@ -206,6 +207,20 @@ class RoleTable:
         writer.writeheader()
         writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
         return out.getvalue()
+
+    def held_rows(self) -> list[dict]:
+        """One row per role a head holds, top heads first: head, role, score, 95% interval, null."""
+        return [{"head": h.name, "role": role, "score": h.scores[role], "95% interval": list(h.intervals.get(role, ())),
+                 "null": h.nulls.get(role)} for h in self.heads_with_roles() for role in h.roles]
+
+    def __repr__(self) -> str:
+        return short_repr(self, {"model": self.model, "heads": f"{self.n_layers}x{self.n_heads}", "roles": self.roles,
+                                 "holding_roles": len(self.heads_with_roles())})
+
+    def _repr_html_(self) -> str:
+        held = len(self.heads_with_roles())
+        return html_table(self.held_rows(), caption=f"{self.model}: {held} of {self.n_layers * self.n_heads} "
+                                                    "heads hold roles")
 
     def to_frame(self):
         """The CSV's rows as a pandas DataFrame (pandas is needed only here)."""

@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from headscope.errors import InputError
 from headscope.heads import head_name
 from headscope.io import atomic_path, strict_json
+from headscope.notebook import html_table, short_repr
 
 
 @dataclass
@@ -66,6 +67,23 @@ class Patterns:
     patterns: dict[tuple[str, int], torch.Tensor]
     tokens: dict[int, torch.Tensor]
     meta: dict
+
+    @property
+    def heads(self) -> list[str]:
+        return list(dict.fromkeys(name for name, _ in self.patterns))
+
+    @property
+    def prompts(self) -> list[int]:
+        return sorted({prompt for _, prompt in self.patterns})
+
+    def __repr__(self) -> str:
+        return short_repr(self, {"heads": self.heads, "prompts": self.prompts,
+                                 "shapes": sorted({tuple(p.shape) for p in self.patterns.values()})})
+
+    def _repr_html_(self) -> str:
+        rows = [{"head": name, "prompt": prompt, "shape (query, key)": " x ".join(map(str, p.shape)),
+                 "tokens": len(self.tokens.get(prompt, ()))} for (name, prompt), p in self.patterns.items()]
+        return html_table(rows, caption=f"patterns of {len(self.heads)} heads on {len(self.prompts)} prompts")
 
 
 def load_patterns(path: str | Path) -> Patterns:

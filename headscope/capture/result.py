@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from headscope.errors import InputError
 from headscope.heads import head_name
 from headscope.io import atomic_path, strict_json
+from headscope.notebook import html_table, short_repr
 
 
 @dataclass
@@ -65,6 +66,22 @@ class CaptureResult:
              **{name: float(m[layer, head]) for name, m in means.items()}}
             for layer in range(n_layers) for head in range(n_heads)
         ]
+
+    def __repr__(self) -> str:
+        shape = tuple(next(iter(self.sums.values())).shape) if self.sums else ()
+        return short_repr(self, {"statistics": self.statistics, "sums": f"{len(self.sums)} x {shape}",
+                                 "model": self.meta.get("model", ""), "patterns": self.patterns is not None})
+
+    def _repr_html_(self) -> str:
+        """The three highest-mean heads of every statistic."""
+        rows = []
+        for name in self.statistics:
+            means = self.mean(name)
+            flat = means.flatten().nan_to_num(nan=float("-inf"))
+            top = flat.argsort(descending=True)[:3].tolist()
+            rows.append({"statistic": name, "queries": self.count(name), "top heads (mean)": ", ".join(
+                f"{head_name(i // means.shape[1], i % means.shape[1])} {float(flat[i]):.3f}" for i in top)})
+        return html_table(rows, caption=f"{self.n_prompts} prompts; per-head means")
 
     def to_json(self) -> str:
         """stats.json: {"model", "statistics", "counts", "results": [{"heads": [name], "layer", "head",

@@ -20,6 +20,7 @@ from headscope.cli.flow import flow
 from headscope.cli.models import models
 from headscope.cli.patch import pairs, patch
 from headscope.cli.pattern import pattern
+from headscope.cli.report import report
 from headscope.cli.train import train
 from headscope.errors import HeadscopeError, InputError
 
@@ -67,7 +68,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
         ctx.call_on_close(distributed.close)
 
 
-for _command in (models, capture, classify, pattern, flow, ablate, patch, pairs, train):
+for _command in (models, capture, classify, pattern, flow, ablate, patch, pairs, report, train):
     cli.add_command(_command)
 
 

@@ -85,9 +85,9 @@ def ablate(model_source: str, dataset: str, seq_len: int | None, num_prompts: in
     if json_path:
         write_text_atomically(json_path, result.to_json())
     if html_path:
-        from headscope.viz import ablation_figure, write_html
+        from headscope.viz import effects_figure, write_html
 
-        write_html(ablation_figure(result, model.cfg.n_layers, model.cfg.n_heads), html_path)
+        write_html(effects_figure(result, model.cfg.n_layers, model.cfg.n_heads, style="screen"), html_path)
     report_written(JSON=json_path, HTML=html_path)
 
 

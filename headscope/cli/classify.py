@@ -48,5 +48,5 @@ def classify(model_source: str, dataset: str, seq_len: int | None, num_prompts: 
     if html_path:
         from headscope.viz import role_heatmap, write_html
 
-        write_html(role_heatmap(table), html_path)
+        write_html(role_heatmap(table, style="screen"), html_path)
     report_written(JSON=json_path, CSV=csv_path, HTML=html_path)

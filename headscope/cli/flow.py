@@ -53,11 +53,10 @@ def flow(model_source: str, text: str | None, prompt_file: str | None, method: s
                          f"use {', '.join(OUTPUT_SUFFIXES)}")
     check_outputs(*outs)
     if method in ("composition", "ablation"):
-        if any(Path(o).suffix.lower() in FIGURE_SUFFIXES for o in outs):
-            raise InputError("a composition graph is written as " + ", ".join(GRAPH_FORMATS))
         model = load_model(model_source, device=device)
         graph = _composition_graph(model, kind, roles_path, threshold, top_k, measured=method == "ablation")
-        _write(graph, outs, title=None)
+        what = "path-ablation effects" if method == "ablation" else f"{kind.upper()}-composition"
+        _write(graph, outs, title=f"{model.name}: {what} between heads")
         return
     from headscope.analysis.flow import token_flow
     from headscope.heads import parse_heads
@@ -87,9 +86,9 @@ def _write(graph, outs: tuple[str, ...], title: str | None) -> None:
 
     for out in outs:
         if Path(out).suffix.lower() in FIGURE_SUFFIXES:
-            from headscope.viz import flow_figure, write_figure
+            from headscope.viz import layered_graph_figure, write_figure
 
-            write_figure(flow_figure(graph, title), out)
+            write_figure(layered_graph_figure(graph, title=title), out)
         else:
             write_graph(graph, out)
         click.echo(f"wrote {out}")
