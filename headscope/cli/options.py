@@ -33,11 +33,6 @@ def check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return distributed.local_device(value)
 
 
-def split(value: str | None) -> list[str] | None:
-    """`"a, b,c"` -> ["a", "b", "c"]; None or empty -> None."""
-    return [part.strip() for part in value.split(",") if part.strip()] if value else None
-
-
 def name_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
     """`"a,b"` -> ["a", "b"]; an empty entry (`""`, `","`, `"a,,b"`) is refused rather than dropped."""
     if value is None:
