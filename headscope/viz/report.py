@@ -138,8 +138,13 @@ def _prompt_tokens(model, options: ReportOptions) -> torch.Tensor:
     from headscope.capture.datasets import dataset_for_model
 
     if model.tokenizer is not None:
-        tokens = model.to_tokens(options.prompt)
-        if len(set(tokens[0].tolist())) > 2:
+        try:
+            tokens = model.to_tokens(options.prompt)
+        except InputError:  # a vocabulary without these words: the default falls back, a prompt of yours is refused
+            if options.prompt != DEFAULT_PROMPT:
+                raise
+            tokens = None
+        if tokens is not None and len(set(tokens[0].tolist())) > 2:
             return tokens
 
     data = dataset_for_model(model, "repeated-random", seq_len=min(16, _fit(model, 16)), num_prompts=1,

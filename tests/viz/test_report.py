@@ -70,3 +70,17 @@ def test_report_from_files_and_as_pdf(checkpoint, tmp_path):
         build_report(checkpoint, ablation=tmp_path / "bad.json", options=SMALL)
     with pytest.raises(InputError, match="a page is written as .html or .pdf"):
         write_page(page, tmp_path / "report.txt")
+
+
+def test_the_default_prompt_falls_back_for_a_vocabulary_without_its_words_and_a_given_one_is_refused():
+    """The toy model's tokenizer knows t0..t63 only: the report's default IOI sentence gives way to a
+    repeated-random prompt, while a prompt the user typed in words it lacks is an error, not a silent swap."""
+    from headscope.loading.load import load_model
+    from headscope.viz.report import _prompt_tokens
+
+    toy = load_model("toy-induction-2l")
+    tokens = _prompt_tokens(toy, ReportOptions())
+    assert tokens.shape[0] == 1 and len(set(tokens[0].tolist())) > 2
+    assert torch.equal(_prompt_tokens(toy, ReportOptions(prompt="t1 t2 t3 t1")), toy.to_tokens("t1 t2 t3 t1"))
+    with pytest.raises(InputError, match="not in the tokenizer's vocabulary"):
+        _prompt_tokens(toy, ReportOptions(prompt="When Mary left"))
