@@ -24,8 +24,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer as RustTokenizer
-from tokenizers import decoders, models, pre_tokenizers
 from tqdm.auto import tqdm
 
 from headscope.capture.datasets import repeated_random_tokens
@@ -34,8 +32,8 @@ from headscope.errors import InputError
 from headscope.io import strict_json, write_text_atomically
 from headscope.loading.checkpoint import load_checkpoint, save_checkpoint
 from headscope.model.config import ModelConfig
-from headscope.model.tokenizer import Tokenizer
 from headscope.model.transformer import HookedTransformer, token_losses
+from headscope.training.tokenizers import byte_tokenizer, toy_tokenizer
 
 MARKER = "training.json"
 LOSS_EVERY = 20  # steps between reads of the loss for the progress bar (each read waits for a GPU)
@@ -104,47 +102,6 @@ class TrainResult:
 
     model: HookedTransformer
     log: list[dict] = field(default_factory=list)  # per evaluation: step, loss, icl_score, induction, previous_token
-
-
-def toy_tokenizer(vocab: int) -> Tokenizer:
-    """Words `t0` ... `t{vocab-1}` and `<bos>` (id `vocab`), split on whitespace: enough to type a prompt
-    such as "t3 t17 t3" and for datasets to know the BOS id and the special tokens. There is no unknown
-    token (its place is `<bos>`), so `Tokenizer.check_known` refuses any other word with an InputError."""
-    words = {f"t{i}": i for i in range(vocab)} | {"<bos>": vocab}
-    backend = RustTokenizer(models.WordLevel(words, unk_token="<bos>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    backend.decoder = decoders.WordPiece(prefix="##")  # joins the words back with spaces
-    backend.add_special_tokens(["<bos>"])
-    return Tokenizer(backend, bos_token_id=vocab)
-
-
-def byte_tokenizer() -> Tokenizer:
-    """Byte-level: id = byte value (GPT-2's byte-to-character map, no merges), `<bos>` = 256."""
-    from tokenizers.pre_tokenizers import ByteLevel
-
-    alphabet = ByteLevel.alphabet()
-    ordered = sorted(alphabet, key=lambda ch: _BYTE_OF[ch])
-    backend = RustTokenizer(models.BPE({ch: i for i, ch in enumerate(ordered)}, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens(["<bos>"])
-    return Tokenizer(backend, bos_token_id=256)
-
-
-def _gpt2_byte_map() -> dict[str, int]:
-    """GPT-2's printable stand-in character for each byte (the map byte-level BPE tokenizers use)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    chars, extra = {}, 0
-    for byte in range(256):
-        if byte in printable:
-            chars[chr(byte)] = byte
-        else:
-            chars[chr(256 + extra)] = byte
-            extra += 1
-    return chars
-
-
-_BYTE_OF = _gpt2_byte_map()
 
 
 @functools.lru_cache(maxsize=4)

@@ -68,7 +68,7 @@ def test_bad_input_is_refused(tmp_path):
 
 
 def test_byte_level_training_on_a_corpus_folder_and_an_empty_one(tmp_path):
-    from headscope.training.train import byte_tokenizer
+    from headscope.training.tokenizers import byte_tokenizer
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
