@@ -46,16 +46,33 @@ TINY_CONFIGS = {
 }
 
 
+def build_tiny_model(name: str) -> HookedTransformer:
+    """A seeded random model of the architecture `name` of TINY_CONFIGS, with non-zero biases and norm weights."""
+    torch.manual_seed(0)
+    model = HookedTransformer(TINY_CONFIGS[name]).eval()
+    with torch.no_grad():
+        for param_name, param in model.named_parameters():
+            if not param_name.rsplit(".", 1)[-1].startswith("W_"):
+                param.add_(0.1 * torch.randn_like(param))
+    return model
+
+
 @pytest.fixture(params=sorted(TINY_CONFIGS))
 def tiny_model(request) -> HookedTransformer:
     """A seeded random model of each architecture, with non-zero biases and norm weights."""
-    torch.manual_seed(0)
-    model = HookedTransformer(TINY_CONFIGS[request.param]).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if not name.rsplit(".", 1)[-1].startswith("W_"):
-                param.add_(0.1 * torch.randn_like(param))
-    return model
+    return build_tiny_model(request.param)
+
+
+def _decomposable(cfg: ModelConfig) -> bool:
+    from headscope.analysis.contributions import unmodelled_features
+
+    return not unmodelled_features(cfg)
+
+
+@pytest.fixture(params=sorted(name for name, cfg in TINY_CONFIGS.items() if _decomposable(cfg)))
+def decomposable_model(request) -> HookedTransformer:
+    """`tiny_model` of the architectures the contribution decomposition models (issue 15's graphs)."""
+    return build_tiny_model(request.param)
 
 
 @pytest.fixture(scope="session")

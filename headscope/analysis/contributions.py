@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from headscope.errors import InputError
+from headscope.errors import InputError, UnsupportedModelError
 from headscope.model.transformer import HookedTransformer
 
 CONTRIBUTION_MEMORY = 256 * 2**20  # bytes for one chunk's terms; a few rows of a 2048-token prompt
@@ -179,12 +179,25 @@ def _linear_norm(norm: nn.Module, total: torch.Tensor) -> Callable[[torch.Tensor
 
 
 @torch.no_grad()
+def unmodelled_features(cfg) -> list[str]:
+    """The attention and block options of `cfg` that this decomposition does not model yet (its pattern is
+    recomputed with a causal mask only, and only pre-, post- and parallel layouts are linearised)."""
+    found = [("sliding windows", any(w is not None for w in cfg.windows)), ("attention soft-capping",
+             cfg.attn_softcap is not None), ("learned attention sinks", cfg.attn_sinks),
+             (f"{cfg.block_norms} block norms", cfg.block_norms != "pre")]
+    return [name for name, present in found if present]
+
+
 def decompose_layer(model: HookedTransformer, layer: int, resid: torch.Tensor,
                     mlp_out: torch.Tensor | None = None) -> LayerDecomposition:
     """Block `layer` run on `resid` (pos, d_model), kept apart into the pieces the scores are made of; the
     block's MLP output (pos, d_model) is computed unless given (from `capture_stream`)."""
     if not 0 <= layer < model.cfg.n_layers:
         raise InputError(f"layer {layer} is outside 0..{model.cfg.n_layers - 1}", parameter="layer")
+    missing = unmodelled_features(model.cfg)
+    if missing:
+        raise UnsupportedModelError(f"contribution graphs do not model {', '.join(missing)} yet: use rollout, "
+                                    "max-flow or patching for this model")
     block, cfg = model.blocks[layer], model.cfg
     rotary = block.attn.rotary.cos_sin(resid.shape[0], resid.device) if cfg.positional == "rotary" else None
     x = resid[None]  # (1, pos, d_model)

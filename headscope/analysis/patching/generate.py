@@ -25,8 +25,16 @@ def _require(tokenizer: Tokenizer | None) -> Tokenizer:
 def single_token_names(tokenizer: Tokenizer) -> list[str]:
     """The IOI names that are one token after a space (" Mary") for this tokenizer."""
     tokenizer = _require(tokenizer)
-    ids = {name: tokenizer.encode(" " + name, prepend_bos=False) for name in IOI_NAMES}
-    return [name for name, i in ids.items() if len(i) == 1 and tokenizer.decode(i).strip() == name]
+    return [name for name in IOI_NAMES if _one_token(tokenizer, " " + name) is not None]
+
+
+def _one_token(tokenizer: Tokenizer, text: str) -> int | None:
+    """The id `text` is as one token that decodes back to it, else None (a word the vocabulary refuses too)."""
+    try:
+        ids = tokenizer.encode(text, prepend_bos=False)
+    except InputError:  # a vocabulary without the word, with no unknown token to read it as
+        return None
+    return ids[0] if len(ids) == 1 and tokenizer.decode(ids).strip() == text.strip() else None
 
 
 def ioi_records(tokenizer: Tokenizer | None, n: int, seed: int = 0) -> list[dict]:

@@ -25,7 +25,6 @@ small" (the IOI templates and the ABC corruption).
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 

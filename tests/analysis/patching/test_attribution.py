@@ -1,6 +1,5 @@
 """Attribution patching: exact where the model is linear in the patch, close to exact patching on tiny steps."""
 
-import dataclasses
 
 import pytest
 import torch
