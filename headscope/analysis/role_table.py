@@ -29,6 +29,7 @@ class HeadRoles:
     reasons: dict[str, str]  # role -> why it was given
     rejected: dict[str, str] = field(default_factory=dict)  # role -> why a score above threshold was not enough
     copying: float | None = None  # direct logit effect on the copied token (induction candidates only)
+    kv_group: int | None = None  # the key/value head it reads (GQA: heads of one group share it); None: unknown
 
     @property
     def name(self) -> str:
@@ -46,7 +47,7 @@ class HeadRoles:
                 "scores": {r: _finite(v) for r, v in self.scores.items()}, "roles": list(self.roles),
                 "intervals": {r: [_finite(lo), _finite(hi)] for r, (lo, hi) in self.intervals.items()},
                 "nulls": {r: _finite(v) for r, v in self.nulls.items()}, "reasons": dict(self.reasons),
-                "rejected": dict(self.rejected), "copying": self.copying}
+                "rejected": dict(self.rejected), "copying": self.copying, "kv_group": self.kv_group}
 
     @classmethod
     def from_dict(cls, row: dict) -> "HeadRoles":
@@ -55,7 +56,8 @@ class HeadRoles:
                    {r: (_float(lo), _float(hi)) for r, (lo, hi) in row.get("intervals", {}).items()},
                    {r: _float(v) for r, v in row.get("nulls", {}).items()}, tuple(row["roles"]),
                    dict(row.get("reasons", {})), dict(row.get("rejected", {})),
-                   None if row.get("copying") is None else float(row["copying"]))
+                   None if row.get("copying") is None else float(row["copying"]),
+                   None if row.get("kv_group") is None else int(row["kv_group"]))
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,14 @@ class RoleTable:
     def roles(self) -> tuple[str, ...]:
         """The roles every head was scored on, in table order."""
         return tuple(self.heads[0].scores) if self.heads else ()
+
+    @property
+    def kv_group_size(self) -> int | None:
+        """How many query heads share one key/value head (1 without GQA); None when the table does not say."""
+        groups = [h.kv_group for h in self.heads if h.layer == 0]
+        if not groups or None in groups:
+            return None
+        return groups.count(groups[0])
 
     def head(self, layer: int, head: int) -> HeadRoles:
         """The row of head (layer, head)."""
@@ -125,7 +135,7 @@ class RoleTable:
     def _rows(self) -> list[dict]:
         rows = []
         for h in self.heads:
-            row = {"layer": h.layer, "head": h.head, "name": h.name, "roles": ";".join(h.roles)}
+            row = {"layer": h.layer, "head": h.head, "name": h.name, "kv_group": h.kv_group, "roles": ";".join(h.roles)}
             for role in self.roles:
                 lo, hi = h.intervals.get(role, (math.nan, math.nan))
                 row |= {role: h.scores[role], f"{role}_lo": lo, f"{role}_hi": hi, f"{role}_null": h.nulls.get(role)}

@@ -116,12 +116,14 @@ def classify_heads(
                "max_memory": max_memory}
     scores, intervals, nulls = _evidence(model, dataset, roles, stages, options, n_bootstrap, seed)
     copying = _copying_candidates(model, dataset, roles, scores, limits, distributed)
+    group_size = model.cfg.n_heads // model.cfg.kv_heads
     heads = tuple(
-        _judge(layer, head, roles, scores, intervals, nulls, limits, margin, copying)
+        replace(_judge(layer, head, roles, scores, intervals, nulls, limits, margin, copying),
+                kv_group=head // group_size)  # K/V are repeat_interleaved: query head h reads K/V head h // size
         for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)
     )
     meta = {"dataset": dataset.name, "dataset_meta": dataset.meta, "seq_len": int(dataset.tokens.shape[1]),
-            "num_prompts": len(dataset), "seed": seed, **provenance(model),
+            "num_prompts": len(dataset), "seed": seed, **provenance(model), "n_kv_heads": model.cfg.kv_heads,
             "thresholds": limits, "margin": margin, "n_bootstrap": n_bootstrap, "confidence": CONFIDENCE,
             "nulls": {r.name: r.null_text for r in roles}, "role_definitions": {r.name: r.describe() for r in roles}}
     for path in stages.values():
