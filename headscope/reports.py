@@ -134,6 +134,23 @@ def role_lines(table) -> list[str]:
     return lines
 
 
+def length_lines(sweep, top: int = 10) -> list[str]:
+    """Per length: time, peak memory and heads holding the role; then the strongest heads' scores by length."""
+    role = sweep.role
+    lines = [f"{sweep.model}: {role} across {len(sweep.seq_lens)} sequence lengths "
+             f"({sweep.meta['num_prompts']} prompts each, {sweep.meta['dataset']})",
+             f"  {'length':>8}  {'seconds':>8}  {'peak MB':>8}  holding {role}"]
+    for entry, table in zip(sweep.meta["per_length"], sweep.tables):
+        peak = "" if entry["peak_memory_bytes"] is None else f"{entry['peak_memory_bytes'] / 2**20:.0f}"
+        holders = ", ".join(h.name for h in table.with_role(role)) or "none"
+        lines.append(f"  {entry['seq_len']:>8,}  {entry['seconds']:>8.1f}  {peak:>8}  {holders}")
+    lines.append(f"  {'head':<7}" + "".join(f"{n:>9,}" for n in sweep.seq_lens))
+    for row in sweep.rows()[:top]:
+        scores = ["" if v is None else f"{v:.3f}" for v in row["scores"].values()]
+        lines.append(f"  {row['heads'][0]:<7}" + "".join(f"{v:>9}" for v in scores))
+    return lines
+
+
 def patch_lines(result, top: int = 15) -> list[str]:
     """The clean and corrupted baselines, then the patches that move the metric most, then any control."""
     meta = result.meta
