@@ -4,6 +4,7 @@ tables. Functions return lines; printing is the caller's.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 
@@ -129,8 +130,10 @@ def role_lines(table) -> list[str]:
             lo, hi = row.intervals[role]
             copying = f"{row.copying:+.2f}" if role == "induction" and row.copying is not None else ""
             name = row.name if n == 0 else ""
-            lines.append(f"  {name:<7}{role:<17}{row.scores[role]:>7.3f}  [{lo:.3f}, {hi:.3f}]  "
-                         f"{float(row.nulls[role]):>6.3f}  {copying}")
+            interval = " " * 14 if math.isnan(lo) else f"[{lo:.3f}, {hi:.3f}]"  # a score role may have none
+            null = float(row.nulls[role])
+            null_text = "" if math.isnan(null) else f"{null:.3f}"  # nor a null
+            lines.append(f"  {name:<7}{role:<17}{row.scores[role]:>7.3f}  {interval}  {null_text:>6}  {copying}")
     return lines
 
 

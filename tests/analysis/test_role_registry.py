@@ -159,3 +159,14 @@ def test_the_built_in_roles_are_the_registry_and_the_docs_list_them():
 
     design = (Path(__file__).parents[2] / "docs" / "design.md").read_text()
     assert role_catalogue(BUILT_IN_ROLES) in design
+
+
+def test_the_printed_table_leaves_out_what_a_score_role_does_not_have(forced_model, user_roles):
+    from headscope.reports import role_lines
+
+    with forced_model.hooks(forced_hooks()):
+        lines = role_lines(classify_heads(forced_model, probe(6), n_bootstrap=50))
+    planted = next(line for line in lines if "planted_score" in line)
+    assert planted.split() == ["L1H2", "planted_score", "1.000"]
+    previous = next(line for line in lines if line.split()[:2] == ["L0H0", "previous_token"])
+    assert "[" in previous and "nan" not in "\n".join(lines)
