@@ -88,7 +88,7 @@ def _receivers_hooks(model, prepared: Prepared, receivers: Heads, via: str, hybr
                 if l == layer:
                     inputs = {n: live[names[n]][:, :, h if n == "q" else h // group] for n in INPUTS}
                     inputs[via] = hybrid[names[via]][:, :, h if via == "q" else h // group]
-                    z[:, :, h] = attend(model, layer, inputs["q"], inputs["k"], inputs["v"], real)[0]
+                    z[:, :, h] = attend(model, layer, h, inputs["q"], inputs["k"], inputs["v"], real)[0]
             return z
 
         hooks.append((f"blocks.{layer}.attn.hook_z", splice))

@@ -28,7 +28,8 @@ def slow_path(model, pairs, senders, receivers, via, denoise=False):
         return z
 
     receivers = [receivers] if isinstance(receivers, tuple) else receivers
-    names = {f"blocks.{layer}.attn.hook_{via}" for layer, _ in receivers}
+    rot = "rot_" if via in "qk" and model.cfg.positional == "rotary" else ""  # as attention reads q and k
+    names = {f"blocks.{layer}.attn.hook_{rot}{via}" for layer, _ in receivers}
     last = max(layer for layer, _ in receivers)
     kept = {}
     model.run_with_hooks(base.tokens, fwd_hooks=[(z_name, freeze) for z_name in z_names[:last]]
@@ -64,11 +65,11 @@ def slow_direct(model, pairs, senders):
     return float(logit_diff(model.unembed_hidden(hidden), pairs).mean())
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "neox", "attn-only", "llama-gqa"])
+@pytest.mark.parametrize("arch", ["gpt2", "neox", "attn-only", "llama-gqa", "gemma", "sinks", "olmo2"])
 def test_path_patching_equals_the_slow_construction(arch):
     model, pairs = tiny(arch, seed=4), make_pairs(seed=4)
     for via in ("q", "k", "v"):
-        if via != "q" and arch == "llama-gqa":
+        if via != "q" and model.cfg.kv_heads < model.cfg.n_heads:
             continue  # the slow construction hooks the shared key/value head; the fast one patches one query head
         receiver = (1, 2)
         sweep = path_patch_sweep(model, pairs, [receiver], via, n_bootstrap=10, max_memory=1)
