@@ -57,9 +57,11 @@ def sentencepiece_backend(metadata: dict[str, Any], arch: str,
         priority = {token: float(score) for token, score in zip(tokens, scores)}
     vocab = {token: index for index, token in enumerate(tokens)}
     unknown = metadata.get("tokenizer.ggml.unknown_token_id")
-    backend = RustTokenizer(BPE(
+    if unknown is not None and not 0 <= unknown < len(tokens):
+        raise ModelFormatError(f"{path}: tokenizer.ggml.unknown_token_id {unknown} is outside the {len(tokens)} tokens")
+    backend = RustTokenizer(BPE(  # the unknown token stands in only for a byte the vocabulary lacks
         vocab=vocab, merges=_merges(vocab, priority), fuse_unk=True, byte_fallback=True,
-        unk_token=tokens[unknown] if unknown is not None and unknown < len(tokens) else None,
+        unk_token=None if unknown is None else tokens[unknown],
     ))
     # No pre-tokenizer: every run of text between whole-matched tokens is one word, as in llama.cpp.
     prefix = bool(metadata.get("tokenizer.ggml.add_space_prefix", True))
