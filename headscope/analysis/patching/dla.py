@@ -77,8 +77,8 @@ def direct_logit_attribution(model, pairs: PromptPairs, by: str = "head", *, see
         for head in range(cfg.n_heads):
             written = z[:, head] @ W_O[head]
             if output_norm:
-                scale = last_rows(cache[f"blocks.{layer}.ln1_post.hook_scale"], real)
-                written = frozen_output_norm(model, layer, written, scale)
+                output_scale = last_rows(cache[f"blocks.{layer}.ln1_post.hook_scale"], real)
+                written = frozen_output_norm(model, layer, written, output_scale)
             values = contribution(written)
             effects.append(_unnormalized(effect(prepared, [(layer, head)], None, values, n_bootstrap, seed)))
     if by == "layer":
