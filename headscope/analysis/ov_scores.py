@@ -134,6 +134,20 @@ def _ov_weights(model: HookedTransformer, layer: int) -> tuple[torch.Tensor, tor
     return reading_weights(model, layer)[2], writing_weights(model, layer)[1]
 
 
+@torch.no_grad()
+def ov_circuit(model: HookedTransformer, layer: int, ids: Sequence[int], source: torch.Tensor | None = None
+               ) -> torch.Tensor:
+    """(heads, rows, len(ids)) float64: every head of `layer`'s OV circuit, `source` W_V W_O W_U[:, ids], norm
+    weights folded in; `source` (rows, d_model) defaults to the token embeddings of `ids` (the full OV circuit
+    on them, rows = source tokens, columns = logits)."""
+    ids = _check_ids(model, ids, "the token set")
+    if not 0 <= layer < model.cfg.n_layers:
+        raise InputError(f"layer {layer} does not exist: the model has {model.cfg.n_layers} layers")
+    source = token_embeddings(model, ids) if source is None else source.double()
+    W_V, W_O = _ov_weights(model, layer)
+    return (source @ W_V) @ W_O @ folded_unembedding(model, ids)
+
+
 # ----- OV copying ----------------------------------------------------------------------------------------
 def frequent_tokens(model: HookedTransformer, n: int = DEFAULT_N_TOKENS) -> list[int]:
     """The first `n` token ids that are not special (BOS, EOS, chat markers), in vocabulary order: the default
@@ -251,15 +265,10 @@ def succession_hits(model: HookedTransformer, sequence: OrdinalSequence) -> torc
     head's OV circuit from its effective embedding, is its successor."""
     _require_unembedding(model)
     ids = list(sequence.ids)
-    source = effective_embeddings(model, ids)  # (items, d_model)
-    W_U = folded_unembedding(model, ids)  # (d_model, items)
-    items = torch.tensor([a for a, _ in sequence.pairs], device=source.device)
+    source = effective_embeddings(model, [ids[a] for a, _ in sequence.pairs])  # (pairs, d_model)
     successors = torch.tensor([b for _, b in sequence.pairs])
-    hits = []
-    for layer in range(model.cfg.n_layers):
-        W_V, W_O = _ov_weights(model, layer)
-        logits = (source[items] @ W_V) @ W_O @ W_U  # (head, pairs, items)
-        hits.append(logits.argmax(-1).cpu() == successors)
+    hits = [ov_circuit(model, layer, ids, source).argmax(-1).cpu() == successors  # (head, pairs)
+            for layer in range(model.cfg.n_layers)]
     return torch.stack(hits)
 
 

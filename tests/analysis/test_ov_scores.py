@@ -13,8 +13,8 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 
 from headscope.analysis.ov_scores import (
-    HeadScores, effective_embeddings, ordinal_sequences, ov_copying, ov_copying_scores, ov_eigenvalues,
-    successor_scores,
+    HeadScores, effective_embeddings, folded_unembedding, ordinal_sequences, ov_circuit, ov_copying,
+    ov_copying_scores, ov_eigenvalues, successor_scores,
 )
 from headscope.errors import InputError
 from headscope.model.config import ModelConfig
@@ -104,6 +104,22 @@ def test_cyclic_eigenvalues_match_the_full_circuit(name):
                 assert (largest - value).abs().min() < 1e-8 * max(1.0, float(value.abs()))
             direct = float(full.sum().real / full.abs().sum())
             assert float(scores[layer, head]) == pytest.approx(direct, abs=1e-8)
+
+
+def test_ov_circuit_is_what_layer_zero_heads_write_on_one_token():
+    # On a one-token input a head attends to that token alone, so its output (hook_result) is
+    # RMSNorm(x) W_V[kv] W_O[h]; through the folded unembedding that is the circuit's row for x, divided by
+    # the RMS of x (a positive factor the circuit leaves out). Grouped-query heads read their kv head's W_V.
+    model = build_tiny_model("llama-gqa")
+    ids = [3, 17, 42, 98]
+    _, cache = model.run_with_cache(torch.tensor(ids)[:, None], names_filter=["blocks.0.attn.hook_result"],
+                                    return_type=None)
+    written = cache["blocks.0.attn.hook_result"][:, 0].double()  # (tokens, head, d_model)
+    x = model.embed.W_E[ids].double()
+    inverse_rms = (x.pow(2).mean(-1) + model.cfg.norm_eps).rsqrt()  # (tokens,)
+    expected = torch.einsum("thd,dv->htv", written, folded_unembedding(model, ids).detach())
+    torch.testing.assert_close(ov_circuit(model, 0, ids) * inverse_rms[None, :, None], expected,
+                               rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["llama-gqa", "gemma", "olmo2"])
