@@ -28,7 +28,7 @@ post-attention norm's weight into W_O exactly as `composition` folds them (its `
 `writing_weights`); the embedding carries the model's embedding scale (Gemma). The final norm's weight
 (and centring) IS applied to the unembedding, as TransformerLens' `fold_ln` folds it: it is a fixed
 per-dimension map on every path to the logits, so leaving it out would score a different circuit than
-the one the model runs (SmolLM2's final norm weights range over more than an order of magnitude). The
+the one the model runs (SmolLM2's final norm weights range from 0.87 to 3.3). The
 norms' divisions by the RMS or standard deviation are left out: each is a positive factor per source
 token, which multiplies a row of the circuit and so changes neither which logit of a row is largest (the
 succession score is exact) nor the sign of a diagonal circuit (copying), as in Elhage et al. and TL.
