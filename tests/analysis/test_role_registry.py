@@ -170,3 +170,30 @@ def test_the_printed_table_leaves_out_what_a_score_role_does_not_have(forced_mod
     assert planted.split() == ["L1H2", "planted_score", "1.000"]
     previous = next(line for line in lines if line.split()[:2] == ["L0H0", "previous_token"])
     assert "[" in previous and "nan" not in "\n".join(lines)
+
+
+def test_weight_scores_register_as_roles():
+    """analysis/ov_scores.py's OV copying score as two roles, copying and copy suppression (its negative),
+    on the planted model of tests/analysis/test_ov_scores.py: its copying head scores +1, its suppression head -1."""
+    from headscope.analysis.ov_scores import ov_copying_scores
+    from headscope.capture.datasets import repeated_random_tokens
+    from tests.analysis.test_ov_scores import COPY, ORDINAL, SUPPRESS, planted_model
+
+    model = planted_model()
+    roles = [Role("ov_copying", score=lambda m, d: ov_copying_scores(m, ORDINAL), threshold=0.5,
+                  evidence="share of positive eigenvalues of W_E W_OV W_U", citation="Elhage et al. (2021)"),
+             Role("copy_suppression", score=lambda m, d: -ov_copying_scores(m, ORDINAL), threshold=0.5,
+                  evidence="negative OV copying score", citation="McDougall et al. (2023)")]
+    for role in roles:
+        register_role(role)
+    try:
+        table = classify_heads(model, repeated_random_tokens(4, 6, vocab_size=99, seed=0), n_bootstrap=20)
+    finally:
+        for role in roles:
+            unregister_role(role.name)
+    expected = ov_copying_scores(model, ORDINAL)
+    assert [h.scores["ov_copying"] for h in table.heads] == expected[0].tolist()
+    assert [h.name for h in table.with_role("ov_copying")] == [f"L0H{COPY}"]
+    assert [h.name for h in table.with_role("copy_suppression")] == [f"L0H{SUPPRESS}"]
+    meta = json.loads(table.to_json())["meta"]["role_definitions"]["ov_copying"]
+    assert meta["scored_by"] == "score function" and meta["citation"] == "Elhage et al. (2021)"
