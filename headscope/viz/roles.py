@@ -18,7 +18,9 @@ from headscope.viz.style import MUTED, SEQUENTIAL, Style, apply_style, colorbar,
 def role_heatmap(table: RoleTable, style: str | Style | None = None, title: str | None = None,
                  roles: list[str] | None = None) -> go.Figure:
     """Small multiples of `table`: a (layer x head) panel per role (all of the table's roles, or `roles`),
-    colours fixed to [0, 1] so roles and models compare by eye; heads holding the role are outlined."""
+    colours fixed to [0, 1] so roles and models compare by eye (widened to the scores' range when a role
+    scored by a function of the weights leaves it, e.g. an OV copying score in [-1, 1]); heads holding the
+    role are outlined."""
     style = get_style(style)
     roles = list(roles or table.roles)
     n_cols = min(len(roles), 3 if style.width_in < 5 else 6 if len(roles) <= 6 else 4)
@@ -59,8 +61,10 @@ def role_heatmap(table: RoleTable, style: str | Style | None = None, title: str 
     fig.update_yaxes(tickmode="linear", tick0=0, dtick=y_step, autorange="reversed", showgrid=False, ticks="")
     fig.update_yaxes(title=dict(text="layer", standoff=2), col=1)
     fig.update_annotations(font=dict(size=style.font_px), yshift=-2)  # the panel titles
-    fig.update_layout(coloraxis=dict(colorscale=SEQUENTIAL, cmin=0, cmax=1,
-                                     colorbar=colorbar("score (fraction of attention)", style, len=min(1, 240 / panel_h))))
+    low, high = _colour_range(table, roles)
+    unit = "score (fraction of attention)" if (low, high) == (0, 1) else "score"
+    fig.update_layout(coloraxis=dict(colorscale=SEQUENTIAL, cmin=low, cmax=high,
+                                     colorbar=colorbar(unit, style, len=min(1, 240 / panel_h))))
     caption = ("Outlined: the head holds the role (score at least the role's threshold and the lower end of "
                "its 95% bootstrap interval above the null). Layer 0 at the top.")
     if grouped:
@@ -71,6 +75,12 @@ def role_heatmap(table: RoleTable, style: str | Style | None = None, title: str 
     height_in = (n_rows * (panel_h + 3.5 * style.font_px) + 6 * style.font_px) / 96
     return apply_style(fig, style, height_in, title if title is not None else f"{_short(table.model)}: head roles",
                        caption, margin)
+
+
+def _colour_range(table: RoleTable, roles: list[str]) -> tuple[float, float]:
+    """[0, 1], widened to whole numbers around any score outside it."""
+    values = [v for row in table.heads for role in roles if math.isfinite(v := row.scores[role])]
+    return min(0, math.floor(min(values, default=0))), max(1, math.ceil(max(values, default=1)))
 
 
 def _short(model: str) -> str:

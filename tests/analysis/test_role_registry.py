@@ -197,3 +197,7 @@ def test_weight_scores_register_as_roles():
     assert [h.name for h in table.with_role("copy_suppression")] == [f"L0H{SUPPRESS}"]
     meta = json.loads(table.to_json())["meta"]["role_definitions"]["ov_copying"]
     assert meta["scored_by"] == "score function" and meta["citation"] == "Elhage et al. (2021)"
+    from headscope.viz import role_heatmap
+
+    colours = role_heatmap(table).layout.coloraxis
+    assert (colours.cmin, colours.cmax) == (-1, 1)  # the suppression head's -1 is on the scale
