@@ -1,13 +1,14 @@
 """SmolLM2-135M on generated IOI pairs: which heads carry the indirect object, and what feeds them.
 
-Steps (each result is written beside this script as JSON, the transcript to stdout):
+Steps (each result is written beside this script as JSON, the transcript to stdout; a step whose JSON is
+already there is read back, so a rerun continues where an interrupted one stopped):
 1. 8 IOI pairs (`headscope pairs ioi smollm2-135m --n 8 --seed 0`), noising (corrupted S2 patched into clean).
 2. The exact head sweep (kept if `smollm2_noise_heads.json` exists: it is the one `scripts/bench_patching.py
    --model smollm2-135m --pairs ioi --n 8 --save` writes) and each head's direct path to the logits.
 3. The top heads' attention from the last position to the indirect object (IO), the first and the second
    subject mention (S1, S2), averaged over pairs.
-4. Head x position: AtP for every head at every position, and exact patching of the top heads at every
-   position beside it.
+4. Head x position: AtP for every head at every position, and exact patching of the top five heads at
+   every position beside it.
 5. Path patching into the three top heads whose direct effect is largest (name-mover candidates): every
    earlier head as a sender through their queries, keys and values.
 
@@ -32,7 +33,8 @@ from headscope.analysis.patching.result import PatchResult
 from headscope.heads import head_name
 from headscope.io import write_text_atomically
 
-TOP = 10
+TOP = 10  # heads in the table
+TOP_POSITIONS = 5  # heads patched exactly at every position
 
 
 def delta_by_head(result: PatchResult) -> dict[tuple[int, int], float]:
@@ -46,7 +48,11 @@ def timed(label, fn):
     return out
 
 
-def save(result: PatchResult, name: str) -> PatchResult:
+def cached(name: str, label: str, compute) -> PatchResult:
+    """The result saved as `name` by an earlier run, or computed (timed) and saved: a rerun continues."""
+    if os.path.exists(name):
+        return PatchResult.from_json(open(name).read())
+    result = timed(label, compute)
     write_text_atomically(name, result.to_json())
     return result
 
@@ -74,6 +80,17 @@ def name_attention(model, pairs, heads) -> dict:
     return out
 
 
+def exact_head_pos(model, pairs, heads: PatchResult, top, atp: PatchResult) -> list[dict]:
+    """Exact patching of each top head at each position alone, beside AtP's estimate there."""
+    atp_by = {(tuple(e.heads[0]), e.positions[0]): e.value - atp.base for e in atp.effects}
+    rows = []
+    for k in top[:TOP_POSITIONS]:
+        for p in range(pairs.clean.tokens.shape[1]):
+            value = patch(model, pairs, [k], positions=[p], n_bootstrap=200).effects[0].value - heads.base
+            rows.append({"heads": [head_name(*k)], "positions": [p], "exact": value, "atp": atp_by[(k, p)]})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--via", default="q,k,v")
@@ -82,14 +99,11 @@ def main() -> None:
     records = GENERATORS["ioi"](model.tokenizer, 8, 0)
     write_text_atomically("smollm2_ioi_pairs.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     pairs = from_records(records, model.tokenizer)
-    if os.path.exists("smollm2_noise_heads.json"):
-        heads = PatchResult.from_json(open("smollm2_noise_heads.json").read())
-    else:
-        heads = save(timed("exact head sweep", lambda: patch_sweep(model, pairs, "head")), "smollm2_noise_heads.json")
+    heads = cached("smollm2_noise_heads.json", "exact head sweep", lambda: patch_sweep(model, pairs, "head"))
     print(f"clean logit difference {heads.clean:.3f}, corrupted {heads.corrupted:.3f}")
     total = delta_by_head(heads)
-    direct = delta_by_head(save(timed("direct paths", lambda: run_patching(model, pairs, path_spec="*", via="logits")),
-                                "smollm2_direct_path.json"))
+    direct = delta_by_head(cached("smollm2_direct_path.json", "direct paths",
+                                  lambda: run_patching(model, pairs, path_spec="*", via="logits")))
     top = sorted(total, key=lambda k: total[k])[:TOP]
     attention = name_attention(model, pairs, top)
     write_text_atomically("smollm2_top_heads.json", json.dumps(
@@ -100,15 +114,12 @@ def main() -> None:
         a = attention[head_name(*k)]
         print(f"{head_name(*k):<8}{total[k]:>+8.3f}{direct[k]:>+8.3f}{a['IO']:>7.2f}{a['S1']:>7.2f}{a['S2']:>7.2f}")
 
-    atp = save(timed("AtP head x position", lambda: attribution_sweep(model, pairs, "head-pos")),
-               "smollm2_atp_head_pos.json")
-    atp_by = {(tuple(e.heads[0]), e.positions[0]): e.value - atp.base for e in atp.effects}
-    rows = []
-    for k in top:
-        for p in range(pairs.clean.tokens.shape[1]):
-            value = patch(model, pairs, [k], positions=[p], n_bootstrap=200).effects[0].value - heads.base
-            rows.append({"heads": [head_name(*k)], "positions": [p], "exact": value, "atp": atp_by[(k, p)]})
-    write_text_atomically("smollm2_exact_head_pos_top.json", json.dumps(rows, indent=2))
+    atp = cached("smollm2_atp_head_pos.json", "AtP head x position", lambda: attribution_sweep(model, pairs, "head-pos"))
+    if os.path.exists("smollm2_exact_head_pos_top.json"):
+        rows = json.load(open("smollm2_exact_head_pos_top.json"))
+    else:
+        rows = timed("exact head x position, top heads", lambda: exact_head_pos(model, pairs, heads, top, atp))
+        write_text_atomically("smollm2_exact_head_pos_top.json", json.dumps(rows, indent=2))
     print("largest exact head x position effects among the top heads:")
     for r in sorted(rows, key=lambda r: r["exact"])[:12]:
         print(f"  {r['heads'][0]} pos {r['positions'][0]:>2}: exact {r['exact']:+.3f}  AtP {r['atp']:+.3f}")
@@ -117,9 +128,8 @@ def main() -> None:
     receivers = ",".join(head_name(*k) for k in movers)
     print(f"receivers (largest direct effect among the top heads): {receivers}")
     for via in args.via.split(","):
-        result = save(timed(f"path *:{receivers} via {via}",
-                            lambda: run_patching(model, pairs, path_spec=f"*:{receivers}", via=via)),
-                      f"smollm2_path_{via}.json")
+        result = cached(f"smollm2_path_{via}.json", f"path *:{receivers} via {via}",
+                        lambda: run_patching(model, pairs, path_spec=f"*:{receivers}", via=via))
         senders = sorted(result.effects, key=lambda e: e.value)[:5]
         print(f"  via {via}: " + ", ".join(f"{head_name(*e.heads[0])} {e.value - result.base:+.3f}" for e in senders))
 
