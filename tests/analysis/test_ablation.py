@@ -221,3 +221,57 @@ def test_gpu_sweep_equals_cpu_sweep(dataset):
     on_cpu = sweep(model, dataset, "mean", "induction-loss", n_bootstrap=20)
     on_gpu = sweep(model.to("cuda"), dataset, "mean", "induction-loss", n_bootstrap=20)
     assert [e.value for e in on_gpu.effects] == pytest.approx([e.value for e in on_cpu.effects], abs=1e-4)
+
+
+def _hand_loss(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean over prompts of each prompt's mean -log p(next token) over the real tokens predicted."""
+    per_prompt = []
+    for b in range(len(tokens)):
+        losses = [-float(logits[b, p].double().log_softmax(-1)[tokens[b, p + 1]])
+                  for p in range(tokens.shape[1] - 1) if mask[b, p + 1]]
+        per_prompt.append(sum(losses) / len(losses))
+    return sum(per_prompt) / len(per_prompt)
+
+
+@torch.no_grad()
+def test_mean_ablation_puts_the_mean_of_z_over_real_positions_in_its_place(dataset):
+    """The mean of z[:, :, head] over the real (non-padding) positions of every prompt, summed by hand, hooked
+    in at every position, gives the value `ablate` and `sweep` report; zero ablation gives another one."""
+    torch.manual_seed(11)
+    model = HookedTransformer(TINY_CONFIGS["gpt2"]).eval()
+    padded = dataset.subset([0, 1, 2, 3])
+    mask = torch.ones_like(padded.tokens)
+    mask[1, -4:] = 0  # padding, whose z must not enter the mean
+    mask[3, -2:] = 0
+    padded = dataclasses.replace(padded, attention_mask=mask)
+    layer, head = 1, 2
+    _, cache = model.run_with_cache(padded.tokens, attention_mask=mask)
+    z = cache[f"blocks.{layer}.attn.hook_z"][:, :, head]
+    total, count = torch.zeros(z.shape[-1], dtype=torch.float64), 0
+    for b in range(z.shape[0]):
+        for p in range(z.shape[1]):
+            if mask[b, p]:
+                total += z[b, p].double()
+                count += 1
+    assert count == mask.numel() - 6
+    by_hand = (total / count).float()
+    assert not torch.allclose(by_hand, z.mean((0, 1)), atol=1e-4)  # the padding would change the mean
+
+    def put_mean(z, hook):
+        z = z.clone()
+        z[:, :, head] = by_hand
+        return z
+
+    logits = model.run_with_hooks(padded.tokens, attention_mask=mask,
+                                  fwd_hooks=[(f"blocks.{layer}.attn.hook_z", put_mean)])
+    expected = _hand_loss(logits, padded.tokens, mask)
+    baseline = _hand_loss(model(padded.tokens, attention_mask=mask), padded.tokens, mask)
+    mean = ablate(model, padded, [(layer, head)], "mean", "loss", n_bootstrap=20)
+    assert mean.effects[0].value == pytest.approx(expected, abs=1e-5)
+    assert mean.baseline == pytest.approx(baseline, abs=1e-5)
+    assert mean.effects[0].delta == pytest.approx(expected - baseline, abs=1e-5)
+    swept = sweep(model, padded, "mean", "loss", n_bootstrap=20)
+    assert swept.effects[layer * 4 + head].heads == ((layer, head),)
+    assert swept.effects[layer * 4 + head].value == pytest.approx(expected, abs=1e-5)
+    zero = ablate(model, padded, [(layer, head)], "zero", "loss", n_bootstrap=20).effects[0]
+    assert abs(zero.value - expected) > 1e-4  # ten times the tolerance above (a tiny random model's head)
