@@ -2,13 +2,14 @@
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
 from tokenizers import Tokenizer as RustTokenizer
 from tokenizers import models, pre_tokenizers
 
-from headscope.analysis.ablation import AblationResult, ablate, sweep
+from headscope.analysis.ablation import AblationResult, Effect, ablate, sweep
 from headscope.analysis.metrics import METRICS, induction_loss_metric, logit_diff_metric
 from headscope.analysis.patching.pairs import pairs_dataset
 from headscope.capture.datasets import repeated_random_tokens
@@ -275,3 +276,44 @@ def test_mean_ablation_puts_the_mean_of_z_over_real_positions_in_its_place(datas
     assert swept.effects[layer * 4 + head].value == pytest.approx(expected, abs=1e-5)
     zero = ablate(model, padded, [(layer, head)], "zero", "loss", n_bootstrap=20).effects[0]
     assert abs(zero.value - expected) > 1e-4  # ten times the tolerance above (a tiny random model's head)
+
+
+@torch.no_grad()
+def test_resample_ablation_of_two_prompts_swaps_their_z(dataset):
+    """With two prompts the only derangement is the swap: each prompt's head output becomes the other's, at
+    the same positions. One prompt is refused (nothing else to take activations from)."""
+    torch.manual_seed(12)
+    model = HookedTransformer(TINY_CONFIGS["gpt2"]).eval()
+    two = dataset.subset([0, 3])
+    layer, head = 0, 1
+    _, cache = model.run_with_cache(two.tokens)
+    clean_z = cache[f"blocks.{layer}.attn.hook_z"][:, :, head]
+
+    def swap(z, hook):
+        z = z.clone()
+        z[:, :, head] = clean_z[[1, 0]]
+        return z
+
+    logits = model.run_with_hooks(two.tokens, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", swap)])
+    expected = _hand_loss(logits, two.tokens, torch.ones_like(two.tokens))
+    for seed in (0, 1, 2):
+        resampled = ablate(model, two, [(layer, head)], "resample", "loss", seed=seed, n_bootstrap=20).effects[0]
+        assert resampled.value == pytest.approx(expected, abs=1e-5)
+        assert abs(resampled.delta) > 1e-4
+    swept = sweep(model, two, "resample", "loss", n_bootstrap=20).effects[layer * 4 + head]
+    assert swept.value == pytest.approx(expected, abs=1e-5)
+    with pytest.raises(InputError, match="^resample ablation needs at least two prompts$"):
+        ablate(model, dataset.subset([2]), [(layer, head)], "resample")
+
+
+def test_a_result_with_missing_values_reads_back_from_its_json():
+    """Strict JSON writes NaN as null; reading it back gives NaN again, not an error."""
+    nan = float("nan")
+    result = AblationResult("m", "zero", "loss", 1.5, (Effect(((0, 1),), nan, nan, (nan, 0.25)),), {"seed": 0})
+    text = result.to_json()
+    assert json.loads(text)["results"][0]["delta"] is None
+    back = AblationResult.from_json(text).effects[0]
+    assert math.isnan(back.value) and math.isnan(back.delta) and math.isnan(back.ci[0]) and back.ci[1] == 0.25
+    assert back.heads == ((0, 1),)
+    grid = AblationResult.from_json(text).grid(2, 3)
+    assert grid.shape == (2, 3) and torch.isnan(grid).all()  # only L0H1 has an effect, and it is NaN
