@@ -317,3 +317,23 @@ def test_a_result_with_missing_values_reads_back_from_its_json():
     assert back.heads == ((0, 1),)
     grid = AblationResult.from_json(text).grid(2, 3)
     assert grid.shape == (2, 3) and torch.isnan(grid).all()  # only L0H1 has an effect, and it is NaN
+
+
+def test_rows_repr_and_table_of_a_result_written_by_hand():
+    """Rows come largest |delta| first (whatever its sign), heads by name; the repr and the table say what
+    the result is without its tensors."""
+    effects = (Effect(((0, 1),), 2.0, 0.5, (0.25, 0.75)), Effect(((1, 0), (1, 3)), 1.0, -1.0, (-1.5, -0.5)),
+               Effect(((1, 2),), 1.4, -0.1, (-0.2, 0.0)))
+    result = AblationResult("tiny", "mean", "loss", 1.5, effects, {"seed": 0})
+    assert result.rows() == [
+        {"heads": "L1H0,L1H3", "value": 1.0, "delta": -1.0, "95% interval": [-1.5, -0.5]},
+        {"heads": "L0H1", "value": 2.0, "delta": 0.5, "95% interval": [0.25, 0.75]},
+        {"heads": "L1H2", "value": 1.4, "delta": -0.1, "95% interval": [-0.2, 0.0]},
+    ]
+    assert repr(result) == "AblationResult(model='tiny', method='mean', metric='loss', baseline=1.5, effects=3)"
+    page = result._repr_html_()
+    assert "<caption>tiny: mean ablation, loss baseline 1.5; largest changes first</caption>" in page
+    assert page.index("<td>L1H0,L1H3</td>") < page.index("<td>L0H1</td>") < page.index("<td>L1H2</td>")
+    grid = result.grid(2, 4)
+    assert grid[0, 1] == 0.5 and grid[1, 2] == pytest.approx(-0.1)
+    assert torch.isnan(grid[1, 0]) and int(torch.isnan(grid).sum()) == 6  # the pair is no single head
