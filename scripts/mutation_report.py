@@ -32,13 +32,22 @@ def dotted(module: str) -> str:
     return module.removesuffix(".py").replace("/", ".")
 
 
-def run_mutmut(module: str) -> int:
-    """Run mutmut on one module's mutants; its exit status."""
+def open_mutants(module: str, equivalents: dict[str, str]) -> list[str]:
+    """The mutants of a module that a previous run left survived, without tests or unrun (not equivalent)."""
+    meta = ROOT / "mutants" / (module + ".meta")
+    codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
+    return sorted(name for name, code in codes.items()
+                  if (code is None or code in SURVIVED | NO_TESTS) and name not in equivalents)
+
+
+def run_mutmut(module: str, names: list[str] | None = None) -> int:
+    """Run mutmut on one module's mutants (or only `names`); its exit status."""
     env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     env.pop("PYTHONPATH", None)  # mutmut puts its mutated copy first; the worktree must not shadow it
     mutmut = Path(sys.executable).with_name("mutmut")
-    command = [str(mutmut), "run", "--max-children", "1", f"{dotted(module)}.*"]
-    print("$", " ".join(command), flush=True)
+    command = [str(mutmut), "run", "--max-children", "1", *(names or [f"{dotted(module)}.*"])]
+    print("$", " ".join(command) if len(command) < 12 else f"{' '.join(command[:5])} ... ({len(command) - 4} mutants)",
+          flush=True)
     return subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL).returncode
 
 
@@ -118,16 +127,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="*", help="module paths, e.g. headscope/analysis/intervals.py")
     parser.add_argument("--report-only", action="store_true", help="score what mutants/ holds, run nothing")
+    parser.add_argument("--open-only", action="store_true",
+                        help="rerun only the mutants a previous run left survived or without tests (after adding tests)")
     parser.add_argument("--equivalents", type=Path, default=ROOT / "docs" / "mutation_equivalents.txt")
     parser.add_argument("--output", type=Path, default=ROOT / "mutants" / "mutation_report.md")
     args = parser.parse_args(argv)
     modules = args.modules or sorted(str(p.relative_to(ROOT / "mutants")).removesuffix(".meta")
                                      for p in (ROOT / "mutants" / "headscope").rglob("*.py.meta"))
+    equivalents = read_equivalents(args.equivalents)
     for module in [] if args.report_only else args.modules:
-        if run_mutmut(module) != 0:
+        names = open_mutants(module, equivalents) if args.open_only else None
+        if names == []:
+            continue
+        if run_mutmut(module, names) != 0:
             print(f"mutmut failed on {module}", file=sys.stderr)
             return 1
-    equivalents = read_equivalents(args.equivalents)
     rows = [row for row in (module_scores(m, equivalents) for m in modules) if row is not None]
     write_report(rows, args.output)
     for row in rows:
