@@ -385,3 +385,40 @@ def test_the_result_meta_says_what_was_run(dataset):
     assert result.meta["dataset"] == "repeated-random" and result.meta["dataset_meta"] == dataset.meta
     assert result.meta["n_prompts"] == 5 and result.meta["seq_len"] == dataset.tokens.shape[1] == 17
     assert result.meta["seed"] == 5 and "headscope_version" in result.meta
+
+
+@torch.no_grad()
+def test_the_interval_is_the_seeded_percentile_bootstrap_of_the_per_prompt_changes(dataset):
+    """ci: 2.5th and 97.5th percentiles of the mean change over prompts resampled with replacement (the
+    seeded draws of `n_bootstrap` resamples), per-prompt losses by hand."""
+    torch.manual_seed(14)
+    model = HookedTransformer(TINY_CONFIGS["gpt2"]).eval()
+    layer, head = 0, 3
+
+    def zero(z, hook):
+        z = z.clone()
+        z[:, :, head] = 0
+        return z
+
+    ones = torch.ones_like(dataset.tokens)
+    ablated = model.run_with_hooks(dataset.tokens, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", zero)])
+    clean = model(dataset.tokens)
+    deltas = torch.tensor([_hand_loss(ablated[b:b + 1], dataset.tokens[b:b + 1], ones[b:b + 1])
+                           - _hand_loss(clean[b:b + 1], dataset.tokens[b:b + 1], ones[b:b + 1])
+                           for b in range(len(dataset))], dtype=torch.float64)
+    for seed in (0, 5):
+        draws = torch.randint(0, len(deltas), (300, len(deltas)), generator=torch.Generator().manual_seed(seed))
+        means = torch.stack([deltas[d].mean() for d in draws])
+        want = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64))
+        effect = ablate(model, dataset, [(layer, head)], "zero", "loss", seed=seed, n_bootstrap=300).effects[0]
+        assert effect.delta == pytest.approx(float(deltas.mean()), abs=1e-5)
+        assert effect.ci == pytest.approx((float(want[0]), float(want[1])), abs=1e-5)
+    assert effect.ci[0] < effect.ci[1]
+
+
+def test_an_empty_dataset_is_refused(dataset):
+    model = HookedTransformer(TINY_CONFIGS["attn-only"]).eval()
+    empty = dataclasses.replace(dataset, tokens=dataset.tokens[:0])
+    for run in (lambda: ablate(model, empty, [(0, 0)]), lambda: sweep(model, empty)):
+        with pytest.raises(InputError, match="^the dataset is empty$"):
+            run()
