@@ -48,7 +48,10 @@ def run_mutmut(module: str, names: list[str] | None = None) -> int:
     command = [str(mutmut), "run", "--max-children", "1", *(names or [f"{dotted(module)}.*"])]
     print("$", " ".join(command) if len(command) < 12 else f"{' '.join(command[:5])} ... ({len(command) - 4} mutants)",
           flush=True)
-    return subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL).returncode
+    log = ROOT / "mutants" / f"run-{dotted(module)}.log"  # mutmut's progress, to follow with tail
+    log.parent.mkdir(exist_ok=True)
+    with log.open("w") as out:
+        return subprocess.run(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
 
 
 def read_equivalents(path: Path) -> dict[str, str]:
