@@ -342,36 +342,40 @@ def test_rows_repr_and_table_of_a_result_written_by_hand():
 @torch.no_grad()
 def test_an_encoder_is_ablated_by_the_cosine_of_its_mean_pooled_embedding(dataset):
     """An encoder has no logits: "cosine" (by name or as the Metric object) scores a run by the cosine of its
-    mean-pooled final hidden state (real positions only) to the clean run's, by hand here; a metric that
-    reads logits is refused in one line."""
+    mean-pooled final hidden state (real positions only) to the clean run's, by hand here, padding masked in
+    every layer; a metric that reads logits is refused in one line."""
     from headscope.analysis.metrics import COSINE
 
     torch.manual_seed(13)
     model = HookedTransformer(TINY_CONFIGS["bert"]).eval()
-    model.blocks[1].attn.W_O.mul_(50)  # random heads barely move a pooled embedding; these move it
+    for block in model.blocks:
+        block.attn.W_O.mul_(50)  # random heads barely move a pooled embedding; these move it
     data = dataset.subset([0, 1, 2])
     mask = torch.ones_like(data.tokens)
     mask[2, -5:] = 0
     data = dataclasses.replace(data, attention_mask=mask)
-    heads = [(1, h) for h in range(4)]
-
-    def zero(z, hook):
-        return torch.zeros_like(z)
-
-    ablated = model.run_with_hooks(data.tokens, attention_mask=mask, return_type="hidden",
-                                   fwd_hooks=[("blocks.1.attn.hook_z", zero)])
     clean = model(data.tokens, attention_mask=mask, return_type="hidden")
-    cosines = []
-    for b in range(len(data)):
-        n = int(mask[b].sum())
-        u, v = ablated[b, :n].double().mean(0), clean[b, :n].double().mean(0)
-        cosines.append(float(u @ v / (u.norm() * v.norm())))
-    expected = sum(cosines) / len(cosines)
+
+    def by_hand(layer: int) -> float:
+        """The mean cosine with every head of `layer` zeroed."""
+        ablated = model.run_with_hooks(data.tokens, attention_mask=mask, return_type="hidden",
+                                       fwd_hooks=[(f"blocks.{layer}.attn.hook_z", lambda z, hook: torch.zeros_like(z))])
+        cosines = []
+        for b in range(len(data)):
+            n = int(mask[b].sum())
+            u, v = ablated[b, :n].double().mean(0), clean[b, :n].double().mean(0)
+            cosines.append(float(u @ v / (u.norm() * v.norm())))
+        return sum(cosines) / len(cosines)
+
+    expected = [by_hand(0), by_hand(1)]
+    heads = [(1, h) for h in range(4)]
     for metric in ("cosine", COSINE):
         result = ablate(model, data, heads, "zero", metric, n_bootstrap=20)
         assert result.metric == "cosine" and result.baseline == pytest.approx(1.0, abs=1e-6)
-        assert result.effects[0].value == pytest.approx(expected, abs=1e-6)
-    assert expected < 0.99  # the ablation shows (a cosine of 1 would hide a metric that ignores it)
+        assert result.effects[0].value == pytest.approx(expected[1], abs=1e-6)
+    by_layer = sweep(model, data, "zero", "cosine", by="layer", n_bootstrap=20)
+    assert [e.value for e in by_layer.effects] == pytest.approx(expected, abs=1e-6)
+    assert max(expected) < 0.99  # the ablations show (a cosine of 1 would hide a metric that ignores them)
     message = ("^this metric reads next-token logits and this model \\(an encoder\\) has none: use the cosine "
                "metric \\(similarity of the mean-pooled embedding to the clean run's\\)$")
     for metric in ("loss", lambda *args: METRICS["loss"](*args)):
