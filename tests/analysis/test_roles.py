@@ -316,3 +316,60 @@ def test_a_local_head_is_an_induction_head_only_within_its_window(forced_model, 
     assert ("induction" in induction.roles) == has_role, (induction.scores, induction.reasons)
     assert (induction.scores["induction"] > 0.95) == has_role
     assert table.head(0, 0).roles == ("previous_token", "local")  # one key back: inside every window
+
+
+def _table_by_hand() -> RoleTable:
+    """Three heads of a 2 x 2 model scored on two roles, written out: L0H0 previous-token, L1H1 induction
+    (and copies), L0H1 and L1H0 nothing."""
+    from headscope.analysis.roles import HeadRoles
+
+    def head(layer, head, prev, ind, roles, copying=None):
+        return HeadRoles(layer, head, {"previous_token": prev, "induction": ind},
+                         {"previous_token": (prev - 0.05, prev + 0.05), "induction": (ind - 0.1, ind + 0.1)},
+                         {"previous_token": 0.2, "induction": 0.15}, roles,
+                         {role: f"{role} because" for role in roles}, {}, copying)
+
+    heads = (head(0, 0, 0.9, 0.1, ("previous_token",)), head(0, 1, 0.25, 0.5, ()),
+             head(1, 0, 0.3, 0.2, ()), head(1, 1, 0.1, 0.8, ("induction",), copying=1.5))
+    return RoleTable("tiny", 2, 2, heads, {"seed": 0})
+
+
+def test_csv_rows_repr_and_html_of_a_table_written_by_hand():
+    table = _table_by_hand()
+    assert table.roles == ("previous_token", "induction")
+    assert table.head(1, 0).layer == 1 and table.head(1, 0).head == 0 and table.head(0, 1).scores["induction"] == 0.5
+    assert [h.name for h in table.heads_with_roles()] == ["L0H0", "L1H1"]  # top score 0.9, then 0.8
+    assert [h.name for h in table.with_role("induction")] == ["L1H1"]
+    assert table.head(0, 1).top_score == float("-inf") and table.head(1, 1).top_score == 0.8
+    assert table.to_csv() == (
+        "layer,head,name,roles,previous_token,previous_token_lo,previous_token_hi,previous_token_null,"
+        "induction,induction_lo,induction_hi,induction_null,copying\n"
+        "0,0,L0H0,previous_token,0.9,0.85,0.9500000000000001,0.2,0.1,0.0,0.2,0.15,\n"
+        "0,1,L0H1,,0.25,0.2,0.3,0.2,0.5,0.4,0.6,0.15,\n"
+        "1,0,L1H0,,0.3,0.25,0.35,0.2,0.2,0.1,0.30000000000000004,0.15,\n"
+        "1,1,L1H1,induction,0.1,0.05,0.15000000000000002,0.2,0.8,0.7000000000000001,0.9,0.15,1.5\n")
+    assert RoleTable("tiny", 0, 0, (), {}).to_csv() == "layer,head\n"
+    one = RoleTable("tiny", 1, 1, table.heads[:1], {})
+    assert one.to_csv().splitlines()[1] == "0,0,L0H0,previous_token,0.9,0.85,0.9500000000000001,0.2,0.1,0.0,0.2,0.15,"
+    assert table.held_rows() == [
+        {"head": "L0H0", "role": "previous_token", "score": 0.9, "95% interval": [0.85, 0.9500000000000001], "null": 0.2},
+        {"head": "L1H1", "role": "induction", "score": 0.8, "95% interval": [0.7000000000000001, 0.9], "null": 0.15},
+    ]
+    assert repr(table) == ("RoleTable(model='tiny', heads='2x2', roles=['previous_token', 'induction'], "
+                           "holding_roles=2)")
+    page = table._repr_html_()
+    assert "<caption>tiny: 2 of 4 heads hold roles</caption>" in page
+    assert "<td>L0H0</td><td>previous_token</td><td>0.9</td><td>0.85, 0.95</td><td>0.2</td>" in page
+    assert page.index("<td>L0H0</td>") < page.index("<td>L1H1</td>")
+
+
+def test_a_saved_table_reads_back_and_is_checked_against_the_model(tmp_path):
+    table = _table_by_hand()
+    path = tmp_path / "roles.json"
+    table.save(path)
+    assert RoleTable.read(path) == table and json.loads(path.read_text())["n_heads"] == 2
+    model = HookedTransformer(TINY_CONFIGS["gpt2"]).eval()  # 2 layers x 4 heads
+    with pytest.raises(InputError, match=f"^{path} describes 2 x 2 heads, the model has 2 x 4$"):
+        RoleTable.read(path, model)
+    with pytest.raises(InputError, match="^cannot read role table .*missing.json: "):
+        RoleTable.read(tmp_path / "missing.json")
