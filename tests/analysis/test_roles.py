@@ -156,7 +156,8 @@ def test_json_has_the_agreed_shape_and_round_trips(forced_table):
         assert all(isinstance(v, float) for v in row["scores"].values())
         assert all(isinstance(r, str) for r in row["roles"])
     assert RoleTable.from_json(forced_table.to_json()) == forced_table
-    legacy = {**data, "heads": data.pop("results")}  # headscope 0.1 wrote the rows under "heads"
+    rows = data.pop("results")
+    legacy = {**data, "heads": rows}  # headscope 0.1 wrote the rows under "heads"
     assert RoleTable.from_json(json.dumps(legacy)) == forced_table
     with pytest.raises(InputError, match="not a headscope role table"):
         RoleTable.from_json('{"model": "x"}')
@@ -373,3 +374,17 @@ def test_a_saved_table_reads_back_and_is_checked_against_the_model(tmp_path):
         RoleTable.read(path, model)
     with pytest.raises(InputError, match="^cannot read role table .*missing.json: "):
         RoleTable.read(tmp_path / "missing.json")
+
+
+def test_a_row_reads_back_with_what_it_left_out_empty():
+    """A roles.json row holds scores and roles at least; intervals, nulls, reasons, rejected default to
+    empty, copying to None; everything it does hold comes back, rejected reasons included."""
+    from headscope.analysis.roles import HeadRoles
+
+    bare = HeadRoles.from_dict({"layer": 1, "head": 2, "scores": {"self": 0.5}, "roles": []})
+    assert bare == HeadRoles(1, 2, {"self": 0.5}, {}, {}, (), {}, {}, None)
+    full = HeadRoles(0, 3, {"self": 0.7, "local": None}, {"self": (0.6, 0.8)}, {"self": 0.25}, (),
+                     {}, {"self": "self 0.70 [0.60, 0.80] >= threshold 0.40, but ..."}, -0.5)
+    back = HeadRoles.from_dict(json.loads(json.dumps(full.to_dict())))
+    assert back.rejected == full.rejected and back.intervals == {"self": (0.6, 0.8)} and back.nulls == {"self": 0.25}
+    assert back.copying == -0.5 and back.scores["self"] == 0.7 and back.scores["local"] != back.scores["local"]  # NaN
