@@ -1,6 +1,7 @@
 """classify_heads on models whose attention is forced by hooks, on random models, and on SmolLM2."""
 
 import csv
+import math
 import dataclasses
 import io
 import json
@@ -388,3 +389,168 @@ def test_a_row_reads_back_with_what_it_left_out_empty():
     back = HeadRoles.from_dict(json.loads(json.dumps(full.to_dict())))
     assert back.rejected == full.rejected and back.intervals == {"self": (0.6, 0.8)} and back.nulls == {"self": 0.25}
     assert back.copying == -0.5 and back.scores["self"] == 0.7 and back.scores["local"] != back.scores["local"]  # NaN
+
+
+def test_the_table_says_how_it_was_made(forced_table, forced_model):
+    meta = forced_table.meta
+    assert (forced_table.model, forced_table.n_layers, forced_table.n_heads) == (forced_model.name, 2, 4)
+    assert meta["dataset"] == "repeated-random" and meta["dataset_meta"] == probe().meta
+    assert (meta["seq_len"], meta["num_prompts"], meta["seed"]) == (2 * PERIOD + 1, 12, 0)
+    assert meta["thresholds"] == {"previous_token": 0.4, "induction": 0.4, "duplicate_token": 0.4,
+                                  "attention_sink": 0.6, "self": 0.4, "local": 0.6}
+    assert (meta["margin"], meta["n_bootstrap"], meta["confidence"]) == (0.05, 200, 0.95)
+    assert meta["nulls"] == {"previous_token": "uniform attention", "induction": "shuffled control, same positions",
+                             "duplicate_token": "shuffled control, same positions", "attention_sink": "uniform attention",
+                             "self": "uniform attention", "local": "uniform attention"}
+    # The positional nulls are the exact uniform-attention values, in float64.
+    assert forced_table.head(1, 2).nulls["previous_token"] == uniform_null(probe(), "previous_token", causal=True)
+    # Only the induction candidate (score above the induction threshold) gets a copying score, and its reason says it.
+    assert [h.name for h in forced_table.heads if h.copying is not None] == ["L0H1"]
+    copying = forced_table.head(0, 1).copying
+    verb = "raises" if copying > 0 else "does not raise"
+    assert forced_table.head(0, 1).reasons["induction"].endswith(
+        f"(shuffled control, same positions); {verb} the copied token's logit (direct effect {copying:+.2f})")
+    text = forced_table.to_json()
+    assert text.startswith('{\n  "model": ') and "\n" not in forced_table.to_json(indent=None)
+    row = json.loads(text)["results"][0]
+    assert set(row) == {"heads", "layer", "head", "scores", "roles", "intervals", "nulls", "reasons", "rejected",
+                        "copying"}
+
+
+def test_judging_one_head_by_hand():
+    """A score at the threshold counts; a lower end exactly at null + margin does not; reasons and the
+    copying note say what was compared."""
+    from headscope.analysis.roles import _judge
+
+    roles = ("previous_token", "induction", "self")
+    grid = lambda value: torch.full((1, 1), value, dtype=torch.float64)  # noqa: E731
+    scores = {"previous_token": grid(0.4), "induction": grid(0.9), "self": grid(0.6)}
+    intervals = {"previous_token": (grid(0.375), grid(0.5)), "induction": (grid(0.8), grid(0.95)),
+                 "self": (grid(0.25), grid(0.75))}
+    nulls = {"previous_token": grid(0.125), "induction": grid(0.25), "self": grid(0.125)}
+    limits = {"previous_token": 0.4, "induction": 0.4, "self": 0.4}
+    head = _judge(0, 0, roles, scores, intervals, nulls, limits, 0.125, {(0, 0): 0.75})
+    assert head.roles == ("previous_token", "induction")
+    assert head.intervals == {"previous_token": (0.375, 0.5), "induction": (0.8, 0.95), "self": (0.25, 0.75)}
+    assert head.reasons == {
+        "previous_token": "previous_token 0.40 [0.38, 0.50] > null 0.12 (uniform attention)",
+        "induction": "induction 0.90 [0.80, 0.95] > null 0.25 (shuffled control, same positions); raises the copied "
+                     "token's logit (direct effect +0.75)"}
+    assert head.rejected == {"self": "self 0.60 [0.25, 0.75] >= threshold 0.40, but its lower bound is not above "
+                                     "null 0.12 (uniform attention) + margin 0.12"}
+    assert head.copying == 0.75
+    below = _judge(0, 0, roles, scores, intervals, nulls, {**limits, "previous_token": 0.41}, 0.125, {})
+    assert below.roles == ("induction",) and "previous_token" not in below.rejected and below.copying is None
+    assert below.reasons["induction"].endswith("(shuffled control, same positions)")  # no copying evidence
+    none_copy = _judge(0, 0, roles, scores, intervals, nulls, limits, 0.125, {(0, 0): 0.0})
+    assert none_copy.reasons["induction"].endswith("; does not raise the copied token's logit (direct effect +0.00)")
+
+
+def test_options_are_checked_by_their_limits():
+    from headscope.analysis.roles import CAUSAL_ROLES, DEFAULT_THRESHOLDS, _check_options
+
+    limits = _check_options({"induction": 0.0, "self": 1, "sep": 0.5}, 0.0, 10, CAUSAL_ROLES)
+    assert limits == {**{r: DEFAULT_THRESHOLDS[r] for r in CAUSAL_ROLES}, "induction": 0.0, "self": 1.0}
+    assert isinstance(limits["self"], float)  # "sep" is no role of a causal model: nothing to set
+    with pytest.raises(InputError, match="^unknown role 'x' in thresholds; roles: previous_token, induction, "):
+        _check_options({"x": 0.5}, 0.0, 10, CAUSAL_ROLES)
+    for bad in (-0.1, 1.5, "0.5"):
+        with pytest.raises(InputError, match="^threshold for self must be a number in"):
+            _check_options({"self": bad}, 0.0, 10, CAUSAL_ROLES)
+    _check_options(None, 0.999, 10, CAUSAL_ROLES)
+    for bad in (1.0, -0.01, "0"):
+        with pytest.raises(InputError, match=r"^margin must be in \[0, 1\), got "):
+            _check_options(None, bad, 10, CAUSAL_ROLES)
+    for bad in (9, 10.0):
+        with pytest.raises(InputError, match="^n_bootstrap must be an integer of at least 10, got "):
+            _check_options(None, 0.0, bad, CAUSAL_ROLES)
+
+
+def test_the_dataset_is_made_or_refused_as_asked():
+    from headscope.analysis.roles import MIN_SEQ_LEN, _resolve_dataset
+
+    model = HookedTransformer(TINY_CONFIGS["gpt2"]).eval()
+    made = _resolve_dataset(model, None, MIN_SEQ_LEN, 1, 3)
+    assert made.tokens.shape == (1, MIN_SEQ_LEN) and made.meta["seed"] == 3
+    assert _resolve_dataset(model, "repeated-random:period=2", 3, 2, 0).tokens.shape == (2, 4)  # its own period
+    assert _resolve_dataset(model, None, 8, 2, 0).tokens.shape == (2, 8)
+    given = probe(1)
+    assert _resolve_dataset(model, given, None, 16, 0) is given
+    with pytest.raises(InputError, match="^the dataset is empty$"):
+        _resolve_dataset(model, given.subset([0]).__class__(given.tokens[:0]), None, 16, 0)
+    with pytest.raises(InputError, match="^dataset must be a TokenDataset, a dataset spec or a file path, got int$"):
+        _resolve_dataset(model, 3, None, 16, 0)
+    with pytest.raises(InputError, match="^num_prompts must be at least 1, got 0$"):
+        _resolve_dataset(model, None, 8, 0, 0)
+    with pytest.raises(InputError, match=f"^seq_len=3 is shorter than two periods .*seq_len >= {MIN_SEQ_LEN}$"):
+        _resolve_dataset(model, "repeated-random", MIN_SEQ_LEN - 1, 1, 0)
+
+
+def test_the_control_is_the_shuffle_its_meta_names_and_leaves_bos_and_padding():
+    from headscope.capture.datasets import from_tensor
+
+    tokens = torch.arange(1, 25).reshape(3, 8)
+    mask = torch.ones_like(tokens)
+    mask[1, 5:] = 0
+    for has_bos in (True, False):
+        data = from_tensor(tokens, attention_mask=mask, has_bos=has_bos)
+        control = shuffled_control(data, seed=4)
+        assert control.name == "tensor:shuffled" and control.meta["control"] == "tokens shuffled within each prompt"
+        generator = torch.Generator().manual_seed(control.meta["control_seed"])
+        start = 1 if has_bos else 0
+        for row, length in enumerate([8, 5, 8]):
+            order = torch.randperm(length - start, generator=generator) + start
+            assert control.tokens[row, start:length].tolist() == tokens[row, order].tolist()
+            assert control.tokens[row, length:].tolist() == tokens[row, length:].tolist()  # padding stays
+        assert control.meta["control_seed"] == 5  # never the probe's own draw
+        moved = (control.tokens != tokens).any(0)
+        assert bool(moved[0]) != has_bos and bool(moved[1])  # BOS stays first; position 1 is shuffled too
+
+
+def test_uniform_nulls_of_an_encoder_and_of_queries_that_never_count():
+    from headscope.capture.datasets import from_tensor
+
+    data = from_tensor(torch.tensor([[1, 2, 3, 4], [5, 6, 7, 0]]), attention_mask=torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]))
+    # encoder, previous_token: queries 1..3 of prompt 0 see 4 keys, 1..2 of prompt 1 see 3
+    assert uniform_null(data, "previous_token", causal=False) == pytest.approx((3 / 4 + 2 / 3) / 5, rel=1e-12)
+    assert uniform_null(data, "previous_token", causal=True) == pytest.approx((1 / 2 + 1 / 3 + 1 / 4 + 1 / 2 + 1 / 3) / 5,
+                                                                              rel=1e-12)
+    assert math.isnan(uniform_null(data, "duplicate_token", causal=True))  # no token repeats
+    with pytest.raises(InputError, match="^entropy is not an attention mass: no uniform null$"):
+        uniform_null(data, "entropy", causal=True)
+
+
+def test_the_capture_interval_is_the_pooled_bootstrap_of_1000_draws_of_seed_0():
+    from headscope.analysis.roles import bootstrap_interval as roles_interval
+    from headscope.capture.result import CaptureResult
+
+    sums = torch.tensor([3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0], dtype=torch.float64)
+    counts = torch.tensor([4, 2, 5, 1, 6, 9, 3])
+    result = CaptureResult({"self": sums[:, None, None]}, {"self": counts})
+    draws = torch.randint(0, 7, (1000, 7), generator=torch.Generator().manual_seed(0))
+    means = torch.stack([sums[d].sum() / counts[d].sum() for d in draws])
+    for confidence, (lo_q, hi_q) in ((0.95, (0.025, 0.975)), (0.5, (0.25, 0.75))):
+        low, high = roles_interval(result, "self", confidence=confidence) if confidence != 0.95 else \
+            roles_interval(result, "self")
+        assert float(low) == pytest.approx(float(torch.quantile(means, lo_q)), abs=1e-12)
+        assert float(high) == pytest.approx(float(torch.quantile(means, hi_q)), abs=1e-12)
+
+
+def test_a_nested_resume_folder_is_made_and_a_file_in_its_place_refused(forced_model, tmp_path):
+    nested = tmp_path / "a" / "b"
+    with forced_model.hooks(forced_hooks()):
+        table = classify_heads(forced_model, probe(4), n_bootstrap=20, resume=nested)
+    assert nested.is_dir() and not any(nested.iterdir())  # the progress files are removed at the end
+    assert table.head(0, 0).roles == ("previous_token", "local")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(InputError, match=f"^cannot create the resume folder {blocker}: "):
+        classify_heads(forced_model, probe(4), n_bootstrap=20, resume=blocker)
+
+
+def test_to_frame_without_pandas_says_how_to_get_it(forced_table, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    with pytest.raises(ImportError, match=r"^RoleTable.to_frame needs pandas: pip install pandas \(or use to_csv / to_json\)$"):
+        forced_table.to_frame()
