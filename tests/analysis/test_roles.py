@@ -222,7 +222,8 @@ def test_bad_input_is_a_clear_error(tmp_path):
         classify_heads(model, thresholds={"inductio": 0.5})
     with pytest.raises(InputError, match="threshold for induction must be a number in"):
         classify_heads(model, thresholds={"induction": 2})
-    with pytest.raises(InputError, match="HookedTransformer"):
+    with pytest.raises(InputError, match="^classify_heads needs a headscope HookedTransformer, got object: load it "
+                                         "with headscope.load_model$"):
         classify_heads(object())
 
 
@@ -503,6 +504,7 @@ def test_the_control_is_the_shuffle_its_meta_names_and_leaves_bos_and_padding():
             assert control.tokens[row, start:length].tolist() == tokens[row, order].tolist()
             assert control.tokens[row, length:].tolist() == tokens[row, length:].tolist()  # padding stays
         assert control.meta["control_seed"] == 5  # never the probe's own draw
+        assert shuffled_control(data).meta["control_seed"] == 1  # the default seed is 0, as classify_heads'
         moved = (control.tokens != tokens).any(0)
         assert bool(moved[0]) != has_bos and bool(moved[1])  # BOS stays first; position 1 is shuffled too
 
@@ -516,6 +518,11 @@ def test_uniform_nulls_of_an_encoder_and_of_queries_that_never_count():
     assert uniform_null(data, "previous_token", causal=True) == pytest.approx((1 / 2 + 1 / 3 + 1 / 4 + 1 / 2 + 1 / 3) / 5,
                                                                               rel=1e-12)
     assert math.isnan(uniform_null(data, "duplicate_token", causal=True))  # no token repeats
+    assert uniform_null(data, "current_token", causal=True) == pytest.approx((1 / 2 + 1 / 3 + 1 / 4 + 1 / 2 + 1 / 3) / 5,
+                                                                             rel=1e-12)  # row 0 has no choice
+    assert uniform_null(data, "current_token", causal=False) == pytest.approx(2 / 7, rel=1e-12)
+    once = from_tensor(torch.tensor([[1, 2, 1]]))  # one query with an earlier copy, seeing 3 keys
+    assert uniform_null(once, "duplicate_token", causal=True) == pytest.approx(1 / 3, rel=1e-12)
     with pytest.raises(InputError, match="^entropy is not an attention mass: no uniform null$"):
         uniform_null(data, "entropy", causal=True)
 
@@ -554,3 +561,19 @@ def test_to_frame_without_pandas_says_how_to_get_it(forced_table, monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)
     with pytest.raises(ImportError, match=r"^RoleTable.to_frame needs pandas: pip install pandas \(or use to_csv / to_json\)$"):
         forced_table.to_frame()
+
+
+def test_defaults_and_the_seed_reach_the_dataset_and_the_intervals():
+    """Without options: 16 repeated-random prompts of 64 tokens (62 in a context of 64), seed 0, 1000
+    resamples; a seed given is the
+    one the intervals are drawn with (the capture's bootstrap of that seed)."""
+    torch.manual_seed(3)
+    model = HookedTransformer(TINY_CONFIGS["attn-only"]).eval()
+    table = classify_heads(model)
+    assert (table.meta["num_prompts"], table.meta["seq_len"], table.meta["seed"], table.meta["n_bootstrap"]) == \
+        (16, 62, 0, 1000)
+    data = probe(6)
+    seeded = classify_heads(model, data, seed=3, n_bootstrap=50)
+    low, high = bootstrap_interval(capture(model, data, ["previous_token"], progress=False), "previous_token", 50, seed=3)
+    assert seeded.head(1, 2).intervals["previous_token"] == (float(low[1, 2]), float(high[1, 2]))
+    assert low[1, 2] < high[1, 2]
