@@ -565,8 +565,7 @@ def test_to_frame_without_pandas_says_how_to_get_it(forced_table, monkeypatch):
 
 def test_defaults_and_the_seed_reach_the_dataset_and_the_intervals():
     """Without options: 16 repeated-random prompts of 64 tokens (62 in a context of 64), seed 0, 1000
-    resamples; a seed given is the
-    one the intervals are drawn with (the capture's bootstrap of that seed)."""
+    resamples; a seed given is the one the intervals are drawn with (the capture's bootstrap of that seed)."""
     torch.manual_seed(3)
     model = HookedTransformer(TINY_CONFIGS["attn-only"]).eval()
     table = classify_heads(model)
