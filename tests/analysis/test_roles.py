@@ -576,3 +576,13 @@ def test_defaults_and_the_seed_reach_the_dataset_and_the_intervals():
     low, high = bootstrap_interval(capture(model, data, ["previous_token"], progress=False), "previous_token", 50, seed=3)
     assert seeded.head(1, 2).intervals["previous_token"] == (float(low[1, 2]), float(high[1, 2]))
     assert low[1, 2] < high[1, 2]
+
+
+def test_a_head_read_without_intervals_shows_empty_ends():
+    """Rows of old files may lack intervals: the CSV writes nan for their ends, the held rows an empty interval."""
+    from headscope.analysis.roles import HeadRoles
+
+    bare = HeadRoles(0, 0, {"self": 0.9}, {}, {}, ("self",), {"self": "old file"})
+    table = RoleTable("old", 1, 1, (bare,), {})
+    assert table.to_csv().splitlines()[1] == "0,0,L0H0,self,0.9,nan,nan,,"
+    assert table.held_rows() == [{"head": "L0H0", "role": "self", "score": 0.9, "95% interval": [], "null": None}]
