@@ -586,3 +586,17 @@ def test_a_head_read_without_intervals_shows_empty_ends():
     table = RoleTable("old", 1, 1, (bare,), {})
     assert table.to_csv().splitlines()[1] == "0,0,L0H0,self,0.9,nan,nan,,"
     assert table.held_rows() == [{"head": "L0H0", "role": "self", "score": 0.9, "95% interval": [], "null": None}]
+
+
+def test_copying_is_scored_for_heads_at_or_above_the_induction_threshold_of_a_model_with_logits():
+    from headscope.analysis.roles import _copying_candidates
+
+    torch.manual_seed(5)
+    model = HookedTransformer(dataclasses.replace(TINY_CONFIGS["attn-only"], d_vocab=VOCAB)).eval()
+    induction = torch.zeros(2, 4, dtype=torch.float64)
+    induction[1, 2], induction[0, 3] = 0.4, 0.39
+    scores = _copying_candidates(model, probe(2), induction, 0.4, None)
+    assert set(scores) == {(1, 2)} and isinstance(scores[(1, 2)], float)
+    assert _copying_candidates(model, probe(2), induction, 0.5, None) == {}  # no candidate
+    encoder = HookedTransformer(dataclasses.replace(TINY_CONFIGS["bert"], d_vocab=VOCAB)).eval()
+    assert _copying_candidates(encoder, probe(2), induction, 0.4, None) == {}  # no logits to copy into
