@@ -340,7 +340,7 @@ def test_rows_repr_and_table_of_a_result_written_by_hand():
 
 
 @torch.no_grad()
-def test_an_encoder_is_ablated_by_the_cosine_of_its_mean_pooled_embedding(dataset):
+def test_an_encoder_is_ablated_and_swept_by_the_cosine_of_its_mean_pooled_embedding(dataset):
     """An encoder has no logits: "cosine" (by name or as the Metric object) scores a run by the cosine of its
     mean-pooled final hidden state (real positions only) to the clean run's, by hand here, padding masked in
     every layer; a metric that reads logits is refused in one line."""
