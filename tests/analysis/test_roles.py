@@ -393,3 +393,12 @@ def test_copying_is_scored_for_heads_at_or_above_the_induction_threshold_of_a_mo
     assert _copying_candidates(model, probe(2), induction, 0.5, None) == {}  # no candidate
     encoder = HookedTransformer(dataclasses.replace(TINY_CONFIGS["bert"], d_vocab=VOCAB)).eval()
     assert _copying_candidates(encoder, probe(2), induction, 0.4, None) == {}  # no logits to copy into
+
+
+def test_the_control_is_shuffled_with_the_classify_seed(forced_model):
+    data = probe(4)
+    with forced_model.hooks(forced_hooks()):
+        table = classify_heads(forced_model, data, seed=7, n_bootstrap=20)
+        nulls = [float(capture(forced_model, shuffled_control(data, seed), ["induction"], plan_dataset=data,
+                               progress=False).mean("induction")[0, 1]) for seed in (7, 0)]
+    assert table.head(0, 1).nulls["induction"] == nulls[0] != nulls[1]
