@@ -108,12 +108,13 @@ def diff_of(name: str) -> str:
 
 def write_report(rows: list[dict], output: Path) -> None:
     """A markdown table of the modules' scores, then the open survivors of each with their diff."""
-    columns = ["killed", "survived", "timeout", "no tests", "equivalent", "other"]
+    columns = ["killed", "survived", "timeout", "no tests", "equivalent", "other", "not run"]
     lines = ["| module | mutants | " + " | ".join(columns) + " | score (% of non-equivalent killed) |",
              "|---|---|" + "---|" * len(columns) + "---|"]
     for row in rows:
         cells = " | ".join(str(row.get(c, 0)) for c in columns)
-        lines.append(f"| {row['module']} | {row['mutants']} | {cells} | {row['score']:.1f} |")
+        partial = " (partial run: of the mutants run)" if row.get("not run") else ""
+        lines.append(f"| {row['module']} | {row['mutants']} | {cells} | {row['score']:.1f}{partial} |")
     for row in rows:
         if row["open"]:
             lines += ["", f"### Survivors not yet explained: {row['module']}", ""]
@@ -148,9 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = [row for row in (module_scores(m, equivalents) for m in modules) if row is not None]
     write_report(rows, args.output)
     for row in rows:
-        print(f"{row['module']}: {row['score']:.1f}% of {row['mutants'] - row.get('equivalent', 0)} "
+        print(f"{row['module']}: {row['score']:.1f}% of {row['mutants'] - row.get('equivalent', 0) - row.get('not run', 0)} "
               f"non-equivalent mutants killed ({row.get('survived', 0)} survived, {row.get('no tests', 0)} "
-              f"without tests, {row.get('equivalent', 0)} equivalent)")
+              f"without tests, {row.get('equivalent', 0)} equivalent"
+              + (f"; PARTIAL: {row['not run']} not run)" if row.get("not run") else ")"))
     print(f"report: {args.output}")
     return 0
 
