@@ -4,6 +4,7 @@ tables. Functions return lines; printing is the caller's.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 
@@ -129,8 +130,27 @@ def role_lines(table) -> list[str]:
             lo, hi = row.intervals[role]
             copying = f"{row.copying:+.2f}" if role == "induction" and row.copying is not None else ""
             name = row.name if n == 0 else ""
-            lines.append(f"  {name:<7}{role:<17}{row.scores[role]:>7.3f}  [{lo:.3f}, {hi:.3f}]  "
-                         f"{float(row.nulls[role]):>6.3f}  {copying}")
+            interval = " " * 14 if math.isnan(lo) else f"[{lo:.3f}, {hi:.3f}]"  # a score role may have none
+            null = float(row.nulls[role])
+            null_text = "" if math.isnan(null) else f"{null:.3f}"  # nor a null
+            lines.append(f"  {name:<7}{role:<17}{row.scores[role]:>7.3f}  {interval}  {null_text:>6}  {copying}")
+    return lines
+
+
+def length_lines(sweep, top: int = 10) -> list[str]:
+    """Per length: time, peak memory and heads holding the role; then the strongest heads' scores by length."""
+    role = sweep.role
+    lines = [f"{sweep.model}: {role} across {len(sweep.seq_lens)} sequence lengths "
+             f"({sweep.meta['num_prompts']} prompts each, {sweep.meta['dataset']})",
+             f"  {'length':>8}  {'seconds':>8}  {'peak MB':>8}  holding {role}"]
+    for entry, table in zip(sweep.meta["per_length"], sweep.tables):
+        peak = "" if entry["peak_memory_bytes"] is None else f"{entry['peak_memory_bytes'] / 2**20:.0f}"
+        holders = ", ".join(h.name for h in table.with_role(role)) or "none"
+        lines.append(f"  {entry['seq_len']:>8,}  {entry['seconds']:>8.1f}  {peak:>8}  {holders}")
+    lines.append(f"  {'head':<7}" + "".join(f"{n:>9,}" for n in sweep.seq_lens))
+    for row in sweep.rows()[:top]:
+        scores = ["" if v is None else f"{v:.3f}" for v in row["scores"].values()]
+        lines.append(f"  {row['heads'][0]:<7}" + "".join(f"{v:>9}" for v in scores))
     return lines
 
 

@@ -31,12 +31,13 @@ def bootstrap_stage(model, n_prompts: int) -> dict:
     """Every causal role's interval, as classify computes them, from per-prompt sums of the model's shape."""
     import torch
 
-    from headscope.analysis.roles import CAUSAL_ROLES, ROLE_STATISTICS, bootstrap_interval
+    from headscope.analysis.role_registry import registered_roles
+    from headscope.analysis.roles import bootstrap_interval
     from headscope.capture.result import CaptureResult
 
     generator = torch.Generator().manual_seed(0)
     shape = (n_prompts, model.cfg.n_layers, model.cfg.n_heads)
-    stats = sorted({ROLE_STATISTICS[r] for r in CAUSAL_ROLES})
+    stats = sorted({r.capture_statistic.name for r in registered_roles(causal=True) if r.score is None})
     counts = {s: torch.randint(1, 40, (n_prompts,), generator=generator) for s in stats}
     sums = {s: torch.rand(shape, generator=generator, dtype=torch.float64) * counts[s][:, None, None] for s in stats}
     result = CaptureResult(sums, counts, {})

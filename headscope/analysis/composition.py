@@ -34,7 +34,7 @@ KINDS = ("q", "k", "v")
 DEFAULT_TOP_K = 3  # edges kept into each reading head when no threshold is given
 
 
-def _reading_weights(model: HookedTransformer, layer: int) -> tuple[torch.Tensor, ...]:
+def reading_weights(model: HookedTransformer, layer: int) -> tuple[torch.Tensor, ...]:
     """W_Q, W_K, W_V of every query head of a layer, (head, d_model, d_head), with the norm folded in."""
     attn = model.blocks[layer].attn
     group = attn.group_size
@@ -53,7 +53,7 @@ def _reading_weights(model: HookedTransformer, layer: int) -> tuple[torch.Tensor
     return tuple(weights)
 
 
-def _writing_weights(model: HookedTransformer, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+def writing_weights(model: HookedTransformer, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
     """W_V (head, d_model, d_head) and W_O (head, d_head, d_model) of every head of a layer."""
     attn = model.blocks[layer].attn
     W_V = attn.W_V.detach().double().repeat_interleave(attn.group_size, 0)
@@ -69,8 +69,8 @@ def composition_scores(model: HookedTransformer) -> torch.Tensor:
     cfg = model.cfg
     L, H = cfg.n_layers, cfg.n_heads
     scores = torch.zeros(3, L, H, L, H, dtype=torch.float64)
-    writers = [_writing_weights(model, layer) for layer in range(L)]
-    readers = [_reading_weights(model, layer) for layer in range(L)]
+    writers = [writing_weights(model, layer) for layer in range(L)]
+    readers = [reading_weights(model, layer) for layer in range(L)]
     for write_layer in range(L):
         V1, O1 = writers[write_layer]
         gram_v1 = V1.transpose(1, 2) @ V1  # (h, d, d)

@@ -19,8 +19,11 @@ Residual layouts are handled as the papers do: in a pre-norm block the attention
 residual is x_i itself; in a post-norm block (BERT, ALTI's own setting) the norm after the sum is linear
 once its row scale is fixed, so every term is passed through w (c - mean c) / s_i (ALTI's decomposition of
 LayerNorm); in a parallel block (GPT-NeoX) the MLP reads the same x_i as attention and is one more term
-of the block's output. The final norm before the unembedding stays outside: routes end at the final
-residual. Sums equal the actual outputs up to the biases (b_O, the norm's b), which belong to no input.
+of the block's output; a norm on a sublayer's output (Gemma's sandwich, OLMo 2) is linearised the same
+way, on the head terms alone, since the residual bypasses it. The pattern is the model's own (windows,
+soft-capping, learned sinks: a sink takes mass and sends no term). The final norm before the unembedding
+stays outside: routes end at the final residual. Sums equal the actual outputs up to the biases (b_O, the
+norm's b), which belong to no input.
 
 Nothing of shape (pos, pos, head, d_model) is ever formed: every score is computed for a chunk of query
 rows at a time, sized so a chunk's (head, rows, keys, d_model) terms fit in `max_memory` bytes.
@@ -45,7 +48,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from headscope.errors import InputError, UnsupportedModelError
+from headscope.errors import InputError
+from headscope.model.attention import allowed_keys, attention_bias
 from headscope.model.transformer import HookedTransformer
 
 CONTRIBUTION_MEMORY = 256 * 2**20  # bytes for one chunk's terms; a few rows of a 2048-token prompt
@@ -84,8 +88,8 @@ class LayerDecomposition:
     """One block of one prompt, split into the terms each input position sends each residual position.
 
     resid (pos, d_model) enters the block; q (pos, head, d_head) and k (pos, kv_head, d_head) are after
-    RoPE; values (head, pos, d_model) is f_h(x_j) = v_h(j) W_O^h; attn_out (pos, d_model) the attention
-    output with its bias; mid (pos, d_model) what attention alone makes of the residual (x + attn_out, or
+    RoPE; values (head, pos, d_model) is f_h(x_j) = v_h(j) W_O^h; attn_raw (pos, d_model) the heads' summed
+    output with its bias, attn_out what of it reaches the residual (after a sublayer output norm); mid (pos, d_model) what attention alone makes of the residual (x + attn_out, or
     norm1 of it after a post-norm block); mlp_out (pos, d_model) or None; post (pos, d_model) leaves the block.
     """
 
@@ -95,6 +99,7 @@ class LayerDecomposition:
     q: torch.Tensor
     k: torch.Tensor
     values: torch.Tensor
+    attn_raw: torch.Tensor
     attn_out: torch.Tensor
     mid: torch.Tensor
     mlp_out: torch.Tensor | None
@@ -112,20 +117,27 @@ class LayerDecomposition:
         return self.resid.shape[0]
 
     def pattern(self, rows: range) -> torch.Tensor:
-        """(head, rows, keys) attention of the query rows `rows`; keys stop after the last row when causal."""
-        keys = self._keys(rows)
+        """(head, rows, keys) attention of the query rows `rows`, as the model's softmax made it; keys stop
+        after the last row when causal."""
+        attn, keys = self.block.attn, self._keys(rows)
         k = self.k[:keys].repeat_interleave(self.q.shape[1] // self.k.shape[1], dim=1)  # (keys, head, d_head)
-        scores = torch.einsum("qhd,khd->hqk", self.q[rows.start : rows.stop], k) * self.cfg.scale
-        if self.cfg.causal:
-            later = torch.arange(keys, device=scores.device)[None, :] > torch.arange(
-                rows.start, rows.stop, device=scores.device)[:, None]
-            scores = scores.masked_fill(later, float("-inf"))
-        return torch.softmax(scores.float(), dim=-1).to(self.q.dtype)
+        scores = attn.cap(torch.einsum("qhd,khd->hqk", self.q[rows.start : rows.stop], k) * self.cfg.scale)
+        queries = torch.arange(rows.start, rows.stop, device=scores.device)
+        allowed = allowed_keys(queries, keys, self.cfg.causal, attn.window)
+        return attn.softmax(scores.masked_fill(~allowed, torch.finfo(scores.dtype).min))[0]
 
     def head_terms(self, rows: range) -> torch.Tensor:
-        """(head, rows, keys, d_model): A_h[i, j] f_h(x_j), before any norm that follows the sum."""
+        """(head, rows, keys, d_model): A_h[i, j] f_h(x_j) as it reaches the residual sum (through the
+        linearised sublayer output norm, if any), before any norm that follows the sum."""
         pattern = self.pattern(rows)
-        return pattern[..., None] * self.values[:, None, : pattern.shape[-1]]
+        return self.head_map(rows)(pattern[..., None] * self.values[:, None, : pattern.shape[-1]])
+
+    def head_map(self, rows: range) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The map head terms (..., rows, keys, d_model) go through between attention and the residual sum:
+        identity, or a sublayer output norm linearised at the row's scale (sandwich and output norms)."""
+        if self.cfg.block_norms == "pre":
+            return _identity
+        return _linear_norm(self.block.ln1_post, self.attn_raw[rows.start : rows.stop])
 
     def _keys(self, rows: range) -> int:
         return rows.stop if self.cfg.causal else self.n_pos
@@ -143,19 +155,19 @@ class LayerDecomposition:
             return _identity
         return _linear_norm(self.block.ln2, self.mid[rows.start : rows.stop] + self.mlp_out[rows.start : rows.stop])
 
-    def finish(self, attn_out: torch.Tensor, rows: range) -> torch.Tensor:
-        """(..., rows, d_model): the block's output rows `rows` had attention produced `attn_out` there
+    def finish(self, attn_raw: torch.Tensor, rows: range) -> torch.Tensor:
+        """(..., rows, d_model): the block's output rows `rows` had the heads produced `attn_raw` there
         (what value zeroing re-runs; the keys, hence the pattern, are unchanged)."""
         x = self.resid[rows.start : rows.stop]
         block, cfg = self.block, self.cfg
         if cfg.parallel_attn_mlp:
             rest = self.post[rows.start : rows.stop] - self.attn_out[rows.start : rows.stop]
-            return rest + attn_out
+            return rest + attn_raw
         if cfg.post_norm:
-            mid = block.ln1(x + attn_out)
+            mid = block.ln1(x + attn_raw)
             return block.ln2(mid + block.mlp(mid)) if cfg.d_mlp else mid
-        mid = x + attn_out
-        return mid + block.mlp(block.ln2(mid)) if cfg.d_mlp else mid
+        mid = x + block.ln1_post(attn_raw)
+        return mid + block.ln2_post(block.mlp(block.ln2(mid))) if cfg.d_mlp else mid
 
 
 def _identity(term: torch.Tensor) -> torch.Tensor:
@@ -179,25 +191,12 @@ def _linear_norm(norm: nn.Module, total: torch.Tensor) -> Callable[[torch.Tensor
 
 
 @torch.no_grad()
-def unmodelled_features(cfg) -> list[str]:
-    """The attention and block options of `cfg` that this decomposition does not model yet (its pattern is
-    recomputed with a causal mask only, and only pre-, post- and parallel layouts are linearised)."""
-    found = [("sliding windows", any(w is not None for w in cfg.windows)), ("attention soft-capping",
-             cfg.attn_softcap is not None), ("learned attention sinks", cfg.attn_sinks),
-             (f"{cfg.block_norms} block norms", cfg.block_norms != "pre")]
-    return [name for name, present in found if present]
-
-
 def decompose_layer(model: HookedTransformer, layer: int, resid: torch.Tensor,
                     mlp_out: torch.Tensor | None = None) -> LayerDecomposition:
     """Block `layer` run on `resid` (pos, d_model), kept apart into the pieces the scores are made of; the
     block's MLP output (pos, d_model) is computed unless given (from `capture_stream`)."""
     if not 0 <= layer < model.cfg.n_layers:
         raise InputError(f"layer {layer} is outside 0..{model.cfg.n_layers - 1}", parameter="layer")
-    missing = unmodelled_features(model.cfg)
-    if missing:
-        raise UnsupportedModelError(f"contribution graphs do not model {', '.join(missing)} yet: use rollout, "
-                                    "max-flow or patching for this model")
     block, cfg = model.blocks[layer], model.cfg
     rotary = block.attn.rotary.cos_sin(resid.shape[0], resid.device) if cfg.positional == "rotary" else None
     x = resid[None]  # (1, pos, d_model)
@@ -205,10 +204,11 @@ def decompose_layer(model: HookedTransformer, layer: int, resid: torch.Tensor,
     q, k, v = block.attn.project_qkv(attn_in, rotary)  # (1, pos, head or kv_head, d_head)
     kv_of_head = torch.arange(cfg.n_heads, device=resid.device) // (cfg.n_heads // cfg.kv_heads)
     values = torch.einsum("phd,hdm->hpm", v[0][:, kv_of_head], block.attn.W_O)  # (head, pos, d_model)
-    z = block.attn.fused(q, k, v, None)[0]  # (pos, head, d_head); the projections above are reused
-    attn_out = z.flatten(1) @ block.attn.W_O.flatten(0, 1)
+    z = _attend(block.attn, q, k, v)[0]  # (pos, head, d_head); the projections above are reused
+    attn_raw = z.flatten(1) @ block.attn.W_O.flatten(0, 1)
     if cfg.attn_out_bias:
-        attn_out = attn_out + block.attn.b_O
+        attn_raw = attn_raw + block.attn.b_O
+    attn_out = block.ln1_post(attn_raw)
     mid = resid + attn_out
     if not cfg.d_mlp:
         mlp_out = None
@@ -220,9 +220,17 @@ def decompose_layer(model: HookedTransformer, layer: int, resid: torch.Tensor,
         if cfg.post_norm:
             mid = block.ln1(mid)
         if cfg.d_mlp and mlp_out is None:
-            mlp_out = block.mlp(mid if cfg.post_norm else block.ln2(mid))
+            mlp_out = block.mlp(mid) if cfg.post_norm else block.ln2_post(block.mlp(block.ln2(mid)))
         post = mid if mlp_out is None else (block.ln2(mid + mlp_out) if cfg.post_norm else mid + mlp_out)
-    return LayerDecomposition(layer, block, resid, q[0], k[0], values, attn_out, mid, mlp_out, post)
+    return LayerDecomposition(layer, block, resid, q[0], k[0], values, attn_raw, attn_out, mid, mlp_out, post)
+
+
+def _attend(attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """z (1, pos, head, d_head) of one unpadded prompt as the model's forward makes it (fused, or explicit
+    where the scores are capped), with the layer's window mask."""
+    n_pos = q.shape[1]
+    bias = attention_bias(n_pos, n_pos, attn.cfg.causal, None, q.dtype, q.device, attn.window)
+    return attn.explicit(q, k, v, bias) if attn.needs_pattern() else attn.fused(q, k, v, bias)
 
 
 def decompose(model: HookedTransformer, tokens: torch.Tensor) -> Iterator[LayerDecomposition]:
@@ -304,29 +312,33 @@ def mlp_scores(dec: LayerDecomposition, rows: range) -> SublayerScores:
     return SublayerScores(rows, None, scores[:, 0], scores[:, 1])
 
 
-def _summed_terms(dec: LayerDecomposition, rows: range, residual: bool) -> torch.Tensor:
-    """(rows, keys, d_model): sum_h A_h[i, j] f_h(x_j), plus x_i at j = i when `residual`."""
+def _summed_terms(dec: LayerDecomposition, rows: range) -> torch.Tensor:
+    """(rows, keys, d_model): sum_h A_h[i, j] f_h(x_j), the heads' raw output split by input position."""
     pattern = dec.pattern(rows)
-    terms = torch.einsum("hqk,hkm->qkm", pattern, dec.values[:, : pattern.shape[-1]])
-    if residual:
-        index = torch.arange(len(rows), device=terms.device)
-        terms[index, index + rows.start] += dec.resid[rows.start : rows.stop]
-    return terms
+    return torch.einsum("hqk,hkm->qkm", pattern, dec.values[:, : pattern.shape[-1]])
+
+
+def _with_residual(dec: LayerDecomposition, rows: range) -> torch.Tensor:
+    """(rows, keys, d_model): the summed terms as they reach the residual sum, plus x_i at j = i, through
+    the norm after the sum (post-norm blocks)."""
+    terms = dec.head_map(rows)(_summed_terms(dec, rows))
+    index = torch.arange(len(rows), device=terms.device)
+    terms[index, index + rows.start] += dec.resid[rows.start : rows.stop]
+    return dec.attention_norm_map(rows)(terms)
 
 
 def _alti_rows(dec: LayerDecomposition, rows: range) -> torch.Tensor:
-    terms = dec.attention_norm_map(rows)(_summed_terms(dec, rows, residual=True))
-    return proximity(dec.mid[rows.start : rows.stop], terms)
+    return proximity(dec.mid[rows.start : rows.stop], _with_residual(dec, rows))
 
 
 def _norm_rows(dec: LayerDecomposition, rows: range) -> torch.Tensor:
-    return dec.attention_norm_map(rows)(_summed_terms(dec, rows, residual=True)).norm(dim=-1)
+    return _with_residual(dec, rows).norm(dim=-1)
 
 
 def _value_zeroing_rows(dec: LayerDecomposition, rows: range) -> torch.Tensor:
     """Cosine distance of output row i from the same row with v_j zeroed: (rows, keys)."""
-    removed = _summed_terms(dec, rows, residual=False).transpose(0, 1)  # (keys, rows, d_model)
-    changed = dec.finish(dec.attn_out[rows.start : rows.stop] - removed, rows)  # (keys, rows, d_model)
+    removed = _summed_terms(dec, rows).transpose(0, 1)  # (keys, rows, d_model)
+    changed = dec.finish(dec.attn_raw[rows.start : rows.stop] - removed, rows)  # (keys, rows, d_model)
     distance = 1 - torch.cosine_similarity(changed, dec.post[rows.start : rows.stop], dim=-1)
     distance = distance.T.clamp(min=0)
     if dec.cfg.causal:  # a later key's term is exactly 0; rounding in the MLP re-run would not be
@@ -376,7 +388,11 @@ def chain(matrices: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def head_norms(dec: LayerDecomposition) -> torch.Tensor:
-    """(head, pos, pos): Kobayashi et al.'s ||A_h[i, j] f_h(x_j)||_2, from the pattern and the norms of
-    f_h(x_j); (head, pos, pos) is the size of the attention pattern itself."""
-    return dec.pattern(range(dec.n_pos)) * dec.values.norm(dim=-1)[:, None, :]
+def head_norms(dec: LayerDecomposition, max_memory: int = CONTRIBUTION_MEMORY) -> torch.Tensor:
+    """(head, pos, pos): Kobayashi et al.'s ||A_h[i, j] f_h(x_j)||_2 of each head term as it reaches the
+    residual sum, computed a chunk of rows at a time."""
+    norms = torch.zeros(dec.values.shape[0], dec.n_pos, dec.n_pos, dtype=dec.resid.dtype, device=dec.resid.device)
+    for rows in row_chunks(range(dec.n_pos), term_bytes(dec), max_memory):
+        part = dec.head_terms(rows).norm(dim=-1)
+        norms[:, rows.start : rows.stop, : part.shape[-1]] = part
+    return norms

@@ -110,11 +110,17 @@ def _batch_effects(model, tokens, mask, heads, b, i, copied) -> dict[tuple[int, 
     out = {}
     for layer, head in heads:
         x = cache[f"blocks.{layer}.attn.hook_result"][b, i, head].float()  # (queries, d_model)
-        if model.cfg.block_norms != "pre":  # RMSNorm after attention, at its frozen scale
-            x = x / cache[f"blocks.{layer}.ln1_post.hook_scale"][b, i].float() * model.blocks[layer].ln1_post.w.float()
+        if model.cfg.block_norms != "pre":
+            x = frozen_output_norm(model, layer, x, cache[f"blocks.{layer}.ln1_post.hook_scale"][b, i])
         x = frozen_final_norm(model, x, None if not model.cfg.final_norm else cache["ln_final.hook_scale"][b, i])
         out[(layer, head)] = float((x * directions.T).sum())
     return out
+
+
+def frozen_output_norm(model, layer: int, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """A head's output x (..., d_model) as it enters the residual stream through the RMSNorm on attention's
+    output (sandwich / output norms), that norm's scale (..., 1) frozen at the run's value."""
+    return x / scale.float() * model.blocks[layer].ln1_post.w.float()
 
 
 def frozen_final_norm(model, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:

@@ -41,9 +41,6 @@ def path_ablation_effects(model: HookedTransformer, dataset: TokenDataset, edges
     if bad:
         (a, b) = bad[0]
         raise InputError(f"edge {head_name(*a)} -> {head_name(*b)}: a head can only feed heads of later layers")
-    if model.cfg.block_norms != "pre":
-        raise InputError(f"measured composition needs each head's direct output in the residual stream, which a "
-                         f"norm after attention (block_norms {model.cfg.block_norms!r}) does not separate")
     tokens = dataset.tokens.to(model.device)
     mask = None if dataset.attention_mask is None else dataset.attention_mask.to(model.device)
     real = dataset.real.to(model.device)
@@ -53,7 +50,7 @@ def path_ablation_effects(model: HookedTransformer, dataset: TokenDataset, edges
     clean = fn(clean_logits, tokens, real, clean_logits).mean()
     effects = {}
     for (a_layer, a_head), (b_layer, b_head) in edges:
-        without_a = cache[f"blocks.{b_layer}.hook_resid_pre"] - cache[f"blocks.{a_layer}.attn.hook_result"][:, :, a_head]
+        without_a = cache[f"blocks.{b_layer}.hook_resid_pre"] - _head_write(model, cache, a_layer, a_head)
         kept = {}
         with model.hooks([(f"blocks.{b_layer}.attn.hook_z", lambda z, hook: kept.__setitem__("z", z[:, :, b_head]))]):
             model.run_from_layer(without_a, b_layer, attention_mask=mask, return_type=None)
@@ -70,6 +67,16 @@ def path_ablation_effects(model: HookedTransformer, dataset: TokenDataset, edges
     return effects
 
 
+def _head_write(model: HookedTransformer, cache, layer: int, head: int) -> torch.Tensor:
+    """What head `head` of `layer` adds to the residual stream (batch, pos, d_model): its output, or, through
+    a norm on attention's output, the layer's write minus the write it makes without the head."""
+    result = cache[f"blocks.{layer}.attn.hook_result"]  # (batch, pos, head, d_model)
+    attn = model.blocks[layer].attn
+    raw = result.sum(2) + attn.b_O if model.cfg.attn_out_bias else result.sum(2)
+    return -model.blocks[layer].attention_write_change(raw, -result[:, :, head])
+
+
+@torch.no_grad()
 def measured_composition_graph(model: HookedTransformer, dataset: TokenDataset | None = None, kind: str = "k",
                                top_k: int = DEFAULT_TOP_K, metric: str = "loss", roles=None) -> nx.DiGraph:
     """The composition graph's `top_k` strongest edges into each head, weighted instead by their measured

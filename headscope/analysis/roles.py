@@ -3,21 +3,14 @@
 `classify_heads` captures per-head statistics (`headscope.capture.statistics`) on a probe dataset and on
 a control, and gives a head a role when three things hold:
 
-1. its score (a statistic's mean over the prompts, an attention mass in [0, 1]) is at least the role's
-   threshold (`DEFAULT_THRESHOLDS`, overridable);
+1. its score (a statistic's mean over the prompts, an attention mass in [0, 1], or a role's own score
+   function) is at least the role's threshold (overridable per call);
 2. the lower end of its bootstrap 95% interval over prompts exceeds the role's null by `margin`;
 3. for induction, that is measured with the same definition as the score.
 
-| role | statistic | score: attention the head puts... | null |
-|---|---|---|---|
-| previous_token | previous_token | on the previous real token | uniform attention on the same queries |
-| induction | induction | on the token after an earlier occurrence of the current one | the same head, same positions, shuffled tokens |
-| duplicate_token | duplicate_token | on earlier occurrences of the current token | the same head, same positions, shuffled tokens |
-| attention_sink | attention_sink | on position 0 (BOS / [CLS]) | uniform attention |
-| self | current_token | on the query's own position | uniform attention |
-| local | local | on the 3 previous real positions | uniform attention |
-| next_token | next_token | on the next token (encoders) | uniform attention |
-| sep | sep | on the last real position, [SEP] (encoders) | uniform attention |
+The roles, their statistics, nulls, thresholds and sources are the ones registered in
+`headscope.analysis.role_registry` (`role_catalogue()` prints them; docs/design.md lists the built-in ones);
+a role registered there from Python is scored, judged and written like the built-in ones.
 
 Nulls. A positional role is a claim about where a head looks; its null is what a head that looks
 nowhere in particular (uniform attention over the keys it can see) would score on exactly the same
@@ -40,203 +33,28 @@ Efron & Tibshirani (1993), "An Introduction to the Bootstrap", ch. 13 (percentil
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from headscope import distributed as distributed_run
 from headscope.analysis import intervals
+from headscope.analysis.role_registry import Role, check_threshold, get_role, registered_roles
+from headscope.analysis.role_table import HeadRoles, RoleTable
 from headscope.capture.datasets import TokenDataset, dataset_for_model, fit_seq_len
 from headscope.capture.engine import capture
 from headscope.capture.result import CaptureResult
 from headscope.capture.statistics import Batch, EntryPlan, make_plans
 from headscope.errors import InputError
-from headscope.heads import head_name
-from headscope.io import strict_json
 from headscope.model.transformer import HookedTransformer
-from headscope.notebook import html_table, short_repr
 from headscope.progress import discard
 from headscope.provenance import provenance
 
-# role -> the capture statistic that scores it
-ROLE_STATISTICS = {
-    "previous_token": "previous_token", "induction": "induction", "duplicate_token": "duplicate_token",
-    "attention_sink": "attention_sink", "self": "current_token", "local": "local",
-    "next_token": "next_token", "sep": "sep",
-}
-CAUSAL_ROLES = ("previous_token", "induction", "duplicate_token", "attention_sink", "self", "local")
-ENCODER_ROLES = CAUSAL_ROLES + ("next_token", "sep")
-CONTENT_ROLES = ("induction", "duplicate_token")  # null: shuffled control at the same positions; others: uniform
-# Fractions of attention. 0.4 is "the largest single thing the head does" for a one-position role; the
-# sink and local roles gather mass over more keys (or from uniform heads early in a row), so they ask more.
-DEFAULT_THRESHOLDS = {
-    "previous_token": 0.4, "induction": 0.4, "duplicate_token": 0.4, "attention_sink": 0.6, "self": 0.4,
-    "local": 0.6, "next_token": 0.4, "sep": 0.4,
-}
 DEFAULT_MARGIN = 0.05
 CONFIDENCE = intervals.CONFIDENCE
 MIN_SEQ_LEN = 4  # two periods of at least two tokens
-
-
-@dataclass(frozen=True)
-class HeadRoles:
-    """One head's scores, their intervals and nulls, the roles it was given and why."""
-
-    layer: int
-    head: int
-    scores: dict[str, float]
-    intervals: dict[str, tuple[float, float]]
-    nulls: dict[str, float]
-    roles: tuple[str, ...]
-    reasons: dict[str, str]  # role -> why it was given
-    rejected: dict[str, str] = field(default_factory=dict)  # role -> why a score above threshold was not enough
-    copying: float | None = None  # direct logit effect on the copied token (induction candidates only)
-
-    @property
-    def name(self) -> str:
-        """The head's name, e.g. "L1H6"."""
-        return head_name(self.layer, self.head)
-
-    @property
-    def top_score(self) -> float:
-        """The highest score among the roles it holds (-inf with none): the order tables are printed in."""
-        return max((self.scores[r] for r in self.roles), default=-math.inf)
-
-    def to_dict(self) -> dict:
-        """One row of roles.json's "results", NaN written as null."""
-        return {"heads": [self.name], "layer": self.layer, "head": self.head,
-                "scores": {r: _finite(v) for r, v in self.scores.items()}, "roles": list(self.roles),
-                "intervals": {r: [_finite(lo), _finite(hi)] for r, (lo, hi) in self.intervals.items()},
-                "nulls": {r: _finite(v) for r, v in self.nulls.items()}, "reasons": dict(self.reasons),
-                "rejected": dict(self.rejected), "copying": self.copying}
-
-    @classmethod
-    def from_dict(cls, row: dict) -> "HeadRoles":
-        """A row of roles.json back, null read as NaN."""
-        return cls(int(row["layer"]), int(row["head"]), {r: _float(v) for r, v in row["scores"].items()},
-                   {r: (_float(lo), _float(hi)) for r, (lo, hi) in row.get("intervals", {}).items()},
-                   {r: _float(v) for r, v in row.get("nulls", {}).items()}, tuple(row["roles"]),
-                   dict(row.get("reasons", {})), dict(row.get("rejected", {})),
-                   None if row.get("copying") is None else float(row["copying"]))
-
-
-@dataclass(frozen=True)
-class RoleTable:
-    """Roles of every head of one model; `to_json` is the file other tools read (roles.json)."""
-
-    model: str
-    n_layers: int
-    n_heads: int
-    heads: tuple[HeadRoles, ...]
-    meta: dict
-
-    @property
-    def roles(self) -> tuple[str, ...]:
-        """The roles every head was scored on, in table order."""
-        return tuple(self.heads[0].scores) if self.heads else ()
-
-    def head(self, layer: int, head: int) -> HeadRoles:
-        """The row of head (layer, head)."""
-        return self.heads[layer * self.n_heads + head]
-
-    def heads_with_roles(self) -> list[HeadRoles]:
-        """Heads holding at least one role, the highest score of a held role first."""
-        return sorted((h for h in self.heads if h.roles), key=lambda h: (-h.top_score, h.layer, h.head))
-
-    def with_role(self, role: str) -> list[HeadRoles]:
-        """The heads holding `role`, highest score first."""
-        return [h for h in self.heads_with_roles() if role in h.roles]
-
-    def to_json(self, indent: int | None = 2) -> str:
-        """roles.json: {"model", "n_layers", "n_heads", "results": [a row per head, its "heads" the head's
-        name], "meta"} (headscope 0.1 wrote the rows under "heads"; `from_json` reads both)."""
-        return strict_json({"model": self.model, "n_layers": self.n_layers, "n_heads": self.n_heads,
-                            "results": [h.to_dict() for h in self.heads], "meta": self.meta}, indent=indent)
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> "RoleTable":
-        """A table written by `to_json` (e.g. the contents of roles.json)."""
-        try:
-            data = json.loads(text)
-            rows = data["results"] if "results" in data else data["heads"]  # 0.1 files: rows under "heads"
-            heads = tuple(HeadRoles.from_dict(row) for row in rows)
-            return cls(str(data["model"]), int(data["n_layers"]), int(data["n_heads"]), heads, dict(data["meta"]))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            raise InputError(f"not a headscope role table: {err}") from err
-
-    @classmethod
-    def read(cls, path: str | Path, model: HookedTransformer | None = None) -> "RoleTable":
-        """A roles.json file, checked against `model`'s shape when one is given."""
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            raise InputError(f"cannot read role table {path}: {err}") from err
-        table = cls.from_json(text)
-        if model is not None and (table.n_layers, table.n_heads) != (model.cfg.n_layers, model.cfg.n_heads):
-            raise InputError(f"{path} describes {table.n_layers} x {table.n_heads} heads, the model has "
-                             f"{model.cfg.n_layers} x {model.cfg.n_heads}")
-        return table
-
-    def save(self, path: str | Path) -> None:
-        """Write `to_json` to `path` atomically."""
-        from headscope.io import atomic_path
-
-        with atomic_path(path) as tmp:
-            Path(tmp).write_text(self.to_json())
-
-    def _rows(self) -> list[dict]:
-        rows = []
-        for h in self.heads:
-            row = {"layer": h.layer, "head": h.head, "name": h.name, "roles": ";".join(h.roles)}
-            for role in self.roles:
-                lo, hi = h.intervals.get(role, (math.nan, math.nan))
-                row |= {role: h.scores[role], f"{role}_lo": lo, f"{role}_hi": hi, f"{role}_null": h.nulls.get(role)}
-            rows.append(row | {"copying": h.copying})
-        return rows
-
-    def to_csv(self) -> str:
-        """One row per head: every role's score, interval ends (`_lo`, `_hi`) and null, roles joined by ';'."""
-        rows = self._rows()
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["layer", "head"], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
-        return out.getvalue()
-
-    def held_rows(self) -> list[dict]:
-        """One row per role a head holds, top heads first: head, role, score, 95% interval, null."""
-        return [{"head": h.name, "role": role, "score": h.scores[role], "95% interval": list(h.intervals.get(role, ())),
-                 "null": h.nulls.get(role)} for h in self.heads_with_roles() for role in h.roles]
-
-    def __repr__(self) -> str:
-        return short_repr(self, {"model": self.model, "heads": f"{self.n_layers}x{self.n_heads}", "roles": self.roles,
-                                 "holding_roles": len(self.heads_with_roles())})
-
-    def _repr_html_(self) -> str:
-        held = len(self.heads_with_roles())
-        return html_table(self.held_rows(), caption=f"{self.model}: {held} of {self.n_layers * self.n_heads} "
-                                                    "heads hold roles")
-
-    def to_frame(self):
-        """The CSV's rows as a pandas DataFrame (pandas is needed only here)."""
-        try:
-            import pandas as pd
-        except ImportError as err:
-            raise ImportError("RoleTable.to_frame needs pandas: pip install pandas (or use to_csv / to_json)") from err
-        return pd.DataFrame(self._rows())
-
-
-def _finite(value: float) -> float | None:
-    return None if value is None or math.isnan(value) else float(value)
-
-
-def _float(value) -> float:
-    return math.nan if value is None else float(value)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -265,7 +83,8 @@ def classify_heads(
     None for `num_prompts` repeated-random prompts of `seq_len` tokens (two periods of seq_len // 2; None:
     64, or what fits the model's context).
     Two captures are run: the dataset, and its shuffled control (tokens permuted within each prompt with
-    `seed`) scored at the dataset's own target positions. thresholds: per-role minimum scores, merged over `DEFAULT_THRESHOLDS`. margin: how far the
+    `seed`) scored at the dataset's own target positions; roles with a score function are scored by it. thresholds: per-role minimum scores, over the registered
+    roles' own. margin: how far the
     lower end of the bootstrap 95% interval (`n_bootstrap` resamples of the prompts, seeded) must exceed
     the null. A head may hold several roles; a head scoring above a threshold without the role says why
     in `rejected`. Induction candidates get a copying score (`headscope.analysis.detectors`).
@@ -283,10 +102,9 @@ def classify_heads(
     if not isinstance(model, HookedTransformer):
         raise InputError(f"classify_heads needs a headscope HookedTransformer, got {type(model).__name__}: "
                          "load it with headscope.load_model")
-    roles = CAUSAL_ROLES if model.cfg.causal else ENCODER_ROLES
+    roles = registered_roles(model.cfg.causal)
     limits = _check_options(thresholds, margin, n_bootstrap, roles)
     dataset = _resolve_dataset(model, dataset, seq_len, num_prompts, seed)
-    stats = [ROLE_STATISTICS[r] for r in roles]
     stages = {name: None if resume is None else Path(resume) / f"{name}.progress.safetensors"
               for name in ("probe", "control")}
     if resume is not None:
@@ -294,43 +112,83 @@ def classify_heads(
             Path(resume).mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise InputError(f"cannot create the resume folder {resume}: {err.strerror}") from err
-    probe = capture(model, dataset, stats, device=device, progress=progress, distributed=distributed,
-                    resume=stages["probe"], keep_progress=True, max_memory=max_memory)
-    control = capture(model, shuffled_control(dataset, seed), [ROLE_STATISTICS[r] for r in CONTENT_ROLES],
-                      device=device, plan_dataset=dataset, progress=progress, distributed=distributed,
-                      resume=stages["control"], keep_progress=True, max_memory=max_memory)
-    scores = {r: probe.mean(ROLE_STATISTICS[r]) for r in roles}
-    intervals = {r: bootstrap_interval(probe, ROLE_STATISTICS[r], n_bootstrap, seed) for r in roles}
-    nulls = _nulls(model, dataset, control, roles)
-    copying = _copying_candidates(model, dataset, scores["induction"], limits["induction"], distributed)
+    options = {"device": device, "progress": progress, "distributed": distributed, "keep_progress": True,
+               "max_memory": max_memory}
+    scores, intervals, nulls = _evidence(model, dataset, roles, stages, options, n_bootstrap, seed)
+    copying = _copying_candidates(model, dataset, roles, scores, limits, distributed)
+    group_size = model.cfg.n_heads // model.cfg.kv_heads
     heads = tuple(
-        _judge(layer, head, roles, scores, intervals, nulls, limits, margin, copying)
+        replace(_judge(layer, head, roles, scores, intervals, nulls, limits, margin, copying),
+                kv_group=head // group_size)  # K/V are repeat_interleaved: query head h reads K/V head h // size
         for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)
     )
     meta = {"dataset": dataset.name, "dataset_meta": dataset.meta, "seq_len": int(dataset.tokens.shape[1]),
-            "num_prompts": len(dataset), "seed": seed, **provenance(model),
+            "num_prompts": len(dataset), "seed": seed, **provenance(model), "n_kv_heads": model.cfg.kv_heads,
             "thresholds": limits, "margin": margin, "n_bootstrap": n_bootstrap, "confidence": CONFIDENCE,
-            "nulls": {r: "shuffled control, same positions" if r in CONTENT_ROLES else "uniform attention"
-                      for r in roles}}
+            "nulls": {r.name: r.null_text for r in roles}, "role_definitions": {r.name: r.describe() for r in roles}}
     for path in stages.values():
         discard(path, distributed_run.active(distributed))
     return RoleTable(model.name, model.cfg.n_layers, model.cfg.n_heads, heads, meta)
 
 
-def _check_options(thresholds, margin, n_bootstrap, roles) -> dict[str, float]:
-    limits = {r: DEFAULT_THRESHOLDS[r] for r in roles}
-    for role, value in (thresholds or {}).items():
-        if role not in ROLE_STATISTICS:
-            raise InputError(f"unknown role {role!r} in thresholds; roles: {', '.join(ROLE_STATISTICS)}")
-        if not isinstance(value, (int, float)) or not 0 <= value <= 1:
-            raise InputError(f"threshold for {role} must be a number in [0, 1] (an attention mass), got {value!r}")
-        if role in limits:
-            limits[role] = float(value)
+def _check_options(thresholds, margin, n_bootstrap, roles: tuple[Role, ...]) -> dict[str, float]:
+    limits = {r.name: r.threshold for r in roles}
+    for name, value in (thresholds or {}).items():
+        role = get_role(name)
+        if name in limits:
+            limits[name] = check_threshold(role, value)
+        else:
+            check_threshold(role, value)
     if not isinstance(margin, (int, float)) or not 0 <= margin < 1:
         raise InputError(f"margin must be in [0, 1), got {margin!r}")
     if not isinstance(n_bootstrap, int) or n_bootstrap < 10:
         raise InputError(f"n_bootstrap must be an integer of at least 10, got {n_bootstrap!r}")
     return limits
+
+
+def _evidence(model, dataset: TokenDataset, roles: tuple[Role, ...], stages: dict, options: dict,
+              n_bootstrap: int, seed: int) -> tuple[dict, dict, dict]:
+    """Per role: (n_layers, n_heads) scores, interval ends and nulls, from the probe capture, the shuffled
+    control (captured at the probe's positions) and the roles' score functions."""
+    captured = [r for r in roles if r.score is None]
+    control_data = shuffled_control(dataset, seed)
+    probe = _capture_for(model, dataset, [r.capture_statistic for r in captured], stages["probe"], options)
+    control = _capture_for(model, control_data, [r.capture_statistic for r in captured if r.null == "shuffled"],
+                           stages["control"], options, plan_dataset=dataset)
+    scores, intervals, nulls = {}, {}, {}
+    shape = (model.cfg.n_layers, model.cfg.n_heads)
+    for role in roles:
+        if role.score is None:
+            stat = role.capture_statistic.name
+            scores[role.name] = probe.mean(stat)
+            intervals[role.name] = bootstrap_interval(probe, stat, n_bootstrap, seed)
+            null = control.mean(stat) if role.null == "shuffled" else None
+        else:
+            scores[role.name], intervals[role.name] = _scored(role, model, dataset, n_bootstrap, seed)
+            null = _scored(role, model, control_data, n_bootstrap, seed)[0] if role.null == "shuffled" else None
+        if role.null == "uniform":
+            null = torch.full(shape, uniform_null(dataset, role.capture_statistic, model.cfg.causal), dtype=torch.float64)
+        nulls[role.name] = torch.full(shape, math.nan, dtype=torch.float64) if null is None else null
+    return scores, intervals, nulls
+
+
+def _capture_for(model, dataset, stats: list, resume, options: dict, plan_dataset=None) -> CaptureResult | None:
+    """One capture of `stats`, or None when no role needs one (an empty list would capture every statistic)."""
+    if not stats:
+        return None
+    return capture(model, dataset, stats, plan_dataset=plan_dataset, resume=resume, **options)
+
+
+def _scored(role: Role, model, dataset: TokenDataset, n_bootstrap: int, seed: int) -> tuple[torch.Tensor, tuple]:
+    """A score role's (n_layers, n_heads) scores and interval ends (NaN unless it scores each prompt)."""
+    shape = (model.cfg.n_layers, model.cfg.n_heads)
+    values = torch.as_tensor(role.score(model, dataset), dtype=torch.float64).cpu()
+    if values.shape == shape:
+        return values, (torch.full(shape, math.nan, dtype=torch.float64),) * 2
+    if values.dim() == 3 and values.shape[1:] == shape and values.shape[0] == len(dataset):
+        return values.mean(0), intervals.bootstrap_interval(values, None, n_bootstrap, seed, CONFIDENCE)
+    raise InputError(f"role {role.name}: its score function gave shape {tuple(values.shape)}, not {shape} "
+                     f"(n_layers, n_heads) or ({len(dataset)}, *{shape}) per prompt")
 
 
 def _resolve_dataset(model, dataset, seq_len: int | None, num_prompts: int, seed: int) -> TokenDataset:
@@ -377,35 +235,27 @@ def bootstrap_interval(result: CaptureResult, stat: str, n_bootstrap: int = 1000
     return intervals.bootstrap_interval(result.sums[stat], result.counts[stat], n_bootstrap, seed, confidence)
 
 
-def uniform_null(dataset: TokenDataset, stat: str, causal: bool) -> float:
-    """The statistic a head with uniform attention over its visible keys would get on these queries:
-    each pair (i, j) of the plan contributes 1 / (number of keys query i sees), exactly."""
-    plan = make_plans((stat,), Batch(dataset.tokens, dataset.real, dataset.has_bos, causal))[stat]
+def uniform_null(dataset: TokenDataset, stat, causal: bool) -> float:
+    """The statistic `stat` (a name or a `Statistic`) a head with uniform attention over its visible keys
+    would get on these queries: each pair (i, j) of the plan contributes 1 / (keys query i sees), exactly."""
+    plan = next(iter(make_plans((stat,), Batch(dataset.tokens, dataset.real, dataset.has_bos, causal)).values()))
     if not isinstance(plan, EntryPlan):
-        raise InputError(f"{stat} is not an attention mass: no uniform null")
+        raise InputError(f"{getattr(stat, 'name', stat)} is not an attention mass: no uniform null")
     visible = (plan.query_idx + 1).double() if causal else dataset.real.sum(1)[plan.batch_idx].double()
     count = int(plan.queries.sum())
     return math.nan if count == 0 else float((1 / visible).sum() / count)
 
 
-def _nulls(model, dataset, control: CaptureResult, roles) -> dict[str, torch.Tensor]:
-    shape = (model.cfg.n_layers, model.cfg.n_heads)
-    nulls = {}
-    for role in roles:
-        stat = ROLE_STATISTICS[role]
-        if role in CONTENT_ROLES:
-            nulls[role] = control.mean(stat)
-        else:
-            nulls[role] = torch.full(shape, uniform_null(dataset, stat, model.cfg.causal), dtype=torch.float64)
-    return nulls
-
-
-def _copying_candidates(model, dataset, induction: torch.Tensor, threshold: float,
+def _copying_candidates(model, dataset, roles: tuple[Role, ...], scores: dict, limits: dict,
                         distributed: bool | None) -> dict[tuple[int, int], float]:
+    """The direct effect on the copied token of every head scoring above threshold on a `copying` role."""
     from headscope.analysis.detectors import copying_scores
 
-    heads = [(int(l), int(h)) for l, h in (induction >= threshold).nonzero().tolist()]
-    if not heads or not model.cfg.has_unembed:
+    above = [scores[r.name] >= limits[r.name] for r in roles if r.copying]
+    if not above or not model.cfg.has_unembed:
+        return {}
+    heads = [(int(l), int(h)) for l, h in torch.stack(above).any(0).nonzero().tolist()]
+    if not heads:
         return {}
     try:
         return copying_scores(model, dataset, heads, distributed=distributed)
@@ -413,30 +263,38 @@ def _copying_candidates(model, dataset, induction: torch.Tensor, threshold: floa
         return {}
 
 
-def _judge(layer, head, roles, scores, intervals, nulls, limits, margin, copying) -> HeadRoles:
-    """Which roles one head gets, each with its reason; high scores that missed say why."""
-    s = {r: float(scores[r][layer, head]) for r in roles}
-    iv = {r: (float(intervals[r][0][layer, head]), float(intervals[r][1][layer, head])) for r in roles}
-    nu = {r: float(nulls[r][layer, head]) for r in roles}
+def _judge(layer, head, roles: tuple[Role, ...], scores, intervals, nulls, limits, margin, copying) -> HeadRoles:
+    """Which roles one head gets, each with its reason; high scores that missed say why.
+
+    Against a null the lower end of the interval must clear it by `margin` (the score itself when the
+    role has no interval); with no null the threshold alone decides."""
+    names = [r.name for r in roles]
+    s = {r: float(scores[r][layer, head]) for r in names}
+    iv = {r: (float(intervals[r][0][layer, head]), float(intervals[r][1][layer, head])) for r in names}
+    nu = {r: float(nulls[r][layer, head]) for r in names}
     held, reasons, rejected = [], {}, {}
     copy = copying.get((layer, head))
     for role in roles:
-        if math.isnan(s[role]) or s[role] < limits[role]:
+        name = role.name
+        if math.isnan(s[name]) or s[name] < limits[name]:
             continue
-        lo, hi = iv[role]
-        kind = "shuffled control, same positions" if role in CONTENT_ROLES else "uniform attention"
-        text = f"{role} {s[role]:.2f} [{lo:.2f}, {hi:.2f}]"
-        if lo > nu[role] + margin:
-            held.append(role)
-            reasons[role] = f"{text} > null {nu[role]:.2f} ({kind})" + _copy_note(role, copy)
+        lo, hi = iv[name]
+        text = f"{name} {s[name]:.2f}" + ("" if math.isnan(lo) else f" [{lo:.2f}, {hi:.2f}]")
+        if role.null is None:
+            held.append(name)
+            reasons[name] = f"{text} >= threshold {limits[name]:.2f} ({role.null_text})"
+        elif (s[name] if math.isnan(lo) else lo) > nu[name] + margin:
+            held.append(name)
+            reasons[name] = f"{text} > null {nu[name]:.2f} ({role.null_text})" + _copy_note(role, copy)
         else:
-            rejected[role] = (f"{text} >= threshold {limits[role]:.2f}, but its lower bound is not above null "
-                              f"{nu[role]:.2f} ({kind}) + margin {margin:.2f}")
+            bound = "score" if math.isnan(lo) else "lower bound"
+            rejected[name] = (f"{text} >= threshold {limits[name]:.2f}, but its {bound} is not above null "
+                              f"{nu[name]:.2f} ({role.null_text}) + margin {margin:.2f}")
     return HeadRoles(layer, head, s, iv, nu, tuple(held), reasons, rejected, copy)
 
 
-def _copy_note(role: str, copy: float | None) -> str:
-    if role != "induction" or copy is None:
+def _copy_note(role: Role, copy: float | None) -> str:
+    if not role.copying or copy is None:
         return ""
     verb = "raises" if copy > 0 else "does not raise"
     return f"; {verb} the copied token's logit (direct effect {copy:+.2f})"

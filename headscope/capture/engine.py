@@ -22,9 +22,8 @@ from headscope.capture.datasets import TokenDataset, real_mask
 from headscope.capture.kernels import fused_attention_with_lse
 from headscope.capture.recorder import PatternRecorder
 from headscope.capture.result import CaptureResult
-from headscope.capture.statistics import (
-    CAUSAL_STATISTICS, STATISTICS, Batch, EntryPlan, RowPlan, check_statistics, make_plans,
-)
+from headscope.capture.rows import FusedContext
+from headscope.capture.statistics import Batch, EntryPlan, RowPlan, Statistic, make_plans, resolve_statistics
 from headscope.errors import InputError
 from headscope.heads import parse_heads
 from headscope.model.attention import Attention
@@ -81,42 +80,37 @@ def _entries(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, plan: EntryPla
 
 
 def _fused_kernel(sums: _BatchSums, layer: int):
-    """The attention kernel installed on one layer: output z, plus that layer's statistics."""
-    rows = {plan.row: plan for plan in sums.plans.values() if isinstance(plan, RowPlan)}
+    """The attention kernel installed on one layer: output z, plus that layer's statistics.
+
+    Each row statistic with a fused form appends its columns to the values of the one fused call and
+    finishes from what attention made of them; one without is computed from rows rebuilt from the lse.
+    """
+    rows = {name: plan for name, plan in sums.plans.items() if isinstance(plan, RowPlan)}
 
     def kernel(attn: Attention, q, k, v, bias):
-        scale, causal, d = attn.cfg.scale, attn.cfg.causal, v.shape[-1]
-        batch, n_pos = q.shape[0], q.shape[1]
+        d = v.shape[-1]
         k_all = k.repeat_interleave(attn.group_size, dim=2)  # (batch, pos, head, d)
         qh, kh = q.transpose(1, 2), k_all.transpose(1, 2)  # (batch, head, pos, d)
         vh = v.repeat_interleave(attn.group_size, dim=2).transpose(1, 2)
-        # Extra value columns: K for the entropy, positions / n_pos for the mean distance.
-        position = torch.arange(n_pos, device=q.device, dtype=torch.float32)
-        columns = [vh]
-        if "entropy" in rows:
-            columns.append(kh)
-        if "mean_distance" in rows:
-            columns.append((position / n_pos).to(q.dtype).expand(batch, qh.shape[1], n_pos)[..., None])
-        out, lse = fused_attention_with_lse(qh, kh, torch.cat(columns, -1), bias, causal, scale)
+        position = torch.arange(q.shape[1], device=q.device, dtype=torch.float32)
+        ctx = FusedContext(qh, kh, bias, attn.cfg.causal, attn.cfg.scale, position)
+        columns, spans = [vh], {}
+        for name, plan in rows.items():
+            if plan.row.fused is not None:
+                extra = plan.row.fused.columns(ctx)
+                start = sum(c.shape[-1] for c in columns)
+                spans[name] = (start, start + extra.shape[-1])
+                columns.append(extra.to(q.dtype))
+        out, lse = fused_attention_with_lse(qh, kh, torch.cat(columns, -1), bias, ctx.causal, ctx.scale)
         out, lse, mass = _with_sinks(attn, out, lse)
-
-        col = d
-        if "entropy" in rows:
-            attended_k = out[..., col : col + d].float()
-            col += d
-            entropy = lse * mass - scale * (qh.float() * attended_k).sum(-1)
-            sums.add_rows(rows["entropy"].row, layer, entropy, rows["entropy"].queries)
-        if "mean_distance" in rows:
-            mean_pos = out[..., col].float() * n_pos
-            if causal:
-                distance = position * mass - mean_pos
-            else:
-                distance = _bidirectional_distance(qh, kh, bias, lse, mean_pos, position, scale)
-            sums.add_rows("mean_distance", layer, distance, rows["mean_distance"].queries)
+        ctx = ctx.after_call(lse, mass)
+        for name, plan in rows.items():
+            attended = out[..., slice(*spans[name])] if name in spans else None
+            sums.add_rows(name, layer, plan.row.on_fused_path(ctx, attended), plan.queries)
         for name, plan in sums.plans.items():
             if isinstance(plan, EntryPlan):
-                sums.add_entries(name, layer, plan.batch_idx, _entries(q, k_all, lse, plan, scale, attn.window))
-        sums.record(layer, lambda row, head: _pattern_of(qh, kh, lse, bias, causal, scale, row, head))
+                sums.add_entries(name, layer, plan.batch_idx, _entries(q, k_all, lse, plan, ctx.scale, attn.window))
+        sums.record(layer, lambda row, head: _pattern_of(qh, kh, lse, bias, ctx.causal, ctx.scale, row, head))
         return out[..., :d].transpose(1, 2).to(q.dtype)
 
     return kernel
@@ -148,52 +142,30 @@ def _pattern_of(qh, kh, lse, bias, causal, scale, row: int, head: int) -> torch.
     return (scores - lse[row, head, :, None]).exp()
 
 
-def _bidirectional_distance(qh, kh, bias, lse, mean_pos, position, scale):
-    """sum_j A_ij |i - j| without the pattern, from a second, causal call.
-
-    The causal call's log-sum-exp gives the mass m_i on keys j <= i (exp(lse_causal - lse)) and its
-    output the mass-weighted position p_i there; then sum_j A_ij |i - j| = E[j] - i + 2 (i m_i - p_i).
-    """
-    n_pos = qh.shape[2]
-    # The minimum of the dtype the mask joins: float32's minimum would become -inf in bfloat16 / float16.
-    causal_mask = torch.zeros(1, 1, n_pos, n_pos, dtype=qh.dtype, device=qh.device).masked_fill(
-        ~torch.ones(n_pos, n_pos, dtype=torch.bool, device=qh.device).tril(), torch.finfo(qh.dtype).min)
-    combined = causal_mask if bias is None else torch.minimum(bias.to(qh.dtype), causal_mask)
-    pos_column = (position / n_pos).to(qh.dtype).expand(*qh.shape[:3])[..., None]
-    out_c, lse_c = fused_attention_with_lse(qh, kh, pos_column, combined, False, scale)
-    mass_before = (lse_c - lse).exp()
-    pos_before = mass_before * out_c[..., 0].float() * n_pos
-    return mean_pos - position + 2 * (position * mass_before - pos_before)
-
-
 def _explicit_hook(sums: _BatchSums, layer: int):
     """The reference: every statistic read off the full pattern at hook_pattern."""
 
     def hook(pattern: torch.Tensor, hook) -> None:
-        n_pos = pattern.shape[-1]
-        position = torch.arange(n_pos, device=pattern.device, dtype=torch.float32)
         p = pattern.float()
+        position = torch.arange(p.shape[-1], device=p.device, dtype=torch.float32)
         for name, plan in sums.plans.items():
             if isinstance(plan, EntryPlan):
                 values = p[plan.batch_idx, :, plan.query_idx, plan.key_idx]  # (pairs, head)
                 sums.add_entries(name, layer, plan.batch_idx, values)
-            elif plan.row == "entropy":
-                sums.add_rows(name, layer, -torch.special.xlogy(p, p).sum(-1), plan.queries)
             else:
-                distance = (position[:, None] - position[None, :]).abs()
-                sums.add_rows(name, layer, (p * distance).sum(-1), plan.queries)
+                sums.add_rows(name, layer, plan.row.explicit(p, position), plan.queries)
         sums.record(layer, lambda row, head: p[row, head])
 
     return hook
 
 
 def statistics_from_patterns(
-    patterns: list[torch.Tensor], dataset: TokenDataset, stats: list[str] | tuple[str, ...], causal: bool = True,
+    patterns: list[torch.Tensor], dataset: TokenDataset, stats: list | tuple, causal: bool = True,
 ) -> CaptureResult:
     """The statistics of full patterns someone already has (one (prompts, head, pos, pos) per layer), e.g.
     TransformerLens' `run_with_cache` of `hook_pattern`: the same definitions as `capture`, computed on
     the device of the first pattern (where the model ran); the result is on the CPU."""
-    names = check_statistics(list(stats))
+    names = resolve_statistics(list(stats))
     device = patterns[0].device
     tokens = dataset.tokens.to(device)
     real = real_mask(tokens, None if dataset.attention_mask is None else dataset.attention_mask.to(device))
@@ -243,7 +215,7 @@ def _capture_batch(model, tokens, mask, dataset, names, method, start, recorder,
 def capture(
     model: HookedTransformer,
     dataset: TokenDataset,
-    stats: list[str] | tuple[str, ...] | None = None,
+    stats: list | tuple | None = None,
     *,
     batch_size: int | None = None,
     max_memory: int | None = None,
@@ -261,7 +233,8 @@ def capture(
 ) -> CaptureResult:
     """Per-head statistics of `model` over every prompt of `dataset`, and patterns of chosen heads.
 
-    stats: names from `headscope.capture.statistics.STATISTICS` (default: all that apply to the model).
+    stats: names from `headscope.capture.statistics.STATISTICS` (or their aliases) and `Statistic` objects
+    (default: every built-in one that applies to the model).
     batch_size: prompts per forward pass; by default the largest that fits `max_memory` bytes (default:
     a share of the free memory of the device). method: "fused" (no pattern is formed) or "explicit"
     (the reference, from full patterns). On CUDA an out-of-memory error halves the batch and retries.
@@ -282,7 +255,7 @@ def capture(
     if device is not None:
         model.to(device)
     fingerprint = run_fingerprint(model, dataset, plan=None if plan_dataset is None else plan_dataset.digest(),
-                                  stats=list(names), method=method)
+                                  stats=[stat.name for stat in names], method=method)
     split = distributed_run.active(distributed)
     rows = distributed_run.shard(len(dataset)) if split else range(len(dataset))
     progress_file = ProgressFile(rank_path(resume, split), f"{fingerprint} prompts {rows.start}-{rows.stop}",
@@ -314,11 +287,11 @@ def capture(
     return result
 
 
-def _check_request(model, dataset: TokenDataset, stats, method: str, plan_dataset) -> tuple[str, ...]:
+def _check_request(model, dataset: TokenDataset, stats, method: str, plan_dataset) -> tuple[Statistic, ...]:
     """The statistics to compute, after checking the method, the dataset and the prompts' length."""
     if method not in ("fused", "explicit"):
         raise InputError(f"unknown capture method {method!r}: use fused or explicit")
-    names = check_statistics(list(stats) if stats else list(CAUSAL_STATISTICS if model.cfg.causal else STATISTICS))
+    names = resolve_statistics(stats, model.cfg.causal)
     if len(dataset) == 0:
         raise InputError("the dataset is empty")
     if plan_dataset is not None and plan_dataset.tokens.shape != dataset.tokens.shape:
@@ -368,7 +341,7 @@ def _capture_rows(model, dataset, names, method, rows: range, batch_size, max_me
         parts.append(CaptureResult(sums, counts))
         bar.update((stop - start) * n_pos)
         start = stop
-        progress_file.save(lambda: (CaptureResult.concat(parts).tensors(), {"statistics": list(names)}),
+        progress_file.save(lambda: (CaptureResult.concat(parts).tensors(), {"statistics": [stat.name for stat in names]}),
                            final=start == rows.stop)
     bar.close()
     return CaptureResult.concat(parts), resumed, halvings

@@ -86,14 +86,18 @@ def device_option(command):
     return click.option("--device", default="cpu", show_default=True, callback=check_device)(command)
 
 
-def dataset_options(seq_len: int):
-    """--dataset, --seq-len, --num-prompts, --device, --seed and --pack: every command that reads a dataset."""
+def dataset_options(seq_len: int, several_lengths: bool = False):
+    """--dataset, --seq-len, --num-prompts, --device, --seed and --pack: every command that reads a dataset.
+    several_lengths: --seq-len takes a comma-separated list (then a list of ints, or None)."""
+    seq_len_help = (f"Tokens per prompt without BOS (repeated-random: two periods of seq-len / 2); longer texts "
+                    f"are cut.  [default: {seq_len}, or what fits the model's context]")
+    seq_len_option = (click.option("--seq-len", callback=int_list(minimum=2), help=seq_len_help + " A comma-separated "
+                                   "list, e.g. 128,1024, runs once per length.")
+                      if several_lengths else click.option("--seq-len", type=click.IntRange(min=2), help=seq_len_help))
     options = [
         click.option("--dataset", default="repeated-random", show_default=True,
                      help="repeated-random[:period=P][:repeats=R], or a .txt (a prompt per line) or .jsonl file."),
-        click.option("--seq-len", type=click.IntRange(min=2),
-                     help=f"Tokens per prompt without BOS (repeated-random: two periods of seq-len / 2); longer "
-                          f"texts are cut.  [default: {seq_len}, or what fits the model's context]"),
+        seq_len_option,
         click.option("--num-prompts", default=16, show_default=True, type=click.IntRange(min=1)),
         device_option,
         click.option("--seed", default=0, show_default=True, help="Seed of every random choice."),

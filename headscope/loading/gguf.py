@@ -10,7 +10,8 @@ extra families follow llama.cpp's conventions: Gemma norms already hold 1 + w, P
 `attention.sliding_window_pattern` (llama.cpp's defaults when absent: every 2nd layer global for
 gemma2, every 6th for gemma3, all local for phi3). Anything it does not understand (another
 architecture, RoPE scaling, a quantization type, a tensor no table names) is an error, never silently
-ignored.
+ignored. Tokenizers are rebuilt with `tokenizers`: byte-level BPE (`tokenizer.ggml.model` "gpt2") here,
+SentencePiece vocabularies ("llama": Gemma, Phi-3) in gguf_sentencepiece.py.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from tokenizers.models import BPE
 from headscope.errors import ModelFormatError, ModelNotFoundError, UnsupportedModelError
 from headscope.loading import LoadedModel
 from headscope.loading.gguf_families import ARCH_KEYS, family_options, split_fused, tensor_names
+from headscope.loading.gguf_sentencepiece import sentencepiece_backend
 from headscope.model.config import ModelConfig
 from headscope.model.tokenizer import Tokenizer
 
@@ -103,7 +105,7 @@ def load_gguf(path: str | Path) -> LoadedModel:
     return LoadedModel(
         config=config,
         state_dict=state_dict,
-        tokenizer=_tokenizer(metadata, config.d_vocab, path),
+        tokenizer=_tokenizer(metadata, config.d_vocab, path, architecture),
         source=str(path),
         meta={key: metadata[key] for key in ("general.name", "tokenizer.ggml.add_bos_token") if key in metadata},
     )
@@ -256,17 +258,36 @@ _CONVERSIONS: dict[str, Callable[[torch.Tensor, ModelConfig], torch.Tensor]] = {
 
 
 # ----- tokenizer ----------------------------------------------------------------------------------
-def _tokenizer(metadata: dict[str, Any], d_vocab: int, path: Path) -> Tokenizer | None:
-    """Byte-level BPE rebuilt from `tokenizer.ggml.*`; None when the file carries no tokenizer."""
+def _tokenizer(metadata: dict[str, Any], d_vocab: int, path: Path, arch: str) -> Tokenizer | None:
+    """Byte-level BPE ('gpt2') or SentencePiece ('llama') rebuilt from `tokenizer.ggml.*`; None when the
+    file carries no tokenizer."""
     kind = metadata.get("tokenizer.ggml.model")
     if kind is None:
         return None
-    if kind != "gpt2":
+    if kind not in ("gpt2", "llama"):
         raise UnsupportedModelError(f"{path}: GGUF tokenizer {kind!r} is not supported; headscope rebuilds "
-                                    "byte-level BPE ('gpt2') tokenizers")
+                                    "byte-level BPE ('gpt2') and SentencePiece ('llama') tokenizers")
+    if "tokenizer.ggml.tokens" not in metadata:
+        raise ModelFormatError(f"{path}: tokenizer.ggml.model is {kind!r} but there is no tokenizer.ggml.tokens")
     tokens = metadata["tokenizer.ggml.tokens"]
     if len(tokens) > d_vocab:
         raise ModelFormatError(f"{path}: {len(tokens)} tokens but an embedding of only {d_vocab} rows")
+    if kind == "llama":
+        backend, tokens, token_types = sentencepiece_backend(metadata, arch, path)
+    else:
+        backend = _byte_level_backend(metadata, tokens, path)
+        token_types = metadata.get("tokenizer.ggml.token_type", [])
+    _add_whole_tokens(backend, tokens, token_types)
+    return Tokenizer(
+        backend,
+        bos_token_id=metadata.get("tokenizer.ggml.bos_token_id"),
+        eos_token_id=metadata.get("tokenizer.ggml.eos_token_id"),
+        pad_token_id=metadata.get("tokenizer.ggml.padding_token_id"),
+    )
+
+
+def _byte_level_backend(metadata: dict[str, Any], tokens: list[str], path: Path) -> RustTokenizer:
+    """GPT-2-style BPE over bytes spelled as characters, with the file's merges and pre-tokenizer."""
     if metadata.get("tokenizer.ggml.add_space_prefix"):
         raise UnsupportedModelError(f"{path}: tokenizer.ggml.add_space_prefix is not supported for byte-level BPE")
     backend = RustTokenizer(BPE(
@@ -277,13 +298,7 @@ def _tokenizer(metadata: dict[str, Any], d_vocab: int, path: Path) -> Tokenizer 
     # Files older than the `pre` key get GPT-2's split, as transformers gives them.
     backend.pre_tokenizer = _pre_tokenizer(metadata.get("tokenizer.ggml.pre", "gpt2"), path)
     backend.decoder = ByteLevelDecoder()
-    _add_whole_tokens(backend, tokens, metadata.get("tokenizer.ggml.token_type", []))
-    return Tokenizer(
-        backend,
-        bos_token_id=metadata.get("tokenizer.ggml.bos_token_id"),
-        eos_token_id=metadata.get("tokenizer.ggml.eos_token_id"),
-        pad_token_id=metadata.get("tokenizer.ggml.padding_token_id"),
-    )
+    return backend
 
 
 def _merges(merges: list[str], path: Path) -> list[tuple[str, str]]:

@@ -46,24 +46,33 @@ class Rotary(nn.Module):
         return torch.cat((rot * cos + rotated_half * sin, rest), dim=-1)
 
 
+def allowed_keys(queries: torch.Tensor, n_key: int, causal: bool, window: int | None) -> torch.Tensor:
+    """(query, key) booleans: may the query at each position of `queries` attend to each of the first `n_key`
+    keys? Causal attention stops at the query; a `window` of N keeps the N latest keys (key > query - N), as
+    transformers' sliding-window masks do."""
+    keys = torch.arange(n_key, device=queries.device)[None, :]
+    allowed = torch.ones(len(queries), n_key, dtype=torch.bool, device=queries.device)
+    if causal:
+        allowed &= keys <= queries[:, None]
+    if window is not None:
+        allowed &= keys > queries[:, None] - window
+    return allowed
+
+
 def attention_bias(
     n_query: int, n_key: int, causal: bool, key_mask: torch.Tensor | None, dtype: torch.dtype, device: torch.device,
     window: int | None = None,
 ) -> torch.Tensor | None:
     """Additive mask (batch or 1, 1, query, key): 0 where attention is allowed, the dtype's minimum elsewhere.
 
-    The minimum rather than -inf keeps a row with no allowed key (a padding query) finite.
-    None when there is no padding and no window: the causal mask (if any) is then applied by each path
-    itself, and the fused kernel takes its faster `is_causal` route. A `window` of N keeps the N latest
-    keys up to the query (key > query - N), as transformers' sliding-window masks do.
+    The queries are the last `n_query` positions. The minimum rather than -inf keeps a row with no allowed
+    key (a padding query) finite. None when there is no padding and no window: the causal mask (if any) is
+    then applied by each path itself, and the fused kernel takes its faster `is_causal` route.
     """
     if key_mask is None and window is None:
         return None
-    allowed = torch.ones(1, 1, n_query, n_key, dtype=torch.bool, device=device)
-    if causal:
-        allowed = allowed.tril(diagonal=n_key - n_query)
-    if window is not None:
-        allowed = allowed.triu(diagonal=n_key - n_query - window + 1)
+    queries = torch.arange(n_key - n_query, n_key, device=device)
+    allowed = allowed_keys(queries, n_key, causal, window)[None, None]
     if key_mask is not None:
         allowed = allowed & key_mask.bool()[:, None, None, :]
     bias = torch.zeros(allowed.shape, dtype=dtype, device=device)
@@ -162,13 +171,29 @@ class Attention(nn.Module):
         hooked = self.hook_attn_scores.active or self.hook_pattern.active
         return self.force_explicit or hooked or self.cfg.attn_softcap is not None
 
+    def cap(self, scores: torch.Tensor) -> torch.Tensor:
+        """Scaled scores after soft-capping (c tanh(s / c), Gemma 2), which comes before the mask."""
+        if self.cfg.attn_softcap is None:
+            return scores
+        return self.cfg.attn_softcap * torch.tanh(scores / self.cfg.attn_softcap)
+
+    def softmax(self, scores: torch.Tensor, head: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The pattern of capped, masked scores (..., head, query, key), or of one `head`'s (..., query, key),
+        and the mass its learned sink logit took (..., [head,] query), None without sinks. Computed in
+        float32, returned in the scores' dtype. Every path that rebuilds a pattern from q and k goes through
+        here, so none of them can forget the sink column."""
+        if not self.cfg.attn_sinks:
+            return torch.softmax(scores, dim=-1, dtype=torch.float32).to(scores.dtype), None
+        sinks = self.sinks[:, None] if head is None else self.sinks[head]  # against (..., head, query)
+        column = sinks.to(scores.dtype).expand(*scores.shape[:-1])[..., None]
+        probs = torch.softmax(torch.cat((scores, column), dim=-1), dim=-1, dtype=torch.float32).to(scores.dtype)
+        return probs[..., :-1], probs[..., -1]
+
     def explicit(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """Scores, softmax, pattern, z; the readable reference path."""
         k = k.repeat_interleave(self.group_size, dim=2)  # (batch, pos, head, d_head)
         v = v.repeat_interleave(self.group_size, dim=2)
-        scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * self.cfg.scale
-        if self.cfg.attn_softcap is not None:  # before the mask, as Gemma 2 does
-            scores = self.cfg.attn_softcap * torch.tanh(scores / self.cfg.attn_softcap)
+        scores = self.cap(torch.einsum("bqhd,bkhd->bhqk", q, k) * self.cfg.scale)
         if bias is not None:
             # Clamped: in float16 the bias' minimum plus a negative score is -inf, and a row of them NaN.
             scores = (scores + bias).clamp_min(torch.finfo(scores.dtype).min)
@@ -176,14 +201,10 @@ class Attention(nn.Module):
             n_q, n_k = scores.shape[-2:]
             causal = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).tril(n_k - n_q)
             scores = scores.masked_fill(~causal, torch.finfo(scores.dtype).min)
-        scores = self.hook_attn_scores(scores)
-        if self.cfg.attn_sinks:
-            sink = self.sinks.to(scores.dtype)[None, :, None, None].expand(*scores.shape[:3], 1)
-            probs = torch.softmax(torch.cat((scores, sink), dim=-1), dim=-1, dtype=torch.float32).to(q.dtype)
-            self.hook_sink(probs[..., -1])
-            pattern = self.hook_pattern(probs[..., :-1])
-        else:
-            pattern = self.hook_pattern(torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype))
+        pattern, sink = self.softmax(self.hook_attn_scores(scores))
+        if sink is not None:
+            self.hook_sink(sink)
+        pattern = self.hook_pattern(pattern)
         return torch.einsum("bhqk,bkhd->bqhd", pattern, v)
 
     def fused(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

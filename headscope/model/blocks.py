@@ -129,6 +129,14 @@ class TransformerBlock(nn.Module):
         else:
             self.layout = self._pre_norm
 
+    def attention_write_change(self, raw: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
+        """How this block's attention write into the residual stream changes when the heads' summed output
+        `raw` (z W_O + b_O, (..., d_model)) changes by `change`: `change` itself, or through the norm on
+        attention's output (sandwich / output norms), which is not linear."""
+        if isinstance(self.ln1_post, nn.Identity):
+            return change
+        return self.ln1_post(raw + change) - self.ln1_post(raw)
+
     def forward(self, resid: torch.Tensor, bias: torch.Tensor | None, rotary) -> torch.Tensor:
         """The residual stream (batch, pos, d_model) after this block."""
         return self.hook_resid_post(self.layout(self.hook_resid_pre(resid), bias, rotary))

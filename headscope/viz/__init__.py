@@ -7,6 +7,7 @@ Functions that make figures return `plotly.graph_objects.Figure`s laid out at a 
 
 from headscope.viz.effects import effects_figure
 from headscope.viz.graphs import layered_graph_figure
+from headscope.viz.lengths import length_figure, length_page
 from headscope.viz.page import Page, write_page
 from headscope.viz.patterns import attention_text_html, pattern_figure
 from headscope.viz.render import write_figure, write_html, write_image
@@ -14,4 +15,4 @@ from headscope.viz.roles import role_heatmap
 from headscope.viz.style import STYLES, Style, get_style
 
 __all__ = ["Page", "STYLES", "Style", "attention_text_html", "effects_figure", "get_style", "layered_graph_figure",
-           "pattern_figure", "role_heatmap", "write_figure", "write_html", "write_image", "write_page"]
+           "length_figure", "length_page", "pattern_figure", "role_heatmap", "write_figure", "write_html", "write_image", "write_page"]

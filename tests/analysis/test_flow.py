@@ -120,30 +120,30 @@ def test_gradient_weighted_attention_equals_a_direct_autograd_computation():
 
 
 @pytest.mark.parametrize("method", ["alti", "norm", "value-zeroing"])
-def test_token_flow_of_contributions_chains_the_layer_matrices(decomposable_model, method):
+def test_token_flow_of_contributions_chains_the_layer_matrices(tiny_model, method):
     from headscope.analysis.contributions import chain, token_contributions
     from headscope.analysis.flow import token_flow
 
     tokens = torch.tensor([[3, 17, 5, 42, 8, 17]])
-    built = token_flow(decomposable_model, tokens, method=method, target=4, threshold=0.01)
-    matrices = token_contributions(decomposable_model, tokens, method)
+    built = token_flow(tiny_model, tokens, method=method, target=4, threshold=0.01)
+    matrices = token_contributions(tiny_model, tokens, method)
     inputs = [built.graph.nodes[node_name(0, p)]["relevance"] for p in range(6)]
     assert inputs == pytest.approx(chain(matrices)[4].tolist(), abs=1e-6)
     assert built.graph.graph["node_value"] == "relevance" and built.graph.graph["method"] == method
     assert all(w > 0.01 for _, _, w in built.graph.edges(data="weight"))
     with pytest.raises(InputError, match="head selection"):
-        token_flow(decomposable_model, tokens, method=method, heads=[(0, 1)])
+        token_flow(tiny_model, tokens, method=method, heads=[(0, 1)])
 
 
-def test_token_flow_routes_and_refusals(decomposable_model):
+def test_token_flow_routes_and_refusals(tiny_model):
     from headscope.analysis.flow import token_flow
     from headscope.analysis.routes import ROUTE_THRESHOLD
 
     tokens = torch.tensor([[3, 17, 5, 42, 8, 17]])
-    built = token_flow(decomposable_model, tokens, method="routes")
+    built = token_flow(tiny_model, tokens, method="routes")
     assert built.graph.graph["threshold"] == ROUTE_THRESHOLD and built.graph.graph["node_value"] == "contribution"
-    assert built.n_layers == decomposable_model.cfg.n_layers and built.n_pos == 6
+    assert built.n_layers == tiny_model.cfg.n_layers and built.n_pos == 6
     with pytest.raises(InputError, match="top_k pruning does not apply"):
-        token_flow(decomposable_model, tokens, method="routes", top_k=2)
+        token_flow(tiny_model, tokens, method="routes", top_k=2)
     with pytest.raises(InputError, match="gradient weighting"):
-        token_flow(decomposable_model, tokens, method="routes", gradient=True)
+        token_flow(tiny_model, tokens, method="routes", gradient=True)

@@ -6,6 +6,7 @@ back, equals the model; where transformers reads the architecture from GGUF, its
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import gguf
@@ -58,11 +59,14 @@ def _gguf_name(name: str, gemma: bool) -> str:
     return name
 
 
-def write_gguf(model: transformers.PreTrainedModel, arch: str, path: Path, pre_tokenizer: str | None = None) -> Path:
+def write_gguf(model: transformers.PreTrainedModel, arch: str, path: Path, pre_tokenizer: str | None = None,
+               vocabulary: Callable[[gguf.GGUFWriter], None] | None = None) -> Path:
     """The model as llama.cpp would convert it (F32 tensors); with `pre_tokenizer`, a byte-level BPE tokenizer
-    trained on a few lines, under that `tokenizer.ggml.pre`."""
+    trained on a few lines, under that `tokenizer.ggml.pre`; `vocabulary` writes any other tokenizer."""
     cfg, gemma = model.config, arch.startswith("gemma")
     writer = gguf.GGUFWriter(path, arch)
+    if vocabulary is not None:
+        vocabulary(writer)
     if pre_tokenizer is not None:
         tokens, merges, types = _tiny_tokenizer()
         writer.add_tokenizer_model("gpt2")
@@ -80,7 +84,8 @@ def write_gguf(model: transformers.PreTrainedModel, arch: str, path: Path, pre_t
     writer.add_value_length(cfg.head_dim)
     writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     writer.add_vocab_size(cfg.vocab_size)
-    writer.add_pad_token_id(cfg.pad_token_id)  # transformers reads it (Phi-3 defaults to 32000)
+    if cfg.pad_token_id is not None:
+        writer.add_pad_token_id(cfg.pad_token_id)  # transformers reads it (Phi-3 defaults to 32000)
     rope = cfg.rope_parameters.get("full_attention", cfg.rope_parameters)
     writer.add_rope_freq_base(rope["rope_theta"])
     if getattr(cfg, "sliding_window", None):

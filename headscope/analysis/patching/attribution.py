@@ -107,14 +107,22 @@ def _input_estimates(model, prepared: Prepared, kept: dict, grads: dict, which: 
                 out[:, layer, head] = ((new - v) * g_v).sum((1, 2))
             elif star:
                 q2, k2 = (new, k) if which == "q" else (q, new)
-                patched = attend(model, layer, q2, k2, v, prepared.real)[1].float()
+                patched = attend(model, layer, head, q2, k2, v, prepared.real)[1].float()
                 out[:, layer, head] = ((patched - A) * gA).sum((1, 2))
             else:
-                g_scores = A * (gA - (A * gA).sum(-1, keepdim=True)) * cfg.scale
-                g_in = torch.einsum("bqk,bkd->bqd", g_scores, k) if which == "q" else \
-                    torch.einsum("bqk,bqd->bkd", g_scores, q)
-                out[:, layer, head] = ((new - (q if which == "q" else k)) * g_in).sum((1, 2))
+                old = q if which == "q" else k
+                out[:, layer, head] = ((new - old) * _pattern_grad(model, layer, head, q, k, v, prepared.real, gA,
+                                                                   which)).sum((1, 2))
     return out
+
+
+def _pattern_grad(model, layer: int, head: int, q, k, v, real, g_pattern: torch.Tensor, which: str) -> torch.Tensor:
+    """d metric / d q (or k) through the head's pattern alone, by autograd through `attend`, so capping,
+    windows and sink logits enter the linearisation exactly as they enter the forward pass."""
+    q, k = q.detach().requires_grad_(which == "q"), k.detach().requires_grad_(which == "k")
+    with torch.enable_grad():
+        pattern = attend(model, layer, head, q, k, v.detach(), real)[1]
+        return torch.autograd.grad((pattern.float() * g_pattern).sum(), q if which == "q" else k)[0]
 
 
 def attribution_sweep(model, pairs: PromptPairs, kind: str = "head", method: str = "atp",

@@ -1,8 +1,9 @@
 """Direct logit attribution and the logit lens: the cheap first look at prompt pairs.
 
 Direct logit attribution (DLA): a head's output at each pair's last position, `z W_O` (d_model), passed
-through the final norm with its scale frozen at the clean run's value there (centred first for
-LayerNorm, times the norm's weight; `detectors.frozen_final_norm`) and onto `W_U[:, answer] -
+through the norm on attention's output if the block has one (Gemma, OLMo 2) and the final norm, their
+scales frozen at the clean run's values there (centred first for LayerNorm, times the norm's weight;
+`detectors.frozen_output_norm`, `frozen_final_norm`) and onto `W_U[:, answer] -
 W_U[:, wrong]`: how much of the clean logit difference the head writes directly, in logits. Per layer,
 the same for the whole block's output (attention and MLP). Heads' contributions plus the rest (biases,
 embeddings) add up to the logit difference when the norm's scale is frozen.
@@ -22,7 +23,7 @@ from dataclasses import replace
 
 import torch
 
-from headscope.analysis.detectors import frozen_final_norm
+from headscope.analysis.detectors import frozen_final_norm, frozen_output_norm
 from headscope.analysis.metrics import last_rows
 from headscope.analysis.patching.exact import effect, result_of
 from headscope.analysis.patching.pairs import PromptPairs
@@ -54,6 +55,8 @@ def direct_logit_attribution(model, pairs: PromptPairs, by: str = "head", *, see
     names = cache_names(model, range(cfg.n_layers), inputs=False)
     names += [f"blocks.{l}.hook_resid_post" for l in range(cfg.n_layers)]
     names += ["ln_final.hook_scale"] if cfg.final_norm else []
+    output_norm = cfg.block_norms != "pre"
+    names += [f"blocks.{l}.ln1_post.hook_scale" for l in range(cfg.n_layers)] if output_norm else []
     prepared = _prepared(model, pairs, names)
     cache, real = prepared.clean.cache, prepared.real
     scale = last_rows(cache["ln_final.hook_scale"], real) if cfg.final_norm else None
@@ -72,7 +75,11 @@ def direct_logit_attribution(model, pairs: PromptPairs, by: str = "head", *, see
         z = last_rows(cache[f"blocks.{layer}.attn.hook_z"], real)  # (pairs, heads, d_head)
         W_O = model.blocks[layer].attn.W_O
         for head in range(cfg.n_heads):
-            values = contribution(z[:, head] @ W_O[head])
+            written = z[:, head] @ W_O[head]
+            if output_norm:
+                output_scale = last_rows(cache[f"blocks.{layer}.ln1_post.hook_scale"], real)
+                written = frozen_output_norm(model, layer, written, output_scale)
+            values = contribution(written)
             effects.append(_unnormalized(effect(prepared, [(layer, head)], None, values, n_bootstrap, seed)))
     if by == "layer":
         effects = [_unnormalized(e) for e in effects]

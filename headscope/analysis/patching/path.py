@@ -88,7 +88,7 @@ def _receivers_hooks(model, prepared: Prepared, receivers: Heads, via: str, hybr
                 if l == layer:
                     inputs = {n: live[names[n]][:, :, h if n == "q" else h // group] for n in INPUTS}
                     inputs[via] = hybrid[names[via]][:, :, h if via == "q" else h // group]
-                    z[:, :, h] = attend(model, layer, inputs["q"], inputs["k"], inputs["v"], real)[0]
+                    z[:, :, h] = attend(model, layer, h, inputs["q"], inputs["k"], inputs["v"], real)[0]
             return z
 
         hooks.append((f"blocks.{layer}.attn.hook_z", splice))
@@ -123,9 +123,13 @@ def _direct_values(model, prepared: Prepared, variants: list[Heads]) -> list[tor
     values = []
     for senders in variants:
         resid = final.clone()
-        for l, h in senders:
-            change = prepared.source.z(l)[:, :, h] - prepared.base.z(l)[:, :, h]
-            resid = resid + change @ model.blocks[l].attn.W_O[h]
+        for layer in sorted({l for l, _ in senders}):
+            attn = model.blocks[layer].attn
+            change = sum((prepared.source.z(layer)[:, :, h] - prepared.base.z(layer)[:, :, h]) @ attn.W_O[h]
+                         for l, h in senders if l == layer)
+            raw = prepared.base.z(layer).flatten(2) @ attn.W_O.flatten(0, 1)
+            raw = raw + attn.b_O if model.cfg.attn_out_bias else raw
+            resid = resid + model.blocks[layer].attention_write_change(raw, change)
         hidden = model.ln_final(resid) if model.cfg.final_norm else resid
         output = hidden if prepared.metric.reads == "hidden" else model.unembed_hidden(hidden)
         values.append(prepared.measure(model, output))

@@ -20,6 +20,7 @@ import torch
 from headscope.analysis.metrics import COSINE, Metric, MetricFn, logit_diff_metric, pair_metric
 from headscope.analysis.patching.pairs import PromptPairs
 from headscope.errors import InputError
+from headscope.model.attention import allowed_keys
 
 INPUTS = ("q", "k", "v")
 
@@ -138,16 +139,16 @@ def prepare(model, pairs: PromptPairs, metric, denoise: bool, names: list[str]) 
     return Prepared(made["clean"], made["corrupted"], denoise, mask, real, chosen, values["clean"], values["corrupted"])
 
 
-def attend(model, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+def attend(model, layer: int, head: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
            real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One head's attention from its q, k, v (prompts, pos, d_head): (z (prompts, pos, d_head), pattern
-    (prompts, query, key)), masked as the model's explicit path masks (padding keys, causal)."""
-    scores = torch.einsum("bqd,bkd->bqk", q, k) * model.cfg.scale
-    allowed = real[:, None, :].expand(-1, q.shape[1], -1)
-    if model.cfg.causal:
-        allowed = allowed & torch.ones(q.shape[1], k.shape[1], dtype=torch.bool, device=q.device).tril()
-    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-    pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    (prompts, query, key)), as the model's explicit path makes it (soft-capping, padding keys, causal and
+    window masks, the head's sink logit)."""
+    attn = model.blocks[layer].attn
+    scores = attn.cap(torch.einsum("bqd,bkd->bqk", q, k) * model.cfg.scale)
+    queries = torch.arange(q.shape[1], device=q.device)
+    allowed = real[:, None, :] & allowed_keys(queries, k.shape[1], model.cfg.causal, attn.window)
+    pattern = attn.softmax(scores.masked_fill(~allowed, torch.finfo(scores.dtype).min), head)[0]
     return torch.einsum("bqk,bkd->bqd", pattern, v), pattern
 
 
@@ -157,7 +158,7 @@ def head_z_with(model, prepared: Prepared, layer: int, head: int, which: str, in
     q, k, v = (base.head_input(model, layer, head, name) for name in INPUTS)
     if which == "pattern":
         other = [inputs_from.head_input(model, layer, head, name) for name in ("q", "k")]
-        pattern = attend(model, layer, *other, v, prepared.real)[1]
+        pattern = attend(model, layer, head, *other, v, prepared.real)[1]
         return torch.einsum("bqk,bkd->bqd", pattern, v)
     swapped = {name: (inputs_from if name == which else base).head_input(model, layer, head, name) for name in INPUTS}
-    return attend(model, layer, swapped["q"], swapped["k"], swapped["v"], prepared.real)[0]
+    return attend(model, layer, head, swapped["q"], swapped["k"], swapped["v"], prepared.real)[0]

@@ -7,7 +7,7 @@ import torch
 from headscope.analysis.patching.attribution import attribution_sweep
 from headscope.analysis.patching.exact import patch_sweep
 from headscope.errors import InputError
-from tests.analysis.patching.conftest import make_pairs, tiny
+from tests.analysis.patching.conftest import logit_diff, make_pairs, tiny
 
 
 
@@ -73,3 +73,40 @@ def test_grad_drop_is_a_magnitude_with_the_sign_of_atp():
             assert abs(s.value - star.base) == pytest.approx(abs(a.value - atp.base), abs=1e-5)
     with pytest.raises(InputError, match="unknown attribution method"):
         attribution_sweep(model, pairs, "head", "ig")
+
+
+@pytest.mark.parametrize("arch", ["llama-gqa", "gemma", "sinks", "olmo2"])
+def test_atp_query_and_key_estimates_equal_a_full_backward(arch):
+    """AtP of a head's q (k) is (q_source - q_base) . dM/dq; q and k reach the output only through the head's
+    pattern, so a plain backward through the whole model, hooked at the q and k attention reads, is an
+    independent statement of it (soft-capping, windows and sinks included). A key is shared by its group:
+    the group's estimates add up to the shared key's."""
+    model, pairs = tiny(arch, seed=9), make_pairs(seed=9)
+    mask, real = pairs.clean.attention_mask, pairs.clean.attention_mask.bool()
+    L, H, group = model.cfg.n_layers, model.cfg.n_heads, model.cfg.n_heads // model.cfg.kv_heads
+    names = [f"blocks.{l}.attn.hook_rot_{n}" for l in range(L) for n in "qk"]
+    with torch.no_grad():
+        _, source = model.run_with_cache(pairs.corrupted.tokens, names_filter=names, attention_mask=mask)
+    kept = {}
+
+    def keep(x, hook):
+        kept[hook.name] = x
+        return x
+
+    leaf = ("blocks.0.hook_resid_pre", lambda x, hook: x.detach().requires_grad_())
+    with torch.enable_grad(), model.hooks([leaf] + [(n, keep) for n in names]):
+        logits = model(pairs.clean.tokens, attention_mask=mask)
+        total = logit_diff(logits, pairs).sum()
+    grads = dict(zip(names, torch.autograd.grad(total, [kept[n] for n in names])))
+    for which in "qk":
+        atp = attribution_sweep(model, pairs, which, "atp", n_bootstrap=10)
+        estimates = torch.tensor([e.value - atp.base for e in atp.effects]).reshape(L, H)
+        for layer in range(L):
+            name = f"blocks.{layer}.attn.hook_rot_{which}"
+            per_head = ((source[name] - kept[name].detach()) * grads[name])[real].sum(0).sum(-1) / len(pairs)
+            if which == "k":
+                estimates_layer = estimates[layer].reshape(-1, group).sum(1)
+            else:
+                estimates_layer = estimates[layer]
+            assert torch.allclose(estimates_layer, per_head, atol=1e-4, rtol=1e-4), (which, layer)
+            assert per_head.abs().max() > 1e-4  # the patches matter

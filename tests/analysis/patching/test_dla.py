@@ -45,3 +45,21 @@ def test_logit_lens_of_the_last_stream_is_the_model_output(arch):
     final_last = [e for e in lens.effects if e.layer == 2 and e.positions == (6,)][0]
     expected = logit_diff(model(pairs.clean.tokens), pairs).mean()
     assert final_last.value == pytest.approx(float(expected), abs=1e-4)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("arch", ["gemma", "olmo2"])
+def test_heads_through_the_norm_on_attention_output_add_up_to_the_layers_write(arch):
+    """With the norm on attention's output frozen at its scale, the heads' contributions of a layer add up to
+    what the layer's attention writes into the stream (hook_attn_out, read through the frozen final norm)."""
+    model, pairs = tiny(arch, seed=11), make_pairs(seed=11)
+    dla = direct_logit_attribution(model, pairs, "head", n_bootstrap=10)
+    names = [f"blocks.{l}.hook_attn_out" for l in range(2)] + ["ln_final.hook_scale"]
+    _, cache = model.run_with_cache(pairs.clean.tokens, names_filter=names, attention_mask=pairs.clean.attention_mask)
+    rows, last = torch.arange(4), pairs.clean.attention_mask.sum(1) - 1
+    direction = (model.W_U[:, pairs.answers] - model.W_U[:, pairs.wrongs]).T
+    for layer in range(2):
+        written = frozen_final_norm(model, cache[names[layer]][rows, last], cache["ln_final.hook_scale"][rows, last])
+        expected = float((written * direction).sum(-1).mean())
+        heads = sum(e.value for e in dla.effects if e.heads[0][0] == layer)
+        assert heads == pytest.approx(expected, abs=1e-4) and abs(expected) > 1e-3

@@ -29,7 +29,8 @@ def put(index):
     return edit
 
 
-@pytest.mark.parametrize("arch, denoise", [("gpt2", False), ("llama-gqa", True), ("neox", False), ("attn-only", True)])
+@pytest.mark.parametrize("arch, denoise", [("gpt2", False), ("llama-gqa", True), ("neox", False), ("attn-only", True),
+                                           ("gemma", False), ("sinks", True), ("olmo2", False)])
 def test_head_sweeps_equal_one_hooked_pass_per_head(arch, denoise):
     model, pairs = tiny(arch), make_pairs()
     L, H = model.cfg.n_layers, model.cfg.n_heads
@@ -53,7 +54,7 @@ def test_head_sweeps_equal_one_hooked_pass_per_head(arch, denoise):
     assert resid.position_grid(L, 7).shape == (L, 7)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "neox", "llama-gqa"])
+@pytest.mark.parametrize("arch", ["gpt2", "neox", "llama-gqa", "gemma", "sinks", "olmo2"])
 def test_input_and_pattern_sweeps_equal_patching_that_input_alone(arch):
     model, pairs = tiny(arch, seed=1), make_pairs(seed=1)
     group = model.cfg.n_heads // model.cfg.kv_heads
@@ -64,8 +65,11 @@ def test_input_and_pattern_sweeps_equal_patching_that_input_alone(arch):
             (l, h), = e.heads
             if site in ("k", "v") and group > 1:
                 continue  # a query head shares its key/value head: hooking hook_k would patch the whole group
+            # q and k as attention reads them: after QK-norm (OLMo 2 normalises all heads together, so a
+            # head's query before the norm is not its own) and RoPE
+            rot = "rot_" if model.cfg.positional == "rotary" else ""
             name = {"pattern": f"blocks.{l}.attn.hook_pattern", "v": f"blocks.{l}.attn.hook_v"}.get(
-                site, f"blocks.{l}.attn.hook_{site}")
+                site, f"blocks.{l}.attn.hook_{rot}{site}")
             index = (slice(None), h) if site == "pattern" else (slice(None), slice(None), h)
             assert e.value == pytest.approx(slow(model, pairs, name, put(index)), abs=1e-4), (site, l, h)
 

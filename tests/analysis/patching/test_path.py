@@ -28,7 +28,8 @@ def slow_path(model, pairs, senders, receivers, via, denoise=False):
         return z
 
     receivers = [receivers] if isinstance(receivers, tuple) else receivers
-    names = {f"blocks.{layer}.attn.hook_{via}" for layer, _ in receivers}
+    rot = "rot_" if via in "qk" and model.cfg.positional == "rotary" else ""  # as attention reads q and k
+    names = {f"blocks.{layer}.attn.hook_{rot}{via}" for layer, _ in receivers}
     last = max(layer for layer, _ in receivers)
     kept = {}
     model.run_with_hooks(base.tokens, fwd_hooks=[(z_name, freeze) for z_name in z_names[:last]]
@@ -49,26 +50,36 @@ def slow_path(model, pairs, senders, receivers, via, denoise=False):
 
 @torch.no_grad()
 def slow_direct(model, pairs, senders):
-    """The direct path by hand: each sender's per-head result (hook_result) difference added to the clean
-    final residual stream, then the final norm and the unembedding."""
+    """The direct path by hand: the change in each sender layer's attention output (read at hook_attn_out,
+    after any norm on it) when the senders' z come from the corrupted run, added to the clean final residual
+    stream, then the final norm and the unembedding."""
     mask = pairs.clean.attention_mask
     last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
-    names = [last] + [f"blocks.{l}.attn.hook_result" for l, _ in senders]
-    _, clean = model.run_with_cache(pairs.clean.tokens, names_filter=names, attention_mask=mask)
-    _, corrupted = model.run_with_cache(pairs.corrupted.tokens, names_filter=names, attention_mask=mask)
+    layers = sorted({l for l, _ in senders})
+    outs = [f"blocks.{l}.hook_attn_out" for l in layers]
+    _, clean = model.run_with_cache(pairs.clean.tokens, names_filter=[last] + outs, attention_mask=mask)
+    _, corrupted = model.run_with_cache(pairs.corrupted.tokens, names_filter=[f"blocks.{l}.attn.hook_z" for l in layers],
+                                        attention_mask=mask)
     resid = clean[last].clone()
-    for l, h in senders:
-        name = f"blocks.{l}.attn.hook_result"
-        resid += corrupted[name][:, :, h] - clean[name][:, :, h]
+    for layer, out in zip(layers, outs):
+        def put(z, hook, layer=layer):
+            z = z.clone()
+            for h in [h for l, h in senders if l == layer]:
+                z[:, :, h] = corrupted[hook.name][:, :, h]
+            return z
+
+        with model.hooks([(f"blocks.{layer}.attn.hook_z", put)]):
+            _, patched = model.run_with_cache(pairs.clean.tokens, names_filter=out, attention_mask=mask)
+        resid += patched[out] - clean[out]
     hidden = model.ln_final(resid) if model.cfg.final_norm else resid
     return float(logit_diff(model.unembed_hidden(hidden), pairs).mean())
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "neox", "attn-only", "llama-gqa"])
+@pytest.mark.parametrize("arch", ["gpt2", "neox", "attn-only", "llama-gqa", "gemma", "sinks", "olmo2"])
 def test_path_patching_equals_the_slow_construction(arch):
     model, pairs = tiny(arch, seed=4), make_pairs(seed=4)
     for via in ("q", "k", "v"):
-        if via != "q" and arch == "llama-gqa":
+        if via != "q" and model.cfg.kv_heads < model.cfg.n_heads:
             continue  # the slow construction hooks the shared key/value head; the fast one patches one query head
         receiver = (1, 2)
         sweep = path_patch_sweep(model, pairs, [receiver], via, n_bootstrap=10, max_memory=1)

@@ -1,0 +1,200 @@
+"""Head roles, each defined once: what scores it, which models it applies to, its null, threshold, evidence.
+
+A `Role` names how a head is scored, in exactly one of three ways:
+
+- `statistic`: a capture statistic (a name of `headscope.capture.statistics.STATISTICS`, or a `Statistic`
+  object), whose mean over the counted queries of the probe prompts is the score;
+- `entries`: a function of a `Batch` giving the entries of the pattern to add up per counted query, as an
+  `EntryPlan` or a (query, key) / (batch, query, key) bool detection pattern (what TransformerLens'
+  `detect_head` takes); the role's own statistic, named after it, is captured with the built-in ones;
+- `score`: a function `score(model, dataset)` of the model's weights or of the probe prompts, giving
+  (n_layers, n_heads) scores, or (n_prompts, n_layers, n_heads) per-prompt scores (then the score is
+  their mean and has a bootstrap interval, as captured ones have).
+
+Its `null` says what the score is judged against: "uniform" (a head attending uniformly over the keys it
+can see, computed exactly on the same queries; attention-mass roles only), "shuffled" (the same head on
+the probe prompts with their tokens shuffled within each prompt: for a captured role at the probe's own
+positions, for a score role its score on the shuffled prompts), or None (the threshold alone decides).
+`classify_heads`, the role table's JSON and CSV, its figure and the docs all read the roles registered
+here; `register_role` adds one, `unregister_role` takes it away. Adding a built-in role is one more entry
+in `BUILT_IN_ROLES`.
+
+References
+----------
+Olsson et al. (2022), "In-context Learning and Induction Heads", Transformer Circuits Thread.
+Xiao et al. (2024), "Efficient Streaming Language Models with Attention Sinks", ICLR.
+Wang et al. (2022), "Interpretability in the Wild: a Circuit for Indirect Object Identification in GPT-2
+small", arXiv:2211.00593 (duplicate-token heads).
+Clark et al. (2019), "What Does BERT Look At? An Analysis of BERT's Attention", BlackboxNLP.
+Kovaleva et al. (2019), "Revealing the Dark Secrets of BERT", EMNLP.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from headscope.capture.statistics import Batch, EntryPlan, Statistic, resolve_statistics
+from headscope.errors import InputError
+
+NULLS = ("uniform", "shuffled", None)
+NULL_TEXT = {"uniform": "uniform attention", "shuffled": "shuffled control, same positions", None: "no null"}
+AUTO = "auto"  # the default null: uniform for an attention mass, none for a score function
+
+
+@dataclass(frozen=True)
+class Role:
+    """One head role (see the module docstring): name, one of `statistic` / `entries` / `score`, `threshold`
+    (the minimum score; required), `null` ("uniform", "shuffled" or None; default: uniform for a captured
+    attention mass, None for a score function), `causal` / `encoder` (which models it applies to),
+    `evidence` (what the score measures, in words), `citation` (where the definition comes from) and
+    `copying` (check its candidates' direct effect on the copied token's logit, as induction does)."""
+
+    name: str
+    statistic: str | Statistic | None = None
+    entries: Callable[[Batch], EntryPlan | torch.Tensor] | None = None
+    score: Callable | None = None
+    threshold: float | None = None
+    null: str | None = AUTO
+    causal: bool = True
+    encoder: bool = True
+    evidence: str = ""
+    citation: str = ""
+    copying: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.isidentifier():
+            raise InputError(f"a role's name must be a Python identifier (it names JSON keys and CSV columns), "
+                             f"got {self.name!r}")
+        given = [kind for kind in ("statistic", "entries", "score") if getattr(self, kind) is not None]
+        if len(given) != 1:
+            raise InputError(f"role {self.name!r} needs exactly one of statistic, entries or score, got "
+                             f"{', '.join(given) or 'none'}")
+        if self.score is not None and not callable(self.score) or self.entries is not None and not callable(self.entries):
+            raise InputError(f"role {self.name!r}: {given[0]} must be a function")
+        if self.null == AUTO:
+            object.__setattr__(self, "null", None if self.score is not None else "uniform")
+        if self.null not in NULLS:
+            raise InputError(f"role {self.name!r}: null must be 'uniform', 'shuffled' or None, got {self.null!r}")
+        stat = self.capture_statistic
+        if self.null == "uniform" and (stat is None or stat.row is not None):
+            raise InputError(f"role {self.name!r}: a uniform null exists only for an attention mass (pairs of "
+                             "positions), not for a score function or a whole-row statistic")
+        if self.threshold is None:
+            raise InputError(f"role {self.name!r} has no threshold: give the minimum score a head needs")
+        check_threshold(self, self.threshold)
+
+    @property
+    def capture_statistic(self) -> Statistic | None:
+        """The statistic captured for this role (None for a score function)."""
+        if self.entries is not None:
+            return Statistic(self.name, self.entries, causal=self.causal, encoder=self.encoder)
+        if self.statistic is not None:
+            return resolve_statistics([self.statistic])[0]
+        return None
+
+    @property
+    def is_mass(self) -> bool:
+        """Whether the score is a fraction of attention, in [0, 1]."""
+        stat = self.capture_statistic
+        return stat is not None and stat.row is None
+
+    @property
+    def null_text(self) -> str:
+        """The null in words, as reasons and the JSON's meta say it."""
+        if self.null == "shuffled" and self.score is not None:
+            return "the same score on the shuffled control"
+        return NULL_TEXT[self.null]
+
+    def applies(self, causal: bool) -> bool:
+        """Whether the role applies to a causal (True) or bidirectional (False) model."""
+        return self.causal if causal else self.encoder
+
+    def describe(self) -> dict:
+        """The definition as JSON: what scores it, null, threshold, evidence, citation, models it applies to."""
+        source = ("statistic " + self.capture_statistic.name if self.statistic is not None
+                  else "detection pattern" if self.entries is not None else "score function")
+        return {"scored_by": source, "null": self.null_text, "threshold": self.threshold,
+                "applies_to": [kind for kind, ok in (("causal", self.causal), ("encoder", self.encoder)) if ok],
+                "evidence": self.evidence, "citation": self.citation}
+
+
+def check_threshold(role: Role, value) -> float:
+    """`value` as the role's threshold: a number, in [0, 1] for an attention mass; else one-line InputError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(f"threshold for {role.name} must be a finite number, got {value!r}")
+    if role.is_mass and not 0 <= value <= 1:
+        raise InputError(f"threshold for {role.name} must be a number in [0, 1] (an attention mass), got {value!r}")
+    return float(value)
+
+
+_REGISTRY: dict[str, Role] = {}
+
+
+def register_role(role: Role, *, replace: bool = False) -> Role:
+    """Add `role` to the roles `classify_heads` scores (after those already registered); returns it.
+
+    A second role of the same name is refused unless `replace` (which keeps the first one's place)."""
+    if not isinstance(role, Role):
+        raise InputError(f"register_role takes a Role, got {type(role).__name__}")
+    if role.name in _REGISTRY and not replace:
+        raise InputError(f"a role named {role.name!r} is already registered: unregister it first or pass replace=True")
+    _REGISTRY[role.name] = role
+    return role
+
+
+def unregister_role(name: str) -> Role:
+    """Remove the role `name` from the registry; returns it."""
+    return _REGISTRY.pop(get_role(name).name)
+
+
+def get_role(name: str) -> Role:
+    """The registered role `name`; an unknown name is an InputError listing the known ones."""
+    if name not in _REGISTRY:
+        raise InputError(f"unknown role {name!r}; roles: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def registered_roles(causal: bool | None = None) -> tuple[Role, ...]:
+    """Every registered role in registration order, or those that apply to a causal (True) or
+    bidirectional (False) model."""
+    return tuple(role for role in _REGISTRY.values() if causal is None or role.applies(causal))
+
+
+# Fractions of attention. 0.4 is "the largest single thing the head does" for a one-position role; the
+# sink and local roles gather mass over more keys (or from uniform heads early in a row), so they ask more.
+BUILT_IN_ROLES = (
+    Role("previous_token", statistic="previous_token", threshold=0.4,
+         evidence="attention on the previous real token", citation="Olsson et al. (2022)"),
+    Role("induction", statistic="induction", threshold=0.4, null="shuffled", copying=True,
+         evidence="attention on the token after an earlier occurrence of the current one",
+         citation="Olsson et al. (2022)"),
+    Role("duplicate_token", statistic="duplicate_token", threshold=0.4, null="shuffled",
+         evidence="attention on earlier occurrences of the current token", citation="Wang et al. (2022)"),
+    Role("attention_sink", statistic="attention_sink", threshold=0.6,
+         evidence="attention on position 0 (BOS / [CLS])", citation="Xiao et al. (2024)"),
+    Role("self", statistic="current_token", threshold=0.4, evidence="attention on the query's own position",
+         citation="Clark et al. (2019)"),
+    Role("local", statistic="local", threshold=0.6, evidence="attention on the 3 previous real positions",
+         citation="Kovaleva et al. (2019)"),
+    Role("next_token", statistic="next_token", threshold=0.4, causal=False,
+         evidence="attention on the next token (encoders)", citation="Clark et al. (2019)"),
+    Role("sep", statistic="sep", threshold=0.4, causal=False,
+         evidence="attention on the last real position, [SEP] (encoders)", citation="Clark et al. (2019)"),
+)
+for _role in BUILT_IN_ROLES:
+    register_role(_role)
+
+
+def role_catalogue(roles: tuple[Role, ...] | None = None) -> str:
+    """A markdown table of `roles` (default: every registered one): name, scored by, null, threshold,
+    models, evidence, source. docs/design.md holds the built-in roles' table; a test keeps it current."""
+    lines = ["| role | scored by | null | threshold | models | score: ... | source |", "|---|---|---|---|---|---|---|"]
+    for role in registered_roles() if roles is None else roles:
+        d = role.describe()
+        lines.append(f"| {role.name} | {d['scored_by']} | {d['null']} | {role.threshold:g} | "
+                     f"{', '.join(d['applies_to'])} | {role.evidence} | {role.citation} |")
+    return "\n".join(lines)
