@@ -342,8 +342,8 @@ def test_the_table_says_how_it_was_made(forced_table, forced_model):
     text = forced_table.to_json()
     assert text.startswith('{\n  "model": ') and "\n" not in forced_table.to_json(indent=None)
     row = json.loads(text)["results"][0]
-    assert set(row) == {"heads", "layer", "head", "scores", "roles", "intervals", "nulls", "reasons", "rejected",
-                        "copying"}
+    assert set(row) == {"heads", "layer", "head", "kv_group", "scores", "roles", "intervals", "nulls", "reasons",
+                        "rejected", "copying"}
 
 
 def test_a_nested_resume_folder_is_made_and_a_file_in_its_place_refused(forced_model, tmp_path):
@@ -382,17 +382,22 @@ def test_defaults_and_the_seed_reach_the_dataset_and_the_intervals():
 
 
 def test_copying_is_scored_for_heads_at_or_above_the_induction_threshold_of_a_model_with_logits():
+    from headscope.analysis.role_registry import get_role
     from headscope.analysis.roles import _copying_candidates
+
+    def candidates(model, induction, threshold):
+        return _copying_candidates(model, probe(2), (get_role("induction"),), {"induction": induction},
+                                   {"induction": threshold}, None)
 
     torch.manual_seed(5)
     model = HookedTransformer(dataclasses.replace(TINY_CONFIGS["attn-only"], d_vocab=VOCAB)).eval()
     induction = torch.zeros(2, 4, dtype=torch.float64)
     induction[1, 2], induction[0, 3] = 0.4, 0.39
-    scores = _copying_candidates(model, probe(2), induction, 0.4, None)
+    scores = candidates(model, induction, 0.4)
     assert set(scores) == {(1, 2)} and isinstance(scores[(1, 2)], float)
-    assert _copying_candidates(model, probe(2), induction, 0.5, None) == {}  # no candidate
+    assert candidates(model, induction, 0.5) == {}  # no candidate
     encoder = HookedTransformer(dataclasses.replace(TINY_CONFIGS["bert"], d_vocab=VOCAB)).eval()
-    assert _copying_candidates(encoder, probe(2), induction, 0.4, None) == {}  # no logits to copy into
+    assert candidates(encoder, induction, 0.4) == {}  # no logits to copy into
 
 
 def test_the_control_is_shuffled_with_the_classify_seed(forced_model):

@@ -39,15 +39,15 @@ def test_csv_rows_repr_and_html_of_a_table_written_by_hand():
     assert [h.name for h in table.with_role("induction")] == ["L1H1"]
     assert table.head(0, 1).top_score == float("-inf") and table.head(1, 1).top_score == 0.8
     assert table.to_csv() == (
-        "layer,head,name,roles,previous_token,previous_token_lo,previous_token_hi,previous_token_null,"
+        "layer,head,name,kv_group,roles,previous_token,previous_token_lo,previous_token_hi,previous_token_null,"
         "induction,induction_lo,induction_hi,induction_null,copying\n"
-        "0,0,L0H0,previous_token,0.9,0.85,0.9500000000000001,0.2,0.1,0.0,0.2,0.15,\n"
-        "0,1,L0H1,,0.25,0.2,0.3,0.2,0.5,0.4,0.6,0.15,\n"
-        "1,0,L1H0,,0.3,0.25,0.35,0.2,0.2,0.1,0.30000000000000004,0.15,\n"
-        "1,1,L1H1,induction,0.1,0.05,0.15000000000000002,0.2,0.8,0.7000000000000001,0.9,0.15,1.5\n")
+        "0,0,L0H0,,previous_token,0.9,0.85,0.9500000000000001,0.2,0.1,0.0,0.2,0.15,\n"
+        "0,1,L0H1,,,0.25,0.2,0.3,0.2,0.5,0.4,0.6,0.15,\n"
+        "1,0,L1H0,,,0.3,0.25,0.35,0.2,0.2,0.1,0.30000000000000004,0.15,\n"
+        "1,1,L1H1,,induction,0.1,0.05,0.15000000000000002,0.2,0.8,0.7000000000000001,0.9,0.15,1.5\n")
     assert RoleTable("tiny", 0, 0, (), {}).to_csv() == "layer,head\n"
     one = RoleTable("tiny", 1, 1, table.heads[:1], {})
-    assert one.to_csv().splitlines()[1] == "0,0,L0H0,previous_token,0.9,0.85,0.9500000000000001,0.2,0.1,0.0,0.2,0.15,"
+    assert one.to_csv().splitlines()[1] == "0,0,L0H0,,previous_token,0.9,0.85,0.9500000000000001,0.2,0.1,0.0,0.2,0.15,"
     assert table.held_rows() == [
         {"head": "L0H0", "role": "previous_token", "score": 0.9, "95% interval": [0.85, 0.9500000000000001], "null": 0.2},
         {"head": "L1H1", "role": "induction", "score": 0.8, "95% interval": [0.7000000000000001, 0.9], "null": 0.15},
@@ -89,9 +89,10 @@ def test_a_row_reads_back_with_what_it_left_out_empty():
 def test_judging_one_head_by_hand():
     """A score at the threshold counts; a lower end exactly at null + margin does not; reasons and the
     copying note say what was compared."""
+    from headscope.analysis.role_registry import get_role
     from headscope.analysis.roles import _judge
 
-    roles = ("previous_token", "induction", "self")
+    roles = tuple(get_role(name) for name in ("previous_token", "induction", "self"))
     grid = lambda value: torch.full((1, 1), value, dtype=torch.float64)  # noqa: E731
     scores = {"previous_token": grid(0.4), "induction": grid(0.9), "self": grid(0.6)}
     intervals = {"previous_token": (grid(0.375), grid(0.5)), "induction": (grid(0.8), grid(0.95)),
@@ -116,15 +117,17 @@ def test_judging_one_head_by_hand():
 
 
 def test_options_are_checked_by_their_limits():
-    from headscope.analysis.roles import CAUSAL_ROLES, DEFAULT_THRESHOLDS, _check_options
+    from headscope.analysis.role_registry import registered_roles
+    from headscope.analysis.roles import _check_options
 
+    CAUSAL_ROLES = registered_roles(causal=True)
     limits = _check_options({"induction": 0.0, "self": 1, "sep": 0.5}, 0.0, 10, CAUSAL_ROLES)
-    assert limits == {**{r: DEFAULT_THRESHOLDS[r] for r in CAUSAL_ROLES}, "induction": 0.0, "self": 1.0}
+    assert limits == {**{r.name: r.threshold for r in CAUSAL_ROLES}, "induction": 0.0, "self": 1.0}
     assert isinstance(limits["self"], float)  # "sep" is no role of a causal model: nothing to set
-    with pytest.raises(InputError, match="^unknown role 'x' in thresholds; roles: previous_token, induction, "):
+    with pytest.raises(InputError, match="^unknown role 'x'; roles: previous_token, induction, "):
         _check_options({"x": 0.5}, 0.0, 10, CAUSAL_ROLES)
     for bad in (-0.1, 1.5, "0.5"):
-        with pytest.raises(InputError, match="^threshold for self must be a number in"):
+        with pytest.raises(InputError, match="^threshold for self must be a "):
             _check_options({"self": bad}, 0.0, 10, CAUSAL_ROLES)
     _check_options(None, 0.999, 10, CAUSAL_ROLES)
     for bad in (1.0, -0.01, "0"):
@@ -217,5 +220,5 @@ def test_a_head_read_without_intervals_shows_empty_ends():
 
     bare = HeadRoles(0, 0, {"self": 0.9}, {}, {}, ("self",), {"self": "old file"})
     table = RoleTable("old", 1, 1, (bare,), {})
-    assert table.to_csv().splitlines()[1] == "0,0,L0H0,self,0.9,nan,nan,,"
+    assert table.to_csv().splitlines()[1] == "0,0,L0H0,,self,0.9,nan,nan,,"
     assert table.held_rows() == [{"head": "L0H0", "role": "self", "score": 0.9, "95% interval": [], "null": None}]
