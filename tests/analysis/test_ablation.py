@@ -2,13 +2,14 @@
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
 from tokenizers import Tokenizer as RustTokenizer
 from tokenizers import models, pre_tokenizers
 
-from headscope.analysis.ablation import AblationResult, ablate, sweep
+from headscope.analysis.ablation import AblationResult, Effect, ablate, sweep
 from headscope.analysis.metrics import METRICS, induction_loss_metric, logit_diff_metric
 from headscope.analysis.patching.pairs import pairs_dataset
 from headscope.capture.datasets import repeated_random_tokens
@@ -221,3 +222,207 @@ def test_gpu_sweep_equals_cpu_sweep(dataset):
     on_cpu = sweep(model, dataset, "mean", "induction-loss", n_bootstrap=20)
     on_gpu = sweep(model.to("cuda"), dataset, "mean", "induction-loss", n_bootstrap=20)
     assert [e.value for e in on_gpu.effects] == pytest.approx([e.value for e in on_cpu.effects], abs=1e-4)
+
+
+def _hand_loss(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean over prompts of each prompt's mean -log p(next token) over the real tokens predicted."""
+    per_prompt = []
+    for b in range(len(tokens)):
+        losses = [-float(logits[b, p].double().log_softmax(-1)[tokens[b, p + 1]])
+                  for p in range(tokens.shape[1] - 1) if mask[b, p + 1]]
+        per_prompt.append(sum(losses) / len(losses))
+    return sum(per_prompt) / len(per_prompt)
+
+
+@torch.no_grad()
+def test_mean_ablation_puts_the_mean_of_z_over_real_positions_in_its_place(dataset):
+    """The mean of z[:, :, head] over the real (non-padding) positions of every prompt, summed by hand, hooked
+    in at every position, gives the value `ablate` and `sweep` report; zero ablation gives another one."""
+    torch.manual_seed(11)
+    model = HookedTransformer(TINY_CONFIGS["gpt2"]).eval()
+    padded = dataset.subset([0, 1, 2, 3])
+    mask = torch.ones_like(padded.tokens)
+    mask[1, -4:] = 0  # padding, whose z must not enter the mean
+    mask[3, -2:] = 0
+    padded = dataclasses.replace(padded, attention_mask=mask)
+    layer, head = 1, 2
+    _, cache = model.run_with_cache(padded.tokens, attention_mask=mask)
+    z = cache[f"blocks.{layer}.attn.hook_z"][:, :, head]
+    total, count = torch.zeros(z.shape[-1], dtype=torch.float64), 0
+    for b in range(z.shape[0]):
+        for p in range(z.shape[1]):
+            if mask[b, p]:
+                total += z[b, p].double()
+                count += 1
+    assert count == mask.numel() - 6
+    by_hand = (total / count).float()
+    assert not torch.allclose(by_hand, z.mean((0, 1)), atol=1e-4)  # the padding would change the mean
+
+    def put_mean(z, hook):
+        z = z.clone()
+        z[:, :, head] = by_hand
+        return z
+
+    logits = model.run_with_hooks(padded.tokens, attention_mask=mask,
+                                  fwd_hooks=[(f"blocks.{layer}.attn.hook_z", put_mean)])
+    expected = _hand_loss(logits, padded.tokens, mask)
+    baseline = _hand_loss(model(padded.tokens, attention_mask=mask), padded.tokens, mask)
+    mean = ablate(model, padded, [(layer, head)], "mean", "loss", n_bootstrap=20)
+    assert mean.effects[0].value == pytest.approx(expected, abs=1e-5)
+    assert mean.baseline == pytest.approx(baseline, abs=1e-5)
+    assert mean.effects[0].delta == pytest.approx(expected - baseline, abs=1e-5)
+    swept = sweep(model, padded, "mean", "loss", n_bootstrap=20)
+    assert swept.effects[layer * 4 + head].heads == ((layer, head),)
+    assert swept.effects[layer * 4 + head].value == pytest.approx(expected, abs=1e-5)
+    zero = ablate(model, padded, [(layer, head)], "zero", "loss", n_bootstrap=20).effects[0]
+    assert abs(zero.value - expected) > 1e-4  # ten times the tolerance above (a tiny random model's head)
+
+
+@torch.no_grad()
+def test_resample_ablation_of_two_prompts_swaps_their_z(dataset):
+    """With two prompts the only derangement is the swap: each prompt's head output becomes the other's, at
+    the same positions. One prompt is refused (nothing else to take activations from)."""
+    torch.manual_seed(12)
+    model = HookedTransformer(TINY_CONFIGS["gpt2"]).eval()
+    two = dataset.subset([0, 3])
+    layer, head = 0, 1
+    _, cache = model.run_with_cache(two.tokens)
+    clean_z = cache[f"blocks.{layer}.attn.hook_z"][:, :, head]
+
+    def swap(z, hook):
+        z = z.clone()
+        z[:, :, head] = clean_z[[1, 0]]
+        return z
+
+    logits = model.run_with_hooks(two.tokens, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", swap)])
+    expected = _hand_loss(logits, two.tokens, torch.ones_like(two.tokens))
+    for seed in (0, 1, 2):
+        resampled = ablate(model, two, [(layer, head)], "resample", "loss", seed=seed, n_bootstrap=20).effects[0]
+        assert resampled.value == pytest.approx(expected, abs=1e-5)
+        assert abs(resampled.delta) > 1e-4
+    swept = sweep(model, two, "resample", "loss", n_bootstrap=20).effects[layer * 4 + head]
+    assert swept.value == pytest.approx(expected, abs=1e-5)
+    with pytest.raises(InputError, match="^resample ablation needs at least two prompts$"):
+        ablate(model, dataset.subset([2]), [(layer, head)], "resample")
+
+
+def test_a_result_with_missing_values_reads_back_from_its_json():
+    """Strict JSON writes NaN as null; reading it back gives NaN again, not an error."""
+    nan = float("nan")
+    result = AblationResult("m", "zero", "loss", 1.5, (Effect(((0, 1),), nan, nan, (nan, 0.25)),), {"seed": 0})
+    text = result.to_json()
+    assert json.loads(text)["results"][0]["delta"] is None
+    back = AblationResult.from_json(text).effects[0]
+    assert math.isnan(back.value) and math.isnan(back.delta) and math.isnan(back.ci[0]) and back.ci[1] == 0.25
+    assert back.heads == ((0, 1),)
+    grid = AblationResult.from_json(text).grid(2, 3)
+    assert grid.shape == (2, 3) and torch.isnan(grid).all()  # only L0H1 has an effect, and it is NaN
+
+
+def test_rows_repr_and_table_of_a_result_written_by_hand():
+    """Rows come largest |delta| first (whatever its sign), heads by name; the repr and the table say what
+    the result is without its tensors."""
+    effects = (Effect(((0, 1),), 2.0, 0.5, (0.25, 0.75)), Effect(((1, 0), (1, 3)), 1.0, -1.0, (-1.5, -0.5)),
+               Effect(((1, 2),), 1.4, -0.1, (-0.2, 0.0)))
+    result = AblationResult("tiny", "mean", "loss", 1.5, effects, {"seed": 0})
+    assert result.rows() == [
+        {"heads": "L1H0,L1H3", "value": 1.0, "delta": -1.0, "95% interval": [-1.5, -0.5]},
+        {"heads": "L0H1", "value": 2.0, "delta": 0.5, "95% interval": [0.25, 0.75]},
+        {"heads": "L1H2", "value": 1.4, "delta": -0.1, "95% interval": [-0.2, 0.0]},
+    ]
+    assert repr(result) == "AblationResult(model='tiny', method='mean', metric='loss', baseline=1.5, effects=3)"
+    page = result._repr_html_()
+    assert "<caption>tiny: mean ablation, loss baseline 1.5; largest changes first</caption>" in page
+    assert page.index("<td>L1H0,L1H3</td>") < page.index("<td>L0H1</td>") < page.index("<td>L1H2</td>")
+    grid = result.grid(2, 4)
+    assert grid[0, 1] == 0.5 and grid[1, 2] == pytest.approx(-0.1)
+    assert torch.isnan(grid[1, 0]) and int(torch.isnan(grid).sum()) == 6  # the pair is no single head
+
+
+@torch.no_grad()
+def test_an_encoder_is_ablated_and_swept_by_the_cosine_of_its_mean_pooled_embedding(dataset):
+    """An encoder has no logits: "cosine" (by name or as the Metric object) scores a run by the cosine of its
+    mean-pooled final hidden state (real positions only) to the clean run's, by hand here, padding masked in
+    every layer; a metric that reads logits is refused in one line."""
+    from headscope.analysis.metrics import COSINE
+
+    torch.manual_seed(13)
+    model = HookedTransformer(TINY_CONFIGS["bert"]).eval()
+    for block in model.blocks:
+        block.attn.W_O.mul_(50)  # random heads barely move a pooled embedding; these move it
+    data = dataset.subset([0, 1, 2])
+    mask = torch.ones_like(data.tokens)
+    mask[2, -5:] = 0
+    data = dataclasses.replace(data, attention_mask=mask)
+    clean = model(data.tokens, attention_mask=mask, return_type="hidden")
+
+    def by_hand(layer: int) -> float:
+        """The mean cosine with every head of `layer` zeroed."""
+        ablated = model.run_with_hooks(data.tokens, attention_mask=mask, return_type="hidden",
+                                       fwd_hooks=[(f"blocks.{layer}.attn.hook_z", lambda z, hook: torch.zeros_like(z))])
+        cosines = []
+        for b in range(len(data)):
+            n = int(mask[b].sum())
+            u, v = ablated[b, :n].double().mean(0), clean[b, :n].double().mean(0)
+            cosines.append(float(u @ v / (u.norm() * v.norm())))
+        return sum(cosines) / len(cosines)
+
+    expected = [by_hand(0), by_hand(1)]
+    heads = [(1, h) for h in range(4)]
+    for metric in ("cosine", COSINE):
+        result = ablate(model, data, heads, "zero", metric, n_bootstrap=20)
+        assert result.metric == "cosine" and result.baseline == pytest.approx(1.0, abs=1e-6)
+        assert result.effects[0].value == pytest.approx(expected[1], abs=1e-6)
+    by_layer = sweep(model, data, "zero", "cosine", by="layer", n_bootstrap=20)
+    assert [e.value for e in by_layer.effects] == pytest.approx(expected, abs=1e-6)
+    assert max(expected) < 0.99  # the ablations show (a cosine of 1 would hide a metric that ignores them)
+    message = ("^this metric reads next-token logits and this model \\(an encoder\\) has none: use the cosine "
+               "metric \\(similarity of the mean-pooled embedding to the clean run's\\)$")
+    for metric in ("loss", lambda *args: METRICS["loss"](*args)):
+        with pytest.raises(InputError, match=message):
+            ablate(model, data, heads, "zero", metric)
+
+
+def test_the_result_meta_says_what_was_run(dataset):
+    model = HookedTransformer(TINY_CONFIGS["attn-only"]).eval()
+    result = ablate(model, dataset, [(0, 0)], "zero", "loss", seed=5, n_bootstrap=20)
+    assert result.meta["dataset"] == "repeated-random" and result.meta["dataset_meta"] == dataset.meta
+    assert result.meta["n_prompts"] == 5 and result.meta["seq_len"] == dataset.tokens.shape[1] == 17
+    assert result.meta["seed"] == 5 and "headscope_version" in result.meta
+
+
+@torch.no_grad()
+def test_the_interval_is_the_seeded_percentile_bootstrap_of_the_per_prompt_changes(dataset):
+    """ci: 2.5th and 97.5th percentiles of the mean change over prompts resampled with replacement (the
+    seeded draws of `n_bootstrap` resamples), per-prompt losses by hand."""
+    torch.manual_seed(14)
+    model = HookedTransformer(TINY_CONFIGS["gpt2"]).eval()
+    layer, head = 0, 3
+
+    def zero(z, hook):
+        z = z.clone()
+        z[:, :, head] = 0
+        return z
+
+    ones = torch.ones_like(dataset.tokens)
+    ablated = model.run_with_hooks(dataset.tokens, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", zero)])
+    clean = model(dataset.tokens)
+    deltas = torch.tensor([_hand_loss(ablated[b:b + 1], dataset.tokens[b:b + 1], ones[b:b + 1])
+                           - _hand_loss(clean[b:b + 1], dataset.tokens[b:b + 1], ones[b:b + 1])
+                           for b in range(len(dataset))], dtype=torch.float64)
+    for seed in (0, 5):
+        draws = torch.randint(0, len(deltas), (300, len(deltas)), generator=torch.Generator().manual_seed(seed))
+        means = torch.stack([deltas[d].mean() for d in draws])
+        want = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64))
+        effect = ablate(model, dataset, [(layer, head)], "zero", "loss", seed=seed, n_bootstrap=300).effects[0]
+        assert effect.delta == pytest.approx(float(deltas.mean()), abs=1e-5)
+        assert effect.ci == pytest.approx((float(want[0]), float(want[1])), abs=1e-5)
+    assert effect.ci[0] < effect.ci[1]
+
+
+def test_an_empty_dataset_is_refused(dataset):
+    model = HookedTransformer(TINY_CONFIGS["attn-only"]).eval()
+    empty = dataclasses.replace(dataset, tokens=dataset.tokens[:0])
+    for run in (lambda: ablate(model, empty, [(0, 0)]), lambda: sweep(model, empty)):
+        with pytest.raises(InputError, match="^the dataset is empty$"):
+            run()

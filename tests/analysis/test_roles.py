@@ -156,7 +156,8 @@ def test_json_has_the_agreed_shape_and_round_trips(forced_table):
         assert all(isinstance(v, float) for v in row["scores"].values())
         assert all(isinstance(r, str) for r in row["roles"])
     assert RoleTable.from_json(forced_table.to_json()) == forced_table
-    legacy = {**data, "heads": data.pop("results")}  # headscope 0.1 wrote the rows under "heads"
+    rows = data.pop("results")
+    legacy = {**data, "heads": rows}  # headscope 0.1 wrote the rows under "heads"
     assert RoleTable.from_json(json.dumps(legacy)) == forced_table
     with pytest.raises(InputError, match="not a headscope role table"):
         RoleTable.from_json('{"model": "x"}')
@@ -220,7 +221,8 @@ def test_bad_input_is_a_clear_error(tmp_path):
         classify_heads(model, thresholds={"inductio": 0.5})
     with pytest.raises(InputError, match="threshold for induction must be a number in"):
         classify_heads(model, thresholds={"induction": 2})
-    with pytest.raises(InputError, match="HookedTransformer"):
+    with pytest.raises(InputError, match="^classify_heads needs a headscope HookedTransformer, got object: load it "
+                                         "with headscope.load_model$"):
         classify_heads(object())
 
 
@@ -316,3 +318,92 @@ def test_a_local_head_is_an_induction_head_only_within_its_window(forced_model, 
     assert ("induction" in induction.roles) == has_role, (induction.scores, induction.reasons)
     assert (induction.scores["induction"] > 0.95) == has_role
     assert table.head(0, 0).roles == ("previous_token", "local")  # one key back: inside every window
+
+
+def test_the_table_says_how_it_was_made(forced_table, forced_model):
+    meta = forced_table.meta
+    assert (forced_table.model, forced_table.n_layers, forced_table.n_heads) == (forced_model.name, 2, 4)
+    assert meta["dataset"] == "repeated-random" and meta["dataset_meta"] == probe().meta
+    assert (meta["seq_len"], meta["num_prompts"], meta["seed"]) == (2 * PERIOD + 1, 12, 0)
+    assert meta["thresholds"] == {"previous_token": 0.4, "induction": 0.4, "duplicate_token": 0.4,
+                                  "attention_sink": 0.6, "self": 0.4, "local": 0.6}
+    assert (meta["margin"], meta["n_bootstrap"], meta["confidence"]) == (0.05, 200, 0.95)
+    assert meta["nulls"] == {"previous_token": "uniform attention", "induction": "shuffled control, same positions",
+                             "duplicate_token": "shuffled control, same positions", "attention_sink": "uniform attention",
+                             "self": "uniform attention", "local": "uniform attention"}
+    # The positional nulls are the exact uniform-attention values, in float64.
+    assert forced_table.head(1, 2).nulls["previous_token"] == uniform_null(probe(), "previous_token", causal=True)
+    # Only the induction candidate (score above the induction threshold) gets a copying score, and its reason says it.
+    assert [h.name for h in forced_table.heads if h.copying is not None] == ["L0H1"]
+    copying = forced_table.head(0, 1).copying
+    verb = "raises" if copying > 0 else "does not raise"
+    assert forced_table.head(0, 1).reasons["induction"].endswith(
+        f"(shuffled control, same positions); {verb} the copied token's logit (direct effect {copying:+.2f})")
+    text = forced_table.to_json()
+    assert text.startswith('{\n  "model": ') and "\n" not in forced_table.to_json(indent=None)
+    row = json.loads(text)["results"][0]
+    assert set(row) == {"heads", "layer", "head", "kv_group", "scores", "roles", "intervals", "nulls", "reasons",
+                        "rejected", "copying"}
+
+
+def test_a_nested_resume_folder_is_made_and_a_file_in_its_place_refused(forced_model, tmp_path):
+    nested = tmp_path / "a" / "b"
+    with forced_model.hooks(forced_hooks()):
+        table = classify_heads(forced_model, probe(4), n_bootstrap=20, resume=nested)
+    assert nested.is_dir() and not any(nested.iterdir())  # the progress files are removed at the end
+    assert table.head(0, 0).roles == ("previous_token", "local")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(InputError, match=f"^cannot create the resume folder {blocker}: "):
+        classify_heads(forced_model, probe(4), n_bootstrap=20, resume=blocker)
+
+
+def test_to_frame_without_pandas_says_how_to_get_it(forced_table, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    with pytest.raises(ImportError, match=r"^RoleTable.to_frame needs pandas: pip install pandas \(or use to_csv / to_json\)$"):
+        forced_table.to_frame()
+
+
+def test_defaults_and_the_seed_reach_the_dataset_and_the_intervals():
+    """Without options: 16 repeated-random prompts of 64 tokens (62 in a context of 64), seed 0, 1000
+    resamples; a seed given is the one the intervals are drawn with (the capture's bootstrap of that seed)."""
+    torch.manual_seed(3)
+    model = HookedTransformer(TINY_CONFIGS["attn-only"]).eval()
+    table = classify_heads(model)
+    assert (table.meta["num_prompts"], table.meta["seq_len"], table.meta["seed"], table.meta["n_bootstrap"]) == \
+        (16, 62, 0, 1000)
+    data = probe(6)
+    seeded = classify_heads(model, data, seed=3, n_bootstrap=50)
+    low, high = bootstrap_interval(capture(model, data, ["previous_token"], progress=False), "previous_token", 50, seed=3)
+    assert seeded.head(1, 2).intervals["previous_token"] == (float(low[1, 2]), float(high[1, 2]))
+    assert low[1, 2] < high[1, 2]
+
+
+def test_copying_is_scored_for_heads_at_or_above_the_induction_threshold_of_a_model_with_logits():
+    from headscope.analysis.role_registry import get_role
+    from headscope.analysis.roles import _copying_candidates
+
+    def candidates(model, induction, threshold):
+        return _copying_candidates(model, probe(2), (get_role("induction"),), {"induction": induction},
+                                   {"induction": threshold}, None)
+
+    torch.manual_seed(5)
+    model = HookedTransformer(dataclasses.replace(TINY_CONFIGS["attn-only"], d_vocab=VOCAB)).eval()
+    induction = torch.zeros(2, 4, dtype=torch.float64)
+    induction[1, 2], induction[0, 3] = 0.4, 0.39
+    scores = candidates(model, induction, 0.4)
+    assert set(scores) == {(1, 2)} and isinstance(scores[(1, 2)], float)
+    assert candidates(model, induction, 0.5) == {}  # no candidate
+    encoder = HookedTransformer(dataclasses.replace(TINY_CONFIGS["bert"], d_vocab=VOCAB)).eval()
+    assert candidates(encoder, induction, 0.4) == {}  # no logits to copy into
+
+
+def test_the_control_is_shuffled_with_the_classify_seed(forced_model):
+    data = probe(4)
+    with forced_model.hooks(forced_hooks()):
+        table = classify_heads(forced_model, data, seed=7, n_bootstrap=20)
+        nulls = [float(capture(forced_model, shuffled_control(data, seed), ["induction"], plan_dataset=data,
+                               progress=False).mean("induction")[0, 1]) for seed in (7, 0)]
+    assert table.head(0, 1).nulls["induction"] == nulls[0] != nulls[1]
