@@ -164,18 +164,25 @@ def registered_roles(causal: bool | None = None) -> tuple[Role, ...]:
     return tuple(role for role in _REGISTRY.values() if causal is None or role.applies(causal))
 
 
+from headscope.analysis import sink_roles  # noqa: E402  (it builds on Role, defined above)
+
 # Fractions of attention. 0.4 is "the largest single thing the head does" for a one-position role; the
 # sink and local roles gather mass over more keys (or from uniform heads early in a row), so they ask more.
 BUILT_IN_ROLES = (
     Role("previous_token", statistic="previous_token", threshold=0.4,
          evidence="attention on the previous real token", citation="Olsson et al. (2022)"),
+    sink_roles.PREVIOUS_TOKEN_NORM,
     Role("induction", statistic="induction", threshold=0.4, null="shuffled", copying=True,
          evidence="attention on the token after an earlier occurrence of the current one",
          citation="Olsson et al. (2022)"),
+    sink_roles.INDUCTION_NORM,
     Role("duplicate_token", statistic="duplicate_token", threshold=0.4, null="shuffled",
          evidence="attention on earlier occurrences of the current token", citation="Wang et al. (2022)"),
     Role("attention_sink", statistic="attention_sink", threshold=0.6,
          evidence="attention on position 0 (BOS / [CLS])", citation="Xiao et al. (2024)"),
+    sink_roles.ATTENTION_SINK_NORM,
+    sink_roles.ATTENTION_SINK_GU,
+    sink_roles.DORMANT,
     Role("self", statistic="current_token", threshold=0.4, evidence="attention on the query's own position",
          citation="Clark et al. (2019)"),
     Role("local", statistic="local", threshold=0.6, evidence="attention on the 3 previous real positions",

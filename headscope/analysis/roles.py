@@ -269,9 +269,9 @@ def _judge(layer, head, roles: tuple[Role, ...], scores, intervals, nulls, limit
     Against a null the lower end of the interval must clear it by `margin` (the score itself when the
     role has no interval); with no null the threshold alone decides."""
     names = [r.name for r in roles]
-    s = {r: float(scores[r][layer, head]) for r in names}
-    iv = {r: (float(intervals[r][0][layer, head]), float(intervals[r][1][layer, head])) for r in names}
-    nu = {r: float(nulls[r][layer, head]) for r in names}
+    s = {r: _number(scores[r][layer, head]) for r in names}
+    iv = {r: (_number(intervals[r][0][layer, head]), _number(intervals[r][1][layer, head])) for r in names}
+    nu = {r: _number(nulls[r][layer, head]) for r in names}
     held, reasons, rejected = [], {}, {}
     copy = copying.get((layer, head))
     for role in roles:
@@ -291,6 +291,13 @@ def _judge(layer, head, roles: tuple[Role, ...], scores, intervals, nulls, limit
             rejected[name] = (f"{text} >= threshold {limits[name]:.2f}, but its {bound} is not above null "
                               f"{nu[name]:.2f} ({role.null_text}) + margin {margin:.2f}")
     return HeadRoles(layer, head, s, iv, nu, tuple(held), reasons, rejected, copy)
+
+
+def _number(value: torch.Tensor) -> float:
+    """A float, every NaN the one `math.nan` that `RoleTable.from_json` reads a null back as (NaN != NaN, so
+    a table with a no-null role would otherwise not equal its own JSON read back)."""
+    value = float(value)
+    return math.nan if math.isnan(value) else value
 
 
 def _copy_note(role: Role, copy: float | None) -> str:

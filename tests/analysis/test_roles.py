@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from headscope.analysis.role_registry import BUILT_IN_ROLES
 from headscope.analysis import RoleTable, bootstrap_interval, classify_heads, shuffled_control, uniform_null
 from headscope.capture import capture
 from headscope.capture.datasets import repeated_random_tokens
@@ -23,8 +24,13 @@ STRENGTH = 100.0
 #   H2 self, H3 duplicate token (the last earlier occurrence). Layer 1: H0 attends to BOS, the rest
 #   uniformly. H1 and H3 follow the tokens, read off the identity embedding, not the positions: a head
 #   that looked at fixed offsets would score as high on the shuffled control and get no role.
-EXPECTED = {(0, 0): ("previous_token", "local"), (0, 1): ("induction",), (0, 2): ("self",),
-            (0, 3): ("duplicate_token",), (1, 0): ("attention_sink",)}
+#   The norm-weighted variants follow (random values of comparable norms). H1 and H3 fall back on BOS where
+#   the token has no earlier occurrence, rows 0..PERIOD of 2 * PERIOD + 1: Gu's 0.3 makes them sinks too.
+GU_FALLBACK = (PERIOD + 1) / (2 * PERIOD + 1)
+EXPECTED = {(0, 0): ("previous_token", "previous_token_norm", "local"),
+            (0, 1): ("induction", "induction_norm", "attention_sink_gu"), (0, 2): ("self",),
+            (0, 3): ("duplicate_token", "attention_sink_gu"),
+            (1, 0): ("attention_sink", "attention_sink_norm", "attention_sink_gu")}
 
 
 def last_earlier_occurrence(row: list[int], i: int) -> int | None:
@@ -96,7 +102,8 @@ def test_forced_heads_get_exactly_their_roles(forced_table):
         for role in row.roles:
             lo, hi = row.intervals[role]
             assert lo <= row.scores[role] <= hi
-            assert row.scores[role] > 0.95
+            expected = GU_FALLBACK if role == "attention_sink_gu" and row.layer == 0 else 1.0
+            assert row.scores[role] == pytest.approx(expected, abs=0.05)
             assert row.reasons[role].startswith(f"{role} {row.scores[role]:.2f} [")
     induction = forced_table.head(0, 1)
     assert "(shuffled control, same positions)" in induction.reasons["induction"] and induction.nulls["induction"] < 0.2
@@ -106,7 +113,7 @@ def test_forced_heads_get_exactly_their_roles(forced_table):
 
 
 def test_a_head_may_hold_two_roles(forced_table):
-    assert set(forced_table.head(0, 0).roles) == {"previous_token", "local"}
+    assert set(forced_table.head(0, 0).roles) == {"previous_token", "previous_token_norm", "local"}
 
 
 def test_uniform_heads_score_their_null_and_get_nothing(forced_table):
@@ -134,10 +141,7 @@ def test_random_models_get_no_induction_role(tiny_model):
     table = classify_heads(tiny_model, seq_len=40, num_prompts=8, n_bootstrap=200)
     assert not table.with_role("induction")
     assert all("induction" not in h.roles for h in table.heads)
-    expected_roles = {"previous_token", "induction", "duplicate_token", "attention_sink", "self", "local"}
-    if not tiny_model.cfg.causal:
-        expected_roles |= {"next_token", "sep"}
-    assert set(table.roles) == expected_roles
+    assert set(table.roles) == {r.name for r in BUILT_IN_ROLES if r.applies(tiny_model.cfg.causal)}
     assert all(0 <= v <= 1 for h in table.heads for v in h.scores.values())
     assert all(h.copying is None for h in table.heads)
 
@@ -168,7 +172,7 @@ def test_csv_parses(forced_table):
     assert len(rows) == 8
     assert {"name", "roles", "induction", "induction_lo", "induction_hi", "self"} <= set(rows[0])
     by_name = {r["name"]: r for r in rows}
-    assert by_name["L0H0"]["roles"] == "previous_token;local"
+    assert by_name["L0H0"]["roles"] == ";".join(EXPECTED[(0, 0)])
     assert float(by_name["L0H1"]["induction"]) == forced_table.head(0, 1).scores["induction"]
 
 
@@ -317,7 +321,7 @@ def test_a_local_head_is_an_induction_head_only_within_its_window(forced_model, 
     induction = table.head(0, 1)
     assert ("induction" in induction.roles) == has_role, (induction.scores, induction.reasons)
     assert (induction.scores["induction"] > 0.95) == has_role
-    assert table.head(0, 0).roles == ("previous_token", "local")  # one key back: inside every window
+    assert table.head(0, 0).roles == EXPECTED[(0, 0)]  # one key back: inside every window
 
 
 def test_the_table_says_how_it_was_made(forced_table, forced_model):
@@ -325,12 +329,16 @@ def test_the_table_says_how_it_was_made(forced_table, forced_model):
     assert (forced_table.model, forced_table.n_layers, forced_table.n_heads) == (forced_model.name, 2, 4)
     assert meta["dataset"] == "repeated-random" and meta["dataset_meta"] == probe().meta
     assert (meta["seq_len"], meta["num_prompts"], meta["seed"]) == (2 * PERIOD + 1, 12, 0)
-    assert meta["thresholds"] == {"previous_token": 0.4, "induction": 0.4, "duplicate_token": 0.4,
-                                  "attention_sink": 0.6, "self": 0.4, "local": 0.6}
+    # The classic roles' thresholds and nulls, written out; every built-in role is there.
+    classic = {"previous_token": 0.4, "induction": 0.4, "duplicate_token": 0.4, "attention_sink": 0.6, "self": 0.4,
+               "local": 0.6}
+    assert {name: meta["thresholds"][name] for name in classic} == classic
+    assert set(meta["thresholds"]) == set(meta["nulls"]) == {role.name for role in BUILT_IN_ROLES if role.applies(True)}
     assert (meta["margin"], meta["n_bootstrap"], meta["confidence"]) == (0.05, 200, 0.95)
-    assert meta["nulls"] == {"previous_token": "uniform attention", "induction": "shuffled control, same positions",
-                             "duplicate_token": "shuffled control, same positions", "attention_sink": "uniform attention",
-                             "self": "uniform attention", "local": "uniform attention"}
+    assert {name: meta["nulls"][name] for name in classic} == {
+        "previous_token": "uniform attention", "induction": "shuffled control, same positions",
+        "duplicate_token": "shuffled control, same positions", "attention_sink": "uniform attention",
+        "self": "uniform attention", "local": "uniform attention"}
     # The positional nulls are the exact uniform-attention values, in float64.
     assert forced_table.head(1, 2).nulls["previous_token"] == uniform_null(probe(), "previous_token", causal=True)
     # Only the induction candidate (score above the induction threshold) gets a copying score, and its reason says it.
@@ -351,7 +359,7 @@ def test_a_nested_resume_folder_is_made_and_a_file_in_its_place_refused(forced_m
     with forced_model.hooks(forced_hooks()):
         table = classify_heads(forced_model, probe(4), n_bootstrap=20, resume=nested)
     assert nested.is_dir() and not any(nested.iterdir())  # the progress files are removed at the end
-    assert table.head(0, 0).roles == ("previous_token", "local")
+    assert table.head(0, 0).roles == EXPECTED[(0, 0)]
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(InputError, match=f"^cannot create the resume folder {blocker}: "):
