@@ -134,3 +134,13 @@ def test_bad_requests_are_one_line_errors(planted_model):
         model_needle_prompts(planted_model, 1, 1000, 4, 0)
     with pytest.raises(InputError, match="bidirectional"):
         retrieval_scores(build_tiny_model("bert"), context_len=40)
+
+
+@pytest.mark.real_model
+def test_smollm2_has_retrieval_heads_where_its_induction_heads_are(smollm2):
+    """experiments/head_roles/retrieval.md: at 1024 tokens L17H3 and L18H6 copy nearly every needle token;
+    a short context of 256 tokens finds them too, and most heads never point at the needle."""
+    result = retrieval_scores(smollm2, n_prompts=2, context_len=256, needle_len=8)
+    top = dict(result.top(4))
+    assert {"L17H3", "L18H6"} <= set(top) and min(top.values()) >= 0.5
+    assert int((result.scores >= THRESHOLD).sum()) < 0.1 * result.scores.numel()
