@@ -43,7 +43,8 @@ from dataclasses import dataclass
 
 import torch
 
-from headscope.analysis.ov_scores import effective_embeddings, ordinal_sequences, ov_circuit, ov_copying_scores
+from headscope.analysis.composition import reading_weights, writing_weights
+from headscope.analysis.ov_scores import effective_embeddings, folded_unembedding, ordinal_sequences, ov_copying_scores
 from headscope.analysis.ov_scores import successor_scores
 from headscope.analysis.patching.generate import ioi_records, single_token_names
 from headscope.analysis.role_registry import Role
@@ -130,14 +131,16 @@ def io_attention(model: HookedTransformer, prompts: Sequence[IOIPrompt]) -> torc
 def io_copy_hits(model: HookedTransformer, io_ids: Sequence[int], k: int = TOP_K) -> torch.Tensor:
     """(n_prompts, n_layers, n_heads) bool: Wang et al.'s copy test, whether each IO token is among the `k`
     largest logits of the whole vocabulary through each head's OV circuit from its effective embedding."""
-    vocab = list(range(model.cfg.d_vocab))
-    source = effective_embeddings(model, sorted(set(io_ids)))
-    row = {token: i for i, token in enumerate(sorted(set(io_ids)))}
-    wanted = torch.tensor([row[t] for t in io_ids])
+    names = sorted(set(io_ids))
+    source = effective_embeddings(model, names)  # (names, d_model)
+    # the whole-vocabulary unembedding folded once (not per layer); float32 suffices to rank logits
+    W_U = folded_unembedding(model, range(model.cfg.d_vocab)).float()
+    wanted = torch.tensor([names.index(t) for t in io_ids])
     layers = []
     for layer in range(model.cfg.n_layers):
-        top = ov_circuit(model, layer, vocab, source).topk(k, dim=-1).indices.cpu()  # (heads, names, k)
-        hit = (top == torch.tensor(sorted(set(io_ids)))[None, :, None]).any(-1)  # (heads, names)
+        W_V, W_O = reading_weights(model, layer)[2], writing_weights(model, layer)[1]
+        top = (((source @ W_V) @ W_O).float() @ W_U).topk(k, dim=-1).indices.cpu()  # (heads, names, k)
+        hit = (top == torch.tensor(names)[None, :, None]).any(-1)  # (heads, names)
         layers.append(hit[:, wanted].T)  # (prompts, heads)
     return torch.stack(layers, 1)
 
