@@ -51,7 +51,9 @@ class Role:
     (the minimum score; required), `null` ("uniform", "shuffled" or None; default: uniform for a captured
     attention mass, None for a score function), `causal` / `encoder` (which models it applies to),
     `evidence` (what the score measures, in words), `citation` (where the definition comes from) and
-    `copying` (check its candidates' direct effect on the copied token's logit, as induction does)."""
+    `copying` (check its candidates' direct effect on the copied token's logit, as induction does) and
+    `requires` (a function of the model, False when the role cannot be scored on it: no single-token names,
+    say; classify then leaves the role out)."""
 
     name: str
     statistic: str | Statistic | None = None
@@ -64,6 +66,7 @@ class Role:
     evidence: str = ""
     citation: str = ""
     copying: bool = False
+    requires: Callable | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.isidentifier():
@@ -112,6 +115,10 @@ class Role:
     def applies(self, causal: bool) -> bool:
         """Whether the role applies to a causal (True) or bidirectional (False) model."""
         return self.causal if causal else self.encoder
+
+    def available(self, model) -> bool:
+        """Whether the role applies to `model`: its kind (causal or encoder) and its `requires` check."""
+        return self.applies(model.cfg.causal) and (self.requires is None or bool(self.requires(model)))
 
     def describe(self) -> dict:
         """The definition as JSON: what scores it, null, threshold, evidence, citation, models it applies to."""
@@ -165,6 +172,7 @@ def registered_roles(causal: bool | None = None) -> tuple[Role, ...]:
 
 
 from headscope.analysis import sink_roles  # noqa: E402  (it builds on Role, defined above)
+from headscope.analysis.circuit_roles import CIRCUIT_ROLES  # noqa: E402 (it builds Role objects, defined above)
 
 # Fractions of attention. 0.4 is "the largest single thing the head does" for a one-position role; the
 # sink and local roles gather mass over more keys (or from uniform heads early in a row), so they ask more.
@@ -191,6 +199,7 @@ BUILT_IN_ROLES = (
          evidence="attention on the next token (encoders)", citation="Clark et al. (2019)"),
     Role("sep", statistic="sep", threshold=0.4, causal=False,
          evidence="attention on the last real position, [SEP] (encoders)", citation="Clark et al. (2019)"),
+    *CIRCUIT_ROLES,  # copying, negative_copying, successor, name_mover: headscope/analysis/circuit_roles.py
 )
 for _role in BUILT_IN_ROLES:
     register_role(_role)

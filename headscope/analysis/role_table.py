@@ -31,6 +31,10 @@ class HeadRoles:
     copying: float | None = None  # direct logit effect on the copied token (induction candidates only)
     kv_group: int | None = None  # the key/value head it reads (GQA: heads of one group share it); None: unknown
 
+    def __eq__(self, other: object) -> bool:
+        """Equal when their JSON rows are: a NaN (a score role's missing interval or null) equals a NaN."""
+        return isinstance(other, HeadRoles) and self.to_dict() == other.to_dict()
+
     @property
     def name(self) -> str:
         """The head's name, e.g. "L1H6"."""

@@ -102,7 +102,7 @@ def classify_heads(
     if not isinstance(model, HookedTransformer):
         raise InputError(f"classify_heads needs a headscope HookedTransformer, got {type(model).__name__}: "
                          "load it with headscope.load_model")
-    roles = registered_roles(model.cfg.causal)
+    roles = tuple(role for role in registered_roles(model.cfg.causal) if role.available(model))
     limits = _check_options(thresholds, margin, n_bootstrap, roles)
     dataset = _resolve_dataset(model, dataset, seq_len, num_prompts, seed)
     stages = {name: None if resume is None else Path(resume) / f"{name}.progress.safetensors"
