@@ -20,7 +20,9 @@
 
 All three families read the model's own pattern (`hook_pattern`, hence hooks, windows, soft-capping and
 padding as the model applies them) and its values (`hook_v`, one per key/value head, shared by the query
-heads of a GQA group). They are score roles: classify calls them on the probe prompts, a few at a time.
+heads of a GQA group). They are score roles: classify calls them on the probe prompts, a few at a time, each
+layer scored from a hook as its pattern is made, so memory holds one layer's pattern (not every layer's:
+at 8192 tokens SmolLM2's 30 layers of patterns would be 72 GB, one layer of one prompt is 2.4 GB).
 
 References
 ----------
@@ -34,7 +36,7 @@ Vector Norms", EMNLP.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 
@@ -46,7 +48,8 @@ GU_THRESHOLD = 0.3  # Gu et al.'s epsilon
 DORMANT_SINK_MASS = 0.3  # the first-token mass a dormant head needs (Gu's sink threshold)
 DORMANT_RELATIVE_NORM = 0.1  # its output norm relative to the layer's mean head output norm
 DORMANT_SHARE = 0.5  # dormant on at least half the prompts
-PROMPTS_AT_ONCE = 4  # prompts per forward pass: every layer's pattern of them is held at once
+PROMPTS_AT_ONCE = 4  # prompts per forward pass at most
+PATTERN_MEMORY = 256 * 2**20  # bytes of one layer's pattern of the prompts scored at once (one prompt at least)
 _TINY = 1e-12  # a row whose terms all have norm 0 stays 0 instead of NaN
 
 
@@ -56,31 +59,43 @@ def gu_sink_entries(batch: Batch) -> EntryPlan:
     return EntryPlan(b, i, torch.zeros_like(i), batch.real)
 
 
+def _terms(model, layer: int, pattern: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One layer's (pattern A (batch, head, query, key), value norms ||f_h(x_j)||_2 (batch, head, key), head
+    outputs o_h(i) = ||sum_j A[i, j] f_h(x_j)||_2 (batch, head, query)) from its pattern and hook_v."""
+    attn = model.blocks[layer].attn
+    v = v.repeat_interleave(attn.group_size, dim=2)  # GQA: query head h reads key/value head h // size
+    values = torch.einsum("bphd,hdm->bhpm", v.float(), attn.W_O.float())  # f_h(x_j), (batch, head, key, d_model)
+    outputs = torch.einsum("bhqk,bhkm->bhqm", pattern.float(), values).norm(dim=-1)
+    return pattern.float(), values.norm(dim=-1), outputs
+
+
 @torch.no_grad()
-def head_terms(model, dataset: TokenDataset) -> Iterator[tuple[slice, int, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """For each few prompts and each layer: (which prompts, layer, pattern A (batch, head, query, key),
-    value norms ||f_h(x_j)||_2 (batch, head, key), head outputs o_h(i) = ||sum_j A[i, j] f_h(x_j)||_2
-    (batch, head, query)), from one forward pass per few prompts."""
-    n_layers = model.cfg.n_layers
-    names = [f"blocks.{layer}.attn.{hook}" for layer in range(n_layers) for hook in ("hook_pattern", "hook_v")]
-    for rows, tokens, mask in dataset.batches(PROMPTS_AT_ONCE):
-        mask = None if mask is None else mask.to(model.device)
-        _, cache = model.run_with_cache(tokens.to(model.device), names_filter=names, attention_mask=mask)
-        for layer in range(n_layers):
-            attn = model.blocks[layer].attn
-            pattern = cache[f"blocks.{layer}.attn.hook_pattern"].float()
-            v = cache[f"blocks.{layer}.attn.hook_v"].repeat_interleave(attn.group_size, dim=2)  # GQA: h reads h // size
-            values = torch.einsum("bphd,hdm->bhpm", v.float(), attn.W_O.float())  # f_h(x_j), (batch, head, key, d_model)
-            outputs = torch.einsum("bhqk,bhkm->bhqm", pattern, values).norm(dim=-1)
-            yield rows, layer, pattern.cpu(), values.norm(dim=-1).cpu(), outputs.cpu()
-
-
 def _per_prompt(model, dataset: TokenDataset, score: Callable) -> torch.Tensor:
-    """(prompts, layers, heads): `score(pattern, value_norms, outputs, batch)` (batch, head) of every layer."""
-    result = torch.zeros(len(dataset), model.cfg.n_layers, model.cfg.n_heads, dtype=torch.float64)
-    for rows, layer, pattern, norms, outputs in head_terms(model, dataset):
-        batch = Batch(dataset.tokens[rows], dataset.real[rows], dataset.has_bos, model.cfg.causal)
-        result[rows, layer] = score(pattern, norms, outputs, batch).double()
+    """(prompts, layers, heads): `score(pattern, value_norms, outputs, batch)` (batch, head) of every layer.
+
+    Each layer is scored inside the forward pass, from a hook on its pattern, and its pattern let go before
+    the next layer's is made: one layer's pattern of a few prompts is held at a time, never every layer's."""
+    cfg = model.cfg
+    result = torch.zeros(len(dataset), cfg.n_layers, cfg.n_heads, dtype=torch.float64)
+    per_prompt = cfg.n_heads * dataset.tokens.shape[1] ** 2 * 4  # bytes of one layer's float32 pattern
+    at_once = max(1, min(PROMPTS_AT_ONCE, PATTERN_MEMORY // per_prompt))
+    for rows, tokens, mask in dataset.batches(at_once):
+        batch = Batch(dataset.tokens[rows], dataset.real[rows], dataset.has_bos, cfg.causal)
+        values: dict[int, torch.Tensor] = {}
+
+        def keep_v(v, hook):
+            values[int(hook.name.split(".")[1])] = v
+
+        def score_layer(pattern, hook, rows=rows, batch=batch):
+            layer = int(hook.name.split(".")[1])
+            terms = _terms(model, layer, pattern, values.pop(layer))
+            result[rows, layer] = score(*(t.cpu() for t in terms), batch).double()
+
+        hooks = [(f"blocks.{l}.attn.hook_{name}", fn) for l in range(cfg.n_layers)
+                 for name, fn in (("v", keep_v), ("pattern", score_layer))]
+        with model.hooks(hooks):
+            model(tokens.to(model.device), attention_mask=None if mask is None else mask.to(model.device),
+                  return_type=None)
     return result
 
 
