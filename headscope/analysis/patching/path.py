@@ -120,16 +120,23 @@ def _direct_values(model, prepared: Prepared, variants: list[Heads]) -> list[tor
     """The direct path: each sender set's change of output added to the base run's final residual stream."""
     last = model.cfg.n_layers - 1
     final = prepared.base.cache[f"blocks.{last}.hook_resid_post"]
+    raws: dict[int, torch.Tensor] = {}  # each sender layer's summed head output on the base run, made once
+
+    def raw(layer: int) -> torch.Tensor:
+        if layer not in raws:
+            attn = model.blocks[layer].attn
+            out = prepared.base.z(layer).flatten(2) @ attn.W_O.flatten(0, 1)
+            raws[layer] = out + attn.b_O if model.cfg.attn_out_bias else out
+        return raws[layer]
+
     values = []
     for senders in variants:
         resid = final.clone()
         for layer in sorted({l for l, _ in senders}):
-            attn = model.blocks[layer].attn
-            change = sum((prepared.source.z(layer)[:, :, h] - prepared.base.z(layer)[:, :, h]) @ attn.W_O[h]
+            W_O = model.blocks[layer].attn.W_O
+            change = sum((prepared.source.z(layer)[:, :, h] - prepared.base.z(layer)[:, :, h]) @ W_O[h]
                          for l, h in senders if l == layer)
-            raw = prepared.base.z(layer).flatten(2) @ attn.W_O.flatten(0, 1)
-            raw = raw + attn.b_O if model.cfg.attn_out_bias else raw
-            resid = resid + model.blocks[layer].attention_write_change(raw, change)
+            resid = resid + model.blocks[layer].attention_write_change(raw(layer), change)
         hidden = model.ln_final(resid) if model.cfg.final_norm else resid
         output = hidden if prepared.metric.reads == "hidden" else model.unembed_hidden(hidden)
         values.append(prepared.measure(model, output))
