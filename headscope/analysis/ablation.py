@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from headscope import distributed as distributed_run
 from headscope.analysis.intervals import bootstrap_interval
-from headscope.analysis.metrics import Metric, MetricFn, resolve_metric
+from headscope.analysis.metrics import Metric, MetricFn, check_metric_fits, resolve_metric
 from headscope.analysis.stacking import edit_hook, run_stacked, split_metric, variants_per_pass
 from headscope.capture.datasets import TokenDataset
 from headscope.errors import InputError
@@ -192,15 +192,16 @@ def _number(value) -> float:
 
 
 # ----- the public functions --------------------------------------------------------------------------------
-def _check(model, dataset, method, metric) -> None:
+def _check(model, dataset, method, metric) -> Metric:
+    """The metric resolved, after refusing an unknown method, an empty dataset or a metric the model cannot
+    give (logits of an encoder)."""
     if method not in METHODS:
         raise InputError(f"unknown ablation method {method!r}: use zero, mean or resample")
-    reads_hidden = metric == "cosine" or (isinstance(metric, Metric) and metric.reads == "hidden")
-    if not model.cfg.has_unembed and not reads_hidden:
-        raise InputError("this metric reads next-token logits and this model (an encoder) has none: use the cosine "
-                         "metric (similarity of the mean-pooled embedding to the clean run's)")
     if len(dataset) == 0:
         raise InputError("the dataset is empty")
+    chosen = resolve_metric(metric, dataset)
+    check_metric_fits(model, chosen)
+    return chosen
 
 
 def _meta(model, dataset, seed) -> dict:
@@ -212,10 +213,9 @@ def _meta(model, dataset, seed) -> dict:
 def ablate(model: HookedTransformer, dataset: TokenDataset, heads: Heads, method: str = "zero",
            metric: str | MetricFn = "loss", *, seed: int = 0, n_bootstrap: int = 1000) -> AblationResult:
     """The metric with all of `heads` ablated together, against the clean model."""
-    _check(model, dataset, method, metric)
+    chosen = _check(model, dataset, method, metric)
     if not heads:
         raise InputError("no heads to ablate")
-    chosen = resolve_metric(metric, dataset)
     layers = sorted({l for l, _ in heads})
     clean_output, _, replacements = _clean_pass(model, dataset, layers, method, seed, False, chosen.reads)
     tokens, real = dataset.tokens.to(model.device), dataset.real.to(model.device)
@@ -242,14 +242,13 @@ def ablate(model: HookedTransformer, dataset: TokenDataset, heads: Heads, method
 def knockout(model: HookedTransformer, dataset: TokenDataset, heads: Heads, key_positions: list[int],
              metric: str | MetricFn = "loss", *, seed: int = 0, n_bootstrap: int = 1000) -> AblationResult:
     """The metric when `heads` may no longer attend to `key_positions` (e.g. [0]: the BOS sink)."""
-    _check(model, dataset, "zero", metric)
+    chosen = _check(model, dataset, "zero", metric)
     if not heads or not key_positions:
         raise InputError("knockout needs heads and key positions")
     n_pos = dataset.tokens.shape[1]
     bad = [p for p in key_positions if not 0 <= p < n_pos]
     if bad:
         raise InputError(f"key position {bad[0]} is out of range for prompts of {n_pos} tokens")
-    chosen = resolve_metric(metric, dataset)
     tokens, real = dataset.tokens.to(model.device), dataset.real.to(model.device)
     mask = _mask(dataset, model)
     clean_output = model(tokens, attention_mask=mask, return_type=chosen.reads)
@@ -291,10 +290,9 @@ def sweep(model: HookedTransformer, dataset: TokenDataset, method: str = "zero",
     seconds); a rerun with the same model, prompts and options skips them. Removed at the end.
     progress: show a progress bar of this process's variants (rank 0's only, under several processes).
     """
-    _check(model, dataset, method, metric)
+    chosen = _check(model, dataset, method, metric)
     if by not in ("head", "layer"):
         raise InputError(f"sweep by {by!r}: use head or layer")
-    chosen = resolve_metric(metric, dataset)
     cfg = model.cfg
     clean_output, resid, replacements = _clean_pass(model, dataset, range(cfg.n_layers), method, seed, True,
                                                     chosen.reads)

@@ -69,11 +69,14 @@ class Metric:
     hidden states (and the clean run's, for metrics that compare with it),
     unembedding only the positions (for logit-diff, only the two vocabulary columns) that the metric reads.
     Ablation runs use it when it is there; most of a sweep's time otherwise goes into logits nobody reads.
+    `needs_logits`: whether it reads next-token logits (an encoder has none); False for a metric of the
+    hidden states alone, as the cosine metric.
     """
 
     name: str
     on_logits: MetricFn
     on_hidden: Callable[..., torch.Tensor] | None = None
+    needs_logits: bool = True
 
     def __call__(self, logits, tokens, real, clean_logits) -> torch.Tensor:
         return self.on_logits(logits, tokens, real, clean_logits)
@@ -166,6 +169,13 @@ def resolve_metric(metric: str | MetricFn | Metric, dataset: TokenDataset) -> Me
     return METRICS[metric]
 
 
+def check_metric_fits(model, metric: Metric) -> None:
+    """A one-line InputError when `metric` reads next-token logits and `model` (an encoder) has none."""
+    if metric.needs_logits and not model.cfg.has_unembed:
+        raise InputError(f"metric {metric.name!r} reads next-token logits and this model (an encoder) has none: "
+                         "use the cosine metric (similarity of the mean-pooled embedding to the clean run's)")
+
+
 # ----- prompt pairs and encoders ---------------------------------------------------------------------------
 PAIR_METRICS = ("logit-diff", "normalized-logit-diff", "answer-prob", "loss", "kl")
 
@@ -237,4 +247,5 @@ def _cosine(output, tokens, real, clean_output):
 
 # For a sentence encoder (no logits): the similarity of the mean-pooled embedding to the clean run's.
 COSINE = Metric("cosine", _cosine, lambda model, hidden, tokens, real, clean_hidden: _cosine(hidden, tokens, real,
-                                                                                             clean_hidden))
+                                                                                             clean_hidden),
+                needs_logits=False)

@@ -376,11 +376,14 @@ def test_an_encoder_is_ablated_and_swept_by_the_cosine_of_its_mean_pooled_embedd
     by_layer = sweep(model, data, "zero", "cosine", by="layer", n_bootstrap=20)
     assert [e.value for e in by_layer.effects] == pytest.approx(expected, abs=1e-6)
     assert max(expected) < 0.99  # the ablations show (a cosine of 1 would hide a metric that ignores them)
-    message = ("^this metric reads next-token logits and this model \\(an encoder\\) has none: use the cosine "
+    message = ("^metric '{}' reads next-token logits and this model \\(an encoder\\) has none: use the cosine "
                "metric \\(similarity of the mean-pooled embedding to the clean run's\\)$")
-    for metric in ("loss", lambda *args: METRICS["loss"](*args)):
-        with pytest.raises(InputError, match=message):
+    # by name, as the built-in Metric object (which can read hidden states, yet unembeds them) and as a callable
+    for metric, name in (("loss", "loss"), (METRICS["loss"], "loss"), (lambda *args: METRICS["loss"](*args), "<lambda>")):
+        with pytest.raises(InputError, match=message.format(name)):
             ablate(model, data, heads, "zero", metric)
+        with pytest.raises(InputError, match=message.format(name)):
+            sweep(model, data, "zero", metric)
 
 
 def test_the_result_meta_says_what_was_run(dataset):

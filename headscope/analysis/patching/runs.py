@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from headscope.analysis.metrics import COSINE, Metric, MetricFn, logit_diff_metric, pair_metric
+from headscope.analysis.metrics import COSINE, Metric, MetricFn, check_metric_fits, logit_diff_metric, pair_metric
 from headscope.analysis.patching.pairs import PromptPairs
 from headscope.errors import InputError
 from headscope.model.attention import allowed_keys
@@ -108,10 +108,10 @@ def check_pairs(model, pairs: PromptPairs) -> tuple[torch.Tensor | None, torch.T
 def resolve_pair_metric(model, pairs: PromptPairs, metric: str | MetricFn | Metric, clean_hidden, corrupted_hidden,
                         real) -> Metric:
     """A metric given by name (prompt-pair metrics, "cosine" for encoders), as a callable or a `Metric`."""
-    if isinstance(metric, Metric):
-        return metric
-    if callable(metric):
-        return Metric(getattr(metric, "__name__", "custom"), metric)
+    if isinstance(metric, Metric) or callable(metric):
+        chosen = metric if isinstance(metric, Metric) else Metric(getattr(metric, "__name__", "custom"), metric)
+        check_metric_fits(model, chosen)
+        return chosen
     if metric == "cosine" or not model.cfg.has_unembed:
         if metric != "cosine":
             raise InputError(f"this model (an encoder) has no logits for {metric!r}: use the cosine metric")

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from headscope.analysis.patching.exact import patch, patch_sweep
+from headscope.errors import InputError
 from tests.analysis.patching.conftest import logit_diff, make_pairs, tiny
 
 
@@ -126,3 +127,17 @@ def test_an_encoder_is_patched_and_ablated_by_the_cosine_of_its_pooled_embedding
     swept = sweep(model, data, "zero", "cosine", n_bootstrap=10)
     alone = ablate(model, data, [(1, 2)], "zero", "cosine", n_bootstrap=10).effects[0]
     assert swept.baseline == pytest.approx(1.0) and swept.effects[6].value == pytest.approx(alone.value, abs=1e-5)
+
+
+def test_an_encoder_refuses_a_logit_metric_in_one_line_whatever_form_it_takes():
+    """A metric reading next-token logits (by name, as the built-in Metric object, as a callable) is refused on
+    an encoder in one line naming the metric; the cosine metric is what an encoder gives."""
+    from headscope.analysis.metrics import METRICS, pair_metric
+
+    model, pairs = tiny("bert", seed=12), make_pairs(seed=12)
+    loss = pair_metric("loss", pairs.answers, pairs.wrongs)
+    for metric, words in (("loss", "has no logits for 'loss'"), (loss, "metric 'loss' reads next-token logits"),
+                          (METRICS["kl"], "metric 'kl' reads next-token logits"),
+                          (lambda *args: loss(*args), "metric '<lambda>' reads next-token logits")):
+        with pytest.raises(InputError, match=f"^this model \\(an encoder\\) {words}|^{words}"):
+            patch_sweep(model, pairs, "head", metric=metric, n_bootstrap=10)
