@@ -3,7 +3,7 @@
 Writes `retrieval.md` (top heads, time, peak memory per length) and `retrieval.json` (every head's score
 per length) beside this file:
 
-  python experiments/head_roles/retrieval.py [CONTEXT_LEN[:PROMPTS] ...]     (default: 1024:2 4096:1)
+  python experiments/head_roles/retrieval.py [CONTEXT_LEN[:PROMPTS] ...]     (default: 1024:2 4096:1 8192:1)
 
 Each length: PROMPTS prompts (default 4), needles of 16 copied tokens, seed 0 (`headscope.analysis.retrieval`). Peak memory
 is the process's peak resident set (ru_maxrss), read after each length; lengths run in increasing order,
@@ -25,6 +25,7 @@ from headscope.io import write_text_atomically
 
 HERE = Path(__file__).parent
 N_PROMPTS, NEEDLE_LEN = 4, 16  # prompts per length by default, copied tokens per needle
+NOTES_HEADING = "## Notes (by hand"
 INDUCTION_HEADS = ["L18H6", "L17H4", "L18H7", "L17H3", "L17H5", "L23H2"]  # classify's, README.md here
 
 
@@ -66,11 +67,19 @@ def write(requests: list[str], lengths: dict[int, int], runs: dict, loaded: floa
     lines += ["", "Only the copy-step rows of each layer's pattern are formed ((16, n) per head); the full "
               "patterns of all 30 layers x 9 heads would be 270 n^2 float32 values (4.5 GB at 2048 tokens, "
               "18 GB at 4096)."]
-    write_text_atomically(HERE / "retrieval.md", "\n".join(lines) + "\n")
+    notes = _hand_notes(HERE / "retrieval.md")
+    write_text_atomically(HERE / "retrieval.md", "\n".join(lines) + "\n" + notes)
     data = {str(length): json.loads(run["result"].to_json()) | {"seconds": run["seconds"],
                                                                "peak_rss_mib": run["peak_mib"]}
             for length, run in runs.items()}
     write_text_atomically(HERE / "retrieval.json", json.dumps(data, indent=1) + "\n")
 
+def _hand_notes(path: Path) -> str:
+    """The notes written by hand below the generated part (from NOTES_HEADING on), kept across reruns."""
+    text = path.read_text() if path.exists() else ""
+    at = text.find(NOTES_HEADING)
+    return "" if at < 0 else "\n" + text[at:]
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["1024:2", "4096:1"])
+    main(sys.argv[1:] or ["1024:2", "4096:1", "8192:1"])
