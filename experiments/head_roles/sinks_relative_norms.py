@@ -8,22 +8,16 @@ tokens, seed 0); prints how many heads are Gu sinks (first-token mass > 0.3) and
 
 import time
 
-import torch
-
 import headscope
-from headscope.analysis.sink_roles import DORMANT_RELATIVE_NORM, GU_THRESHOLD, head_terms
+from headscope.analysis.sink_roles import DORMANT_RELATIVE_NORM, GU_THRESHOLD, sink_scores
 from headscope.capture.datasets import dataset_for_model
 
 start = time.time()
 model = headscope.load_model("smollm2-135m")
 dataset = dataset_for_model(model, "repeated-random", seq_len=64, num_prompts=8, seed=0)
-mass = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
-relative = torch.zeros_like(mass)
-for rows, layer, pattern, norms, outputs in head_terms(model, dataset):  # nothing is padded here
-    mass[layer] += pattern[..., 0].mean(-1).sum(0)  # Gu's alpha: every query, row 0 included
-    mean_output = outputs.mean(-1)  # (prompts, heads)
-    relative[layer] += (mean_output / mean_output.mean(1, keepdim=True)).sum(0)
-mass, relative = mass / len(dataset), relative / len(dataset)
+scores = sink_scores(model, dataset)  # per prompt; nothing is padded here
+mass = scores["first_token_mass"].mean(0)  # Gu's alpha: every query, row 0 included
+relative = scores["relative_output_norm"].mean(0)  # mean output norm over the layer's mean head's
 sinks = mass > GU_THRESHOLD
 print(f"{time.time() - start:.0f} s; {int(sinks.sum())} Gu sinks; their relative output norm: min "
       f"{relative[sinks].min():.3f}, median {relative[sinks].median():.3f} (dormant below {DORMANT_RELATIVE_NORM})")

@@ -9,7 +9,8 @@ A `Role` names how a head is scored, in exactly one of three ways:
   `detect_head` takes); the role's own statistic, named after it, is captured with the built-in ones;
 - `score`: a function `score(model, dataset)` of the model's weights or of the probe prompts, giving
   (n_layers, n_heads) scores, or (n_prompts, n_layers, n_heads) per-prompt scores (then the score is
-  their mean and has a bootstrap interval, as captured ones have).
+  their mean and has a bootstrap interval, as captured ones have). Roles whose scores come out of one
+  computation (one forward pass) share it through `SharedScore`: `classify_heads` runs it once.
 
 Its `null` says what the score is judged against: "uniform" (a head attending uniformly over the keys it
 can see, computed exactly on the same queries; attention-mass roles only), "shuffled" (the same head on
@@ -127,6 +128,19 @@ class Role:
         return {"scored_by": source, "null": self.null_text, "threshold": self.threshold,
                 "applies_to": [kind for kind, ok in (("causal", self.causal), ("encoder", self.encoder)) if ok],
                 "evidence": self.evidence, "citation": self.citation}
+
+
+@dataclass(frozen=True)
+class SharedScore:
+    """A role's score function that is one part of a joint computation: `joint(model, dataset)` returns a dict
+    of scores by part, all from one pass over the prompts, and calling the SharedScore returns its `part`.
+    `classify_heads` runs each joint function once per dataset and call, and hands every role its part."""
+
+    joint: Callable
+    part: str
+
+    def __call__(self, model, dataset) -> torch.Tensor:
+        return self.joint(model, dataset)[self.part]
 
 
 def check_threshold(role: Role, value) -> float:

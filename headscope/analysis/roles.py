@@ -41,7 +41,7 @@ import torch
 
 from headscope import distributed as distributed_run
 from headscope.analysis import intervals
-from headscope.analysis.role_registry import Role, check_threshold, get_role, registered_roles
+from headscope.analysis.role_registry import Role, SharedScore, check_threshold, get_role, registered_roles
 from headscope.analysis.role_table import HeadRoles, RoleTable
 from headscope.capture.datasets import TokenDataset, dataset_for_model, fit_seq_len
 from headscope.capture.engine import capture
@@ -156,6 +156,7 @@ def _evidence(model, dataset: TokenDataset, roles: tuple[Role, ...], stages: dic
     control = _capture_for(model, control_data, [r.capture_statistic for r in captured if r.null == "shuffled"],
                            stages["control"], options, plan_dataset=dataset)
     scores, intervals, nulls = {}, {}, {}
+    joint: dict = {"probe": {}, "control": {}}  # each SharedScore's joint result, per dataset, in this call only
     shape = (model.cfg.n_layers, model.cfg.n_heads)
     for role in roles:
         if role.score is None:
@@ -164,8 +165,9 @@ def _evidence(model, dataset: TokenDataset, roles: tuple[Role, ...], stages: dic
             intervals[role.name] = bootstrap_interval(probe, stat, n_bootstrap, seed)
             null = control.mean(stat) if role.null == "shuffled" else None
         else:
-            scores[role.name], intervals[role.name] = _scored(role, model, dataset, n_bootstrap, seed)
-            null = _scored(role, model, control_data, n_bootstrap, seed)[0] if role.null == "shuffled" else None
+            scores[role.name], intervals[role.name] = _scored(role, model, dataset, n_bootstrap, seed, joint["probe"])
+            null = (_scored(role, model, control_data, n_bootstrap, seed, joint["control"])[0]
+                    if role.null == "shuffled" else None)
         if role.null == "uniform":
             null = torch.full(shape, uniform_null(dataset, role.capture_statistic, model.cfg.causal), dtype=torch.float64)
         nulls[role.name] = torch.full(shape, math.nan, dtype=torch.float64) if null is None else null
@@ -179,10 +181,19 @@ def _capture_for(model, dataset, stats: list, resume, options: dict, plan_datase
     return capture(model, dataset, stats, plan_dataset=plan_dataset, resume=resume, **options)
 
 
-def _scored(role: Role, model, dataset: TokenDataset, n_bootstrap: int, seed: int) -> tuple[torch.Tensor, tuple]:
-    """A score role's (n_layers, n_heads) scores and interval ends (NaN unless it scores each prompt)."""
+def _scored(role: Role, model, dataset: TokenDataset, n_bootstrap: int, seed: int,
+            joint: dict) -> tuple[torch.Tensor, tuple]:
+    """A score role's (n_layers, n_heads) scores and interval ends (NaN unless it scores each prompt). A
+    `SharedScore`'s joint computation runs once per `joint` dict (one dataset of one call) and is kept there."""
     shape = (model.cfg.n_layers, model.cfg.n_heads)
-    values = torch.as_tensor(role.score(model, dataset), dtype=torch.float64).cpu()
+    score = role.score
+    if isinstance(score, SharedScore):
+        if score.joint not in joint:
+            joint[score.joint] = score.joint(model, dataset)
+        values = joint[score.joint][score.part]
+    else:
+        values = score(model, dataset)
+    values = torch.as_tensor(values, dtype=torch.float64).cpu()
     if values.shape == shape:
         return values, (torch.full(shape, math.nan, dtype=torch.float64),) * 2
     if values.dim() == 3 and values.shape[1:] == shape and values.shape[0] == len(dataset):

@@ -18,11 +18,22 @@
   statistics of the same names, computed on N_h[i, j] = ||A_h[i, j] f_h(x_j)||_2 normalised over the keys
   of row i instead of on A_h[i, j]; a head that attends to BOS whose value there is tiny scores low.
 
-All three families read the model's own pattern (`hook_pattern`, hence hooks, windows, soft-capping and
-padding as the model applies them) and its values (`hook_v`, one per key/value head, shared by the query
-heads of a GQA group). They are score roles: classify calls them on the probe prompts, a few at a time, each
-layer scored from a hook as its pattern is made, so memory holds one layer's pattern (not every layer's:
-at 8192 tokens SmolLM2's 30 layers of patterns would be 72 GB, one layer of one prompt is 2.4 GB).
+How they are computed. `sink_scores` makes every one of these per-prompt scores from ONE forward pass per
+few prompts, without the layers' (head, query, key) patterns: hooks keep each layer's queries and keys (as
+the scores read them: after QK-norm and RoPE) and values, and at the layer's `hook_z` the layer is scored a
+chunk of query rows at a time, each chunk's pattern made by `Attention.pattern_rows` (the explicit path's
+own soft-capping, window, causal and padding masks and sink column), sized so a chunk's float32
+temporaries fit in `PATTERN_MEMORY`; then the layer's tensors are let go. No hook on a pattern or score is
+added, so the model stays on its fused path (soft-capped models excepted: they have no fused path). Where
+someone else's hook edits a layer's scores or pattern, the pattern the model then uses is read at
+`hook_pattern` instead (it is formed anyway), so the scores follow the model as it ran. A head's output
+norm o_h(i) = ||z_h(i) W_O^h|| comes from `hook_z`, its value norms ||f_h(x_j)|| from `hook_v` (one per
+key/value head, shared by the query heads of a GQA group).
+
+Each role's score function is a `SharedScore` part of `sink_scores`: called alone it runs the pass and
+returns its part; `classify_heads` runs each joint function once per dataset in a call and hands every
+role its part. That memo is a local dict of one classify call, so no cache outlives the model and prompts
+it was computed from (a global cache keyed on object ids could hand a later call a stale result).
 
 References
 ----------
@@ -36,20 +47,21 @@ Vector Norms", EMNLP.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
-from headscope.analysis.role_registry import Role
+from headscope.analysis.role_registry import Role, SharedScore
 from headscope.capture.datasets import TokenDataset
 from headscope.capture.statistics import Batch, EntryPlan, make_plans
+from headscope.errors import InputError
 
 GU_THRESHOLD = 0.3  # Gu et al.'s epsilon
 DORMANT_SINK_MASS = 0.3  # the first-token mass a dormant head needs (Gu's sink threshold)
 DORMANT_RELATIVE_NORM = 0.1  # its output norm relative to the layer's mean head output norm
 DORMANT_SHARE = 0.5  # dormant on at least half the prompts
+NORM_STATISTICS = ("previous_token", "attention_sink", "induction")  # built-in statistics norm-weighted here
 PROMPTS_AT_ONCE = 4  # prompts per forward pass at most
-PATTERN_MEMORY = 256 * 2**20  # bytes of one layer's pattern of the prompts scored at once (one prompt at least)
+PATTERN_MEMORY = 256 * 2**20  # bytes of one chunk of pattern rows' float32 temporaries (one row at least)
+_CHUNK_COPIES = 4  # a chunk's temporaries alive at once: scores, masked scores, pattern, weighted pattern
 _TINY = 1e-12  # a row whose terms all have norm 0 stays 0 instead of NaN
 
 
@@ -59,93 +71,143 @@ def gu_sink_entries(batch: Batch) -> EntryPlan:
     return EntryPlan(b, i, torch.zeros_like(i), batch.real)
 
 
-def _terms(model, layer: int, pattern: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One layer's (pattern A (batch, head, query, key), value norms ||f_h(x_j)||_2 (batch, head, key), head
-    outputs o_h(i) = ||sum_j A[i, j] f_h(x_j)||_2 (batch, head, query)) from its pattern and hook_v."""
-    attn = model.blocks[layer].attn
-    v = v.repeat_interleave(attn.group_size, dim=2)  # GQA: query head h reads key/value head h // size
-    values = torch.einsum("bphd,hdm->bhpm", v.float(), attn.W_O.float())  # f_h(x_j), (batch, head, key, d_model)
-    outputs = torch.einsum("bhqk,bhkm->bhqm", pattern.float(), values).norm(dim=-1)
-    return pattern.float(), values.norm(dim=-1), outputs
-
-
 @torch.no_grad()
-def _per_prompt(model, dataset: TokenDataset, score: Callable) -> torch.Tensor:
-    """(prompts, layers, heads): `score(pattern, value_norms, outputs, batch)` (batch, head) of every layer.
+def sink_scores(model, dataset: TokenDataset, memory: int = PATTERN_MEMORY) -> dict[str, torch.Tensor]:
+    """Every per-prompt score of this module's roles, from one forward pass per `PROMPTS_AT_ONCE` prompts.
 
-    Each layer is scored inside the forward pass, from a hook on its pattern, and its pattern let go before
-    the next layer's is made: one layer's pattern of a few prompts is held at a time, never every layer's."""
+    By name, (prompts, layers, heads) float64 each: "dormant" (1 or 0), what it is judged on,
+    "first_token_mass" (Gu's alpha on the prompt) and "relative_output_norm" (the head's mean output norm
+    over the layer's mean head's), and "previous_token_norm", "attention_sink_norm", "induction_norm" (these
+    three (layers, heads), the mean over the prompts that have counted queries, where some prompt has none).
+    `memory`: bytes for one chunk of pattern rows' float32 temporaries; a chunk has one row at least."""
     cfg = model.cfg
-    result = torch.zeros(len(dataset), cfg.n_layers, cfg.n_heads, dtype=torch.float64)
-    per_prompt = cfg.n_heads * dataset.tokens.shape[1] ** 2 * 4  # bytes of one layer's float32 pattern
-    at_once = max(1, min(PROMPTS_AT_ONCE, PATTERN_MEMORY // per_prompt))
-    for rows, tokens, mask in dataset.batches(at_once):
-        batch = Batch(dataset.tokens[rows], dataset.real[rows], dataset.has_bos, cfg.causal)
-        values: dict[int, torch.Tensor] = {}
-
-        def keep_v(v, hook):
-            values[int(hook.name.split(".")[1])] = v
-
-        def score_layer(pattern, hook, rows=rows, batch=batch):
-            layer = int(hook.name.split(".")[1])
-            terms = _terms(model, layer, pattern, values.pop(layer))
-            result[rows, layer] = score(*(t.cpu() for t in terms), batch).double()
-
-        hooks = [(f"blocks.{l}.attn.hook_{name}", fn) for l in range(cfg.n_layers)
-                 for name, fn in (("v", keep_v), ("pattern", score_layer))]
-        with model.hooks(hooks):
+    sums: dict[str, list] = {}
+    counts: dict[str, list] = {}
+    for rows, tokens, mask in dataset.batches(PROMPTS_AT_ONCE):
+        one = _Pass(model, Batch(dataset.tokens[rows], dataset.real[rows], dataset.has_bos, cfg.causal), memory)
+        with model.hooks(one.hooks()):
             model(tokens.to(model.device), attention_mask=None if mask is None else mask.to(model.device),
                   return_type=None)
-    return result
+        for name, value in one.sums.items():
+            sums.setdefault(name, []).append(value.cpu())
+            counts.setdefault(name, []).append(one.counts[name].double())
+    means = {name: torch.cat(sums[name]) / torch.cat(counts[name])[:, None, None] for name in sums}
+    mass, output = means["first_token_mass"], means["output_norm"]
+    relative = output / output.mean(2, keepdim=True).clamp(min=_TINY)  # against the layer's mean head
+    scores = {"first_token_mass": mass, "relative_output_norm": relative,
+              "dormant": ((mass > DORMANT_SINK_MASS) & (relative < DORMANT_RELATIVE_NORM)).double()}
+    for stat in NORM_STATISTICS:
+        values = means[stat]
+        if values.isnan().any():  # a prompt with no counted query: the mean over those that have some
+            values = values.nan_to_num(0.0).sum(0) / (~values.isnan()).sum(0).clamp(min=1)
+        scores[f"{stat}_norm"] = values
+    return scores
 
 
-def _plan_mean(weights: torch.Tensor, plan: EntryPlan) -> torch.Tensor:
-    """(batch, head): the sum of `weights` (batch, head, query, key) over the plan's entries of each prompt,
-    over the prompt's counted queries (NaN where it has none)."""
-    picked = weights[plan.batch_idx, :, plan.query_idx, plan.key_idx]  # (entries, head)
-    sums = torch.zeros(weights.shape[:2], dtype=weights.dtype).index_add_(0, plan.batch_idx, picked)
-    return sums / plan.queries.sum(1, keepdim=True).to(weights.dtype)
+def _qk_names(cfg, layer: int) -> tuple[str, str]:
+    """The hooks carrying a layer's queries and keys as the scores read them: after RoPE, else after QK-norm."""
+    prefix = f"blocks.{layer}.attn."
+    if cfg.positional == "rotary":
+        return prefix + "hook_rot_q", prefix + "hook_rot_k"
+    if cfg.qk_norm != "none":
+        return prefix + "q_norm.hook_normalized", prefix + "k_norm.hook_normalized"
+    return prefix + "hook_q", prefix + "hook_k"
 
 
-def _gu_mass(pattern: torch.Tensor, batch: Batch) -> torch.Tensor:
-    return _plan_mean(pattern, gu_sink_entries(batch))
+def _head_norms(x: torch.Tensor, W_O: torch.Tensor, memory: int) -> torch.Tensor:
+    """(batch, head, pos): ||x_h(p) W_O^h||_2 of x (batch, pos, head, d_head), a few positions at a time so
+    that the (batch, head, positions, d_model) products fit in `memory` bytes."""
+    batch, n_pos, heads, _ = x.shape
+    step = max(1, memory // (batch * heads * W_O.shape[-1] * 4))
+    return torch.cat([torch.einsum("bphd,hdm->bhpm", x[:, start : start + step].float(), W_O).norm(dim=-1)
+                      for start in range(0, n_pos, step)], dim=-1)
 
 
-def _dormant(pattern: torch.Tensor, norms: torch.Tensor, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
-    real = batch.real[:, None, :].to(outputs.dtype)  # (batch, 1, query)
-    mean_output = (outputs * real).sum(-1) / real.sum(-1)  # (batch, head)
-    relative = mean_output / mean_output.mean(1, keepdim=True).clamp(min=_TINY)
-    return ((_gu_mass(pattern, batch) > DORMANT_SINK_MASS) & (relative < DORMANT_RELATIVE_NORM)).double()
+def _in_rows(plan: EntryPlan, rows: range, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The plan's entries whose query is in `rows`: (prompt, query - rows.start, key) on `device`."""
+    inside = (plan.query_idx >= rows.start) & (plan.query_idx < rows.stop)
+    return tuple(t.to(device) for t in (plan.batch_idx[inside], plan.query_idx[inside] - rows.start,
+                                         plan.key_idx[inside]))
 
 
-def dormant_scores(model, dataset: TokenDataset) -> torch.Tensor:
-    """(prompts, layers, heads): 1 where the head is dormant on the prompt (module docstring), else 0."""
-    return _per_prompt(model, dataset, _dormant)
+class _Pass:
+    """One forward pass over a batch of prompts: its hooks, and the per-prompt sums over counted queries they
+    fill, (batch, layer, head) float64 on the model's device, with each sum's count of queries (batch,)."""
+
+    def __init__(self, model, batch: Batch, memory: int) -> None:
+        cfg, device = model.cfg, model.device
+        self.model, self.memory = model, memory
+        self.real = batch.real.to(device)
+        plans = make_plans(NORM_STATISTICS, batch)
+        self.counts = {"first_token_mass": batch.real.sum(1), "output_norm": batch.real.sum(1),
+                       **{stat: plans[stat].queries.sum(1) for stat in NORM_STATISTICS}}
+        self.sums = {name: torch.zeros(len(batch.real), cfg.n_layers, cfg.n_heads, dtype=torch.float64,
+                                       device=device) for name in self.counts}
+        n_pos = batch.real.shape[1]
+        step = max(1, memory // (len(batch.real) * cfg.n_heads * n_pos * 4 * _CHUNK_COPIES))
+        chunks = [range(start, min(start + step, n_pos)) for start in range(0, n_pos, step)]
+        self.chunks = [(rows, {stat: _in_rows(plans[stat], rows, device) for stat in NORM_STATISTICS})
+                       for rows in chunks]
+        self.kept: dict[tuple[int, str], torch.Tensor] = {}  # one layer's inputs, until its hook_z
+
+    def hooks(self) -> list:
+        """(name, fn) for every layer: keep q, k (or the pattern, where another hook edits it) and v; score
+        the layer at hook_z. Call before the hooks are attached: it checks which patterns are hooked."""
+        hooks = []
+        for layer, block in enumerate(self.model.blocks):
+            prefix = f"blocks.{layer}.attn."
+            edited = block.attn.hook_pattern.active or block.attn.hook_attn_scores.active
+            names = {"pattern": prefix + "hook_pattern"} if edited else dict(zip("qk", _qk_names(self.model.cfg, layer)))
+            hooks += [(name, self._keep(layer, what)) for what, name in {**names, "v": prefix + "hook_v"}.items()]
+            hooks.append((prefix + "hook_z", self._score))
+        return hooks
+
+    def _keep(self, layer: int, what: str):
+        def keep(x, hook):
+            self.kept[layer, what] = x
+
+        return keep
+
+    def _score(self, z: torch.Tensor, hook) -> None:
+        layer = int(hook.name.split(".")[1])
+        attn = self.model.blocks[layer].attn
+        kept = {what: self.kept.pop((layer, what)) for what in ("q", "k", "v", "pattern") if (layer, what) in self.kept}
+        W_O = attn.W_O.float()
+        value_norms = _head_norms(kept["v"].repeat_interleave(attn.group_size, dim=2), W_O, self.memory)
+        output_norms = _head_norms(z, W_O, self.memory)  # ||z_h(i) W_O^h|| = ||sum_j A_ij f_h(x_j)||
+        self.sums["output_norm"][:, layer] = (output_norms * self.real[:, None, :]).sum(-1)
+        for rows, entries in self.chunks:
+            self._add_rows(layer, self._pattern(attn, kept, rows).float(), value_norms, rows, entries)
+
+    def _pattern(self, attn, kept: dict, rows: range) -> torch.Tensor:
+        """(batch, head, rows, keys) of the layer's pattern; keys stop after the last row when causal."""
+        keys = rows.stop if self.model.cfg.causal else self.real.shape[1]
+        if "pattern" in kept:
+            return kept["pattern"][:, :, rows.start : rows.stop, :keys]
+        queries = torch.arange(rows.start, rows.stop, device=self.real.device)
+        return attn.pattern_rows(kept["q"][:, rows.start : rows.stop], kept["k"][:, :keys], queries,
+                                 self.real[:, :keys])
+
+    def _add_rows(self, layer: int, pattern: torch.Tensor, value_norms: torch.Tensor, rows: range,
+                  entries: dict) -> None:
+        sums = self.sums
+        sums["first_token_mass"][:, layer] += (pattern[..., 0] * self.real[:, None, rows.start : rows.stop]).sum(-1)
+        weighted = pattern * value_norms[:, :, None, : pattern.shape[-1]]  # A_ij ||f(x_j)||
+        totals = weighted.sum(-1).clamp(min=_TINY)  # (batch, head, rows)
+        for stat, (b, i, j) in entries.items():
+            sums[stat][:, layer].index_add_(0, b, (weighted[b, :, i, j] / totals[b, :, i]).double())
 
 
-def norm_weighted(pattern: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
-    """(batch, head, query, key): ||A[i, j] f(x_j)|| normalised over the keys of each row (Kobayashi et al.)."""
-    weighted = pattern * norms[:, :, None, :]
-    return weighted / weighted.sum(-1, keepdim=True).clamp(min=_TINY)
+def norm_score(statistic: str) -> SharedScore:
+    """A score function (model, dataset) -> (prompts, layers, heads): the built-in `statistic` (one of
+    NORM_STATISTICS, an attention mass) computed on the norm-weighted pattern, per prompt."""
+    if statistic not in NORM_STATISTICS:
+        raise InputError(f"no norm-weighted score of {statistic!r}: one of {', '.join(NORM_STATISTICS)}")
+    return SharedScore(sink_scores, f"{statistic}_norm")
 
 
-def norm_score(statistic: str) -> Callable:
-    """A score function (model, dataset) -> (prompts, layers, heads): the built-in `statistic` (an attention
-    mass) computed on the norm-weighted pattern, per prompt."""
-
-    def score(model, dataset: TokenDataset) -> torch.Tensor:
-        def one(pattern, norms, outputs, batch):
-            plan = make_plans((statistic,), batch)[statistic]
-            return _plan_mean(norm_weighted(pattern, norms), plan)
-
-        values = _per_prompt(model, dataset, one)
-        if values.isnan().any():  # a prompt with no counted query: pool the prompts as a capture does
-            return values.nan_to_num(0.0).sum(0) / (~values.isnan()).sum(0).clamp(min=1)
-        return values
-
-    score.__name__ = f"{statistic}_norm_scores"
-    return score
-
+# (prompts, layers, heads): 1 where the head is dormant on the prompt (module docstring), else 0.
+dormant_scores = SharedScore(sink_scores, "dormant")
 
 _NORM = "Kobayashi et al. (2020)"
 ATTENTION_SINK_GU = Role(

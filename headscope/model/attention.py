@@ -189,6 +189,20 @@ class Attention(nn.Module):
         probs = torch.softmax(torch.cat((scores, column), dim=-1), dim=-1, dtype=torch.float32).to(scores.dtype)
         return probs[..., :-1], probs[..., -1]
 
+    def pattern_rows(self, q: torch.Tensor, k: torch.Tensor, queries: torch.Tensor,
+                     key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch, head, len(queries), key): the pattern rows of the queries q (batch, len(queries), head,
+        d_head) standing at positions `queries`, against the keys k (batch, key, kv_head, d_head), both as the
+        scores read them (after QK-norm and RoPE), made as the explicit path makes them: soft-capping, causal
+        and window masks, padding keys (key_mask (batch, key), 0 on padding), the sink column. A few rows at
+        a time, this is the pattern without its (query, key) whole."""
+        group = q.unflatten(2, (k.shape[2], self.group_size))  # query head h reads key/value head h // size
+        scores = self.cap(torch.einsum("bqkgd,bskd->bkgqs", group, k).flatten(1, 2) * self.cfg.scale)
+        allowed = allowed_keys(queries, k.shape[1], self.cfg.causal, self.window)[None, None]
+        if key_mask is not None:
+            allowed = allowed & key_mask.bool()[:, None, None, :]
+        return self.softmax(scores.masked_fill(~allowed, torch.finfo(scores.dtype).min))[0]
+
     def explicit(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """Scores, softmax, pattern, z; the readable reference path."""
         k = k.repeat_interleave(self.group_size, dim=2)  # (batch, pos, head, d_head)

@@ -1,14 +1,19 @@
 """Gu sinks, dormant heads and norm-weighted roles: planted heads recovered, random models get none, and every
 score equal to a slow hand computation from the pattern and the weights."""
 
+import contextlib
+
 import pytest
 import torch
 
 from headscope.analysis import classify_heads
-from headscope.analysis.sink_roles import ATTENTION_SINK_GU, dormant_scores, norm_score
+from headscope.analysis.role_registry import register_role, registered_roles, unregister_role
+from headscope.analysis.sink_roles import (ATTENTION_SINK_GU, NORM_STATISTICS, PATTERN_MEMORY, dormant_scores,
+                                           norm_score, sink_scores)
 from headscope.capture import capture
 from headscope.capture.datasets import TokenDataset
-from headscope.capture.statistics import BUILT_IN
+from headscope.capture.statistics import BUILT_IN, Batch, make_plans
+from headscope.errors import InputError
 from headscope.model.transformer import HookedTransformer
 from headscope.loading import LoadedModel
 from tests.analysis.test_roles import BOS, forced_hooks, forced_model, probe  # noqa: F401
@@ -155,3 +160,124 @@ def test_dormant_score_equals_a_hand_computation():
             mass = pattern[:, :, 0].mean(-1)
             expected = ((mass > 0.3) & (outputs / outputs.mean() < 0.1)).double()
             assert torch.equal(scores[prompt, layer], expected)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# sink_scores: one forward pass, pattern rows a chunk at a time, equal to the definitions on full patterns
+
+
+def padded_prompts(vocab: int) -> TokenDataset:
+    """6 prompts of 9 tokens (two batches of PROMPTS_AT_ONCE), two of them padded, each with repeats."""
+    torch.manual_seed(2)
+    tokens = torch.randint(1, vocab, (6, 9))
+    tokens[:, 4:8] = tokens[:, 0:4]
+    mask = torch.ones_like(tokens)
+    mask[1, 6:] = 0
+    mask[4, 7:] = 0
+    return TokenDataset(tokens.masked_fill(mask == 0, 0), mask)
+
+
+def scores_from_full_patterns(model, dataset) -> dict[str, torch.Tensor]:
+    """The scores of `sink_scores` written out from each layer's full pattern at hook_pattern (the explicit
+    path) and its values, in float64: o_h(i) = ||sum_j A_ij v_h(j) W_O^h||, N_ij = A_ij ||v_h(j) W_O^h||
+    normalised over row i, means over each statistic's counted queries."""
+    cfg, real = model.cfg, dataset.real
+    _, cache = model.run_with_cache(dataset.tokens, attention_mask=dataset.attention_mask)
+    plans = make_plans(NORM_STATISTICS, Batch(dataset.tokens, real, dataset.has_bos, cfg.causal))
+    names = ["first_token_mass", "relative_output_norm", *(f"{s}_norm" for s in NORM_STATISTICS)]
+    result = {name: torch.zeros(len(dataset), cfg.n_layers, cfg.n_heads, dtype=torch.float64) for name in names}
+    n_real = real.sum(1, keepdim=True).double()
+    for layer in range(cfg.n_layers):
+        attn = model.blocks[layer].attn
+        pattern = cache[f"blocks.{layer}.attn.hook_pattern"].double()  # (prompt, head, query, key)
+        v = cache[f"blocks.{layer}.attn.hook_v"].double().repeat_interleave(attn.group_size, dim=2)
+        values = torch.einsum("bkhd,hdm->bhkm", v, attn.W_O.detach().double())  # f_h(x_j)
+        outputs = torch.einsum("bhqk,bhkm->bhqm", pattern, values).norm(dim=-1)  # (prompt, head, query)
+        result["first_token_mass"][:, layer] = (pattern[..., 0] * real[:, None]).sum(-1) / n_real
+        mean_output = (outputs * real[:, None]).sum(-1) / n_real
+        result["relative_output_norm"][:, layer] = mean_output / mean_output.mean(1, keepdim=True)
+        weighted = pattern * values.norm(dim=-1)[:, :, None, :]
+        normalised = weighted / weighted.sum(-1, keepdim=True)
+        for stat, plan in plans.items():
+            for b, i, j in zip(plan.batch_idx.tolist(), plan.query_idx.tolist(), plan.key_idx.tolist()):
+                result[f"{stat}_norm"][b, layer] += normalised[b, :, i, j] / int(plan.queries[b].sum())
+    return result
+
+
+@pytest.mark.parametrize("memory", [PATTERN_MEMORY, 1])  # 1 byte: one query row per chunk
+def test_one_pass_scores_equal_the_definitions_on_full_patterns(tiny_model, memory):
+    dataset = padded_prompts(tiny_model.cfg.d_vocab)
+    scores = sink_scores(tiny_model, dataset, memory=memory)
+    expected = scores_from_full_patterns(tiny_model, dataset)
+    for name, value in expected.items():
+        assert torch.allclose(scores[name], value, rtol=1e-4, atol=1e-5), (name, (scores[name] - value).abs().max())
+    dormant = (expected["first_token_mass"] > 0.3) & (expected["relative_output_norm"] < 0.1)
+    assert torch.equal(scores["dormant"], dormant.double())
+    assert torch.equal(dormant_scores(tiny_model, dataset), scores["dormant"])  # the roles' parts, default chunks
+    assert torch.allclose(norm_score("induction")(tiny_model, dataset), scores["induction_norm"], atol=1e-6)
+
+
+def test_a_planted_dormant_head_is_found_by_the_one_pass(tiny_model):
+    """A head whose pattern is all on the first token (hooked) and whose W_O is near zero, on every model."""
+    with torch.no_grad():
+        tiny_model.blocks[1].attn.W_O[2] *= 1e-3
+    dataset = padded_prompts(tiny_model.cfg.d_vocab)
+    with tiny_model.hooks([("blocks.1.attn.hook_pattern", onto_first_token)]):
+        scores = sink_scores(tiny_model, dataset, memory=1)
+        expected = scores_from_full_patterns(tiny_model, dataset)
+    assert scores["dormant"][:, 1, 2].tolist() == [1.0] * len(dataset)
+    assert torch.allclose(scores["first_token_mass"], expected["first_token_mass"], atol=1e-5)
+
+
+def test_the_pass_keeps_the_model_on_its_fused_path(tiny_model):
+    paths = []
+
+    def which_path(z, hook):  # attached first, runs while the pass's own hooks are attached too
+        paths.append(tiny_model.blocks[int(hook.name.split(".")[1])].attn.needs_pattern())
+
+    with tiny_model.hooks([(lambda name: name.endswith("attn.hook_z"), which_path)]):
+        sink_scores(tiny_model, padded_prompts(tiny_model.cfg.d_vocab))
+    soft_capped = tiny_model.cfg.attn_softcap is not None  # no fused path exists: the model forms the pattern
+    assert paths == [soft_capped] * (2 * tiny_model.cfg.n_layers)  # two batches
+
+
+def forward_passes(model, run) -> int:
+    count = []
+    with model.hooks([("hook_embed", lambda x, hook: count.append(1))]):
+        run()
+    return len(count)
+
+
+@contextlib.contextmanager
+def without_roles(names):
+    """The registry without the roles `names`; afterwards every role is back in its place."""
+    saved = registered_roles()
+    for name in names:
+        unregister_role(name)
+    try:
+        yield
+    finally:
+        for role in registered_roles():
+            unregister_role(role.name)
+        for role in saved:
+            register_role(role)
+
+
+def test_classify_scores_every_sink_role_in_one_pass_per_batch():
+    model = build_tiny_model("llama-gqa")
+    dataset = padded_prompts(model.cfg.d_vocab)
+    assert forward_passes(model, lambda: sink_scores(model, dataset)) == 2  # 6 prompts, 4 at a time
+
+    def classify():
+        return classify_heads(model, dataset, n_bootstrap=20, max_memory=2**30)
+
+    with_all = forward_passes(model, classify)
+    with without_roles(["dormant", "previous_token_norm", "attention_sink_norm", "induction_norm"]):
+        without = forward_passes(model, classify)
+    assert with_all - without == 2
+    assert [r.name for r in registered_roles()][:3] == ["previous_token", "previous_token_norm", "induction"]
+
+
+def test_a_norm_score_of_another_statistic_is_refused():
+    with pytest.raises(InputError, match="no norm-weighted score of 'duplicate_token'"):
+        norm_score("duplicate_token")

@@ -167,3 +167,22 @@ def test_sinks_match_transformers_gpt_oss_attention():
     torch.testing.assert_close(seen["sink"], 1 - ref_pattern.sum(-1), atol=1e-6, rtol=0)
     torch.testing.assert_close(explicit, ref_z, atol=1e-6, rtol=0)
     torch.testing.assert_close(attn.fused(q, k, v, None), ref_z, atol=1e-6, rtol=0)
+
+
+@torch.no_grad()
+def test_pattern_rows_from_q_and_k_equal_the_explicit_paths_pattern(tiny_model):
+    tokens = torch.randint(0, 99, (3, 12))
+    mask = torch.ones_like(tokens)
+    mask[1, 8:] = 0
+    rot = "rot_" if tiny_model.cfg.positional == "rotary" else ""
+    norm = tiny_model.cfg.qk_norm != "none" and not rot
+    q_name, k_name = ("attn.q_norm.hook_normalized", "attn.k_norm.hook_normalized") if norm else \
+        (f"attn.hook_{rot}q", f"attn.hook_{rot}k")
+    _, cache = tiny_model.run_with_cache(tokens, attention_mask=mask)
+    for layer, block in enumerate(tiny_model.blocks):
+        q, k = cache[f"blocks.{layer}.{q_name}"], cache[f"blocks.{layer}.{k_name}"]
+        rows = torch.arange(5, 9)  # a few query rows, against every key
+        made = block.attn.pattern_rows(q[:, 5:9], k, rows, mask)
+        pattern = cache[f"blocks.{layer}.attn.hook_pattern"][:, :, 5:9]
+        real = mask.bool()[:, None, 5:9, None].expand_as(pattern)  # padded query rows are nobody's concern
+        torch.testing.assert_close(made[real], pattern[real], atol=1e-6, rtol=0)
