@@ -169,17 +169,18 @@ def name_mover_role_scores(model: HookedTransformer, dataset=None) -> torch.Tens
 CIRCUIT_ROLES = (
     Role("copying", score=copying_role_scores, threshold=COPYING_THRESHOLD, encoder=False, requires=has_unembedding,
          evidence="OV copying score sum(lambda) / sum(abs(lambda)) of W_E W_OV W_U on 1000 frequent tokens; 0.9: "
-                  "nearly all eigenvalue mass positive", citation="Elhage et al. (2021)"),
+                  "nearly all eigenvalue mass positive", citation="Elhage et al. (2021)", requirement="an unembedding"),
     Role("negative_copying", score=negative_copying_role_scores, threshold=COPYING_THRESHOLD, encoder=False,
-         requires=has_unembedding,
+         requires=has_unembedding, requirement="an unembedding",
          evidence="minus the OV copying score; the weight half of copy suppression only (attention to earlier "
                   "copies of the predicted token not measured)", citation="McDougall et al. (2023)"),
     Role("successor", score=successor_role_scores, threshold=SUCCESSOR_THRESHOLD, encoder=False,
-         requires=has_ordinal_items,
+         requires=has_ordinal_items, requirement="an unembedding and a tokenizer with two neighbouring ordinal items "
+                                               "(numbers, letters, days, months) that are single tokens",
          evidence="succession score: share of ordinal items whose top-1 OV logit is the successor; 0.5 is about "
                   "7x chance", citation="Gould et al. (2024)"),
     Role("name_mover", score=name_mover_role_scores, threshold=NAME_MOVER_THRESHOLD, encoder=False,
-         requires=has_ioi_names,
+         requires=has_ioi_names, requirement="an unembedding and a tokenizer with three single-token IOI names",
          evidence="attention from the final position to the IO name times its OV top-5 copy score, mean over "
                   "16 IOI prompts (single-token names only)", citation="Wang et al. (2022)"),
 )

@@ -53,7 +53,8 @@ class Role:
     `evidence` (what the score measures, in words), `citation` (where the definition comes from) and
     `copying` (check its candidates' direct effect on the copied token's logit, as induction does) and
     `requires` (a function of the model, False when the role cannot be scored on it: no single-token names,
-    say; classify then leaves the role out)."""
+    say; classify then leaves the role out, or refuses it when it was chosen by name) with `requirement`,
+    what that check asks for in words (the refusal's reason)."""
 
     name: str
     statistic: str | Statistic | None = None
@@ -67,6 +68,7 @@ class Role:
     citation: str = ""
     copying: bool = False
     requires: Callable | None = None
+    requirement: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.isidentifier():
@@ -120,6 +122,15 @@ class Role:
         """Whether the role applies to `model`: its kind (causal or encoder) and its `requires` check."""
         return self.applies(model.cfg.causal) and (self.requires is None or bool(self.requires(model)))
 
+    def unavailable_reason(self, model) -> str | None:
+        """Why the role cannot be scored on `model` (one clause), or None when it can."""
+        kind = "causal" if model.cfg.causal else "bidirectional (encoder)"
+        if not self.applies(model.cfg.causal):
+            return f"it applies to {'encoder' if self.encoder else 'causal'} models only and this model is {kind}"
+        if self.requires is not None and not self.requires(model):
+            return f"it needs {self.requirement or 'what ' + getattr(self.requires, '__name__', 'its check') + ' checks'}"
+        return None
+
     def describe(self) -> dict:
         """The definition as JSON: what scores it, null, threshold, evidence, citation, models it applies to."""
         source = ("statistic " + self.capture_statistic.name if self.statistic is not None
@@ -139,6 +150,7 @@ def check_threshold(role: Role, value) -> float:
 
 
 _REGISTRY: dict[str, Role] = {}
+_OPTIONAL: dict[str, Role] = {}  # built-in roles known by name, scored only when chosen (OPTIONAL_ROLES)
 
 
 def register_role(role: Role, *, replace: bool = False) -> Role:
@@ -155,14 +167,50 @@ def register_role(role: Role, *, replace: bool = False) -> Role:
 
 def unregister_role(name: str) -> Role:
     """Remove the role `name` from the registry; returns it."""
-    return _REGISTRY.pop(get_role(name).name)
+    if name not in _REGISTRY:
+        raise InputError(f"unknown role {name!r}; registered roles: {', '.join(_REGISTRY)}")
+    return _REGISTRY.pop(name)
+
+
+def known_role_names() -> tuple[str, ...]:
+    """Every name `get_role` knows: the registered roles, then the optional built-in ones not registered."""
+    return (*_REGISTRY, *(name for name in _OPTIONAL if name not in _REGISTRY))
 
 
 def get_role(name: str) -> Role:
-    """The registered role `name`; an unknown name is an InputError listing the known ones."""
-    if name not in _REGISTRY:
-        raise InputError(f"unknown role {name!r}; roles: {', '.join(_REGISTRY)}")
-    return _REGISTRY[name]
+    """The registered role `name`, else the optional built-in role of that name (`OPTIONAL_ROLES`); an
+    unknown name is an InputError listing the known ones."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name in _OPTIONAL:
+        return _OPTIONAL[name]
+    raise InputError(f"unknown role {name!r}; roles: {', '.join(known_role_names())}", parameter="roles")
+
+
+def choose_roles(model, roles=None) -> tuple[Role, ...]:
+    """The roles to score on `model`: None, every registered role that applies to it (its kind and its
+    `requires` check; the others are left out); else `roles`, names (registered or optional built-in
+    roles) or `Role` objects, in that order. A chosen role that is unknown, named twice or cannot be
+    scored on the model is refused in one line, with the reason."""
+    if roles is None:
+        return tuple(role for role in registered_roles(model.cfg.causal) if role.available(model))
+    if isinstance(roles, (str, Role)):
+        roles = [roles]
+    chosen = []
+    for item in roles:
+        if not isinstance(item, (str, Role)):
+            raise InputError(f"roles are chosen by name or as Role objects, got {type(item).__name__}",
+                             parameter="roles")
+        role = get_role(item.strip()) if isinstance(item, str) else item
+        if role.name in (r.name for r in chosen):
+            raise InputError(f"role {role.name} is chosen twice", parameter="roles")
+        reason = role.unavailable_reason(model)
+        if reason is not None:
+            raise InputError(f"role {role.name} cannot be scored on {model.name}: {reason}", parameter="roles")
+        chosen.append(role)
+    if not chosen:
+        raise InputError(f"no role chosen; roles: {', '.join(known_role_names())}", parameter="roles")
+    return tuple(chosen)
 
 
 def registered_roles(causal: bool | None = None) -> tuple[Role, ...]:
@@ -203,6 +251,14 @@ BUILT_IN_ROLES = (
 )
 for _role in BUILT_IN_ROLES:
     register_role(_role)
+
+from headscope.analysis.retrieval import RETRIEVAL_ROLE  # noqa: E402 (it builds a Role, defined above)
+
+# Built-in roles that classify scores only when they are chosen (`classify_heads(roles=...)`): each brings
+# its own prompts or forward passes, which every classification should not pay for (see their modules).
+OPTIONAL_ROLES = (RETRIEVAL_ROLE,)
+for _role in OPTIONAL_ROLES:
+    _OPTIONAL[_role.name] = _role
 
 
 def role_catalogue(roles: tuple[Role, ...] | None = None) -> str:
