@@ -14,7 +14,8 @@ A `Role` names how a head is scored, in exactly one of three ways:
 Its `null` says what the score is judged against: "uniform" (a head attending uniformly over the keys it
 can see, computed exactly on the same queries; attention-mass roles only), "shuffled" (the same head on
 the probe prompts with their tokens shuffled within each prompt: for a captured role at the probe's own
-positions, for a score role its score on the shuffled prompts), or None (the threshold alone decides).
+positions, for a score role its score on the shuffled prompts: at the probe's own positions when its
+function takes a `plan_dataset` keyword, which is then the probe), or None (the threshold alone decides).
 `classify_heads`, the role table's JSON and CSV, its figure and the docs all read the roles registered
 here; `register_role` adds one, `unregister_role` takes it away. Adding a built-in role is one more entry
 in `BUILT_IN_ROLES`.
@@ -31,6 +32,7 @@ Kovaleva et al. (2019), "Revealing the Dark Secrets of BERT", EMNLP.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -111,7 +113,7 @@ class Role:
     def null_text(self) -> str:
         """The null in words, as reasons and the JSON's meta say it."""
         if self.null == "shuffled" and self.score is not None:
-            return "the same score on the shuffled control"
+            return "the same score on the shuffled control" + (", same positions" if takes_plan(self.score) else "")
         return NULL_TEXT[self.null]
 
     def applies(self, causal: bool) -> bool:
@@ -138,6 +140,14 @@ class Role:
         return {"scored_by": source, "null": self.null_text, "threshold": self.threshold,
                 "applies_to": [kind for kind, ok in (("causal", self.causal), ("encoder", self.encoder)) if ok],
                 "evidence": self.evidence, "citation": self.citation}
+
+
+def takes_plan(score) -> bool:
+    """Whether a score function takes `plan_dataset` (then it scores the control at the probe's positions)."""
+    try:
+        return "plan_dataset" in inspect.signature(score).parameters
+    except (TypeError, ValueError):  # a callable without a signature
+        return False
 
 
 def check_threshold(role: Role, value) -> float:
@@ -252,11 +262,12 @@ BUILT_IN_ROLES = (
 for _role in BUILT_IN_ROLES:
     register_role(_role)
 
+from headscope.analysis.copy_suppression import COPY_SUPPRESSION_ROLE  # noqa: E402 (builds a Role)
 from headscope.analysis.retrieval import RETRIEVAL_ROLE  # noqa: E402 (it builds a Role, defined above)
 
 # Built-in roles that classify scores only when they are chosen (`classify_heads(roles=...)`): each brings
 # its own prompts or forward passes, which every classification should not pay for (see their modules).
-OPTIONAL_ROLES = (RETRIEVAL_ROLE,)
+OPTIONAL_ROLES = (RETRIEVAL_ROLE, COPY_SUPPRESSION_ROLE)
 for _role in OPTIONAL_ROLES:
     _OPTIONAL[_role.name] = _role
 

@@ -41,7 +41,7 @@ import torch
 
 from headscope import distributed as distributed_run
 from headscope.analysis import intervals
-from headscope.analysis.role_registry import Role, check_threshold, choose_roles, get_role
+from headscope.analysis.role_registry import Role, check_threshold, choose_roles, get_role, takes_plan
 from headscope.analysis.role_table import HeadRoles, RoleTable
 from headscope.capture.datasets import TokenDataset, dataset_for_model, fit_seq_len
 from headscope.capture.engine import capture
@@ -177,7 +177,8 @@ def _evidence(model, dataset: TokenDataset, roles: tuple[Role, ...], stages: dic
             null = control.mean(stat) if role.null == "shuffled" else None
         else:
             scores[role.name], intervals[role.name] = _scored(role, model, dataset, n_bootstrap, seed)
-            null = _scored(role, model, control_data, n_bootstrap, seed)[0] if role.null == "shuffled" else None
+            null = (_scored(role, model, control_data, n_bootstrap, seed, plan_dataset=dataset)[0]
+                    if role.null == "shuffled" else None)
         if role.null == "uniform":
             null = torch.full(shape, uniform_null(dataset, role.capture_statistic, model.cfg.causal), dtype=torch.float64)
         nulls[role.name] = torch.full(shape, math.nan, dtype=torch.float64) if null is None else null
@@ -191,10 +192,13 @@ def _capture_for(model, dataset, stats: list, resume, options: dict, plan_datase
     return capture(model, dataset, stats, plan_dataset=plan_dataset, resume=resume, **options)
 
 
-def _scored(role: Role, model, dataset: TokenDataset, n_bootstrap: int, seed: int) -> tuple[torch.Tensor, tuple]:
-    """A score role's (n_layers, n_heads) scores and interval ends (NaN unless it scores each prompt)."""
+def _scored(role: Role, model, dataset: TokenDataset, n_bootstrap: int, seed: int,
+            plan_dataset: TokenDataset | None = None) -> tuple[torch.Tensor, tuple]:
+    """A score role's (n_layers, n_heads) scores and interval ends (NaN unless it scores each prompt).
+    plan_dataset (the probe, when `dataset` is its control) goes to a score function that takes it."""
     shape = (model.cfg.n_layers, model.cfg.n_heads)
-    values = torch.as_tensor(role.score(model, dataset), dtype=torch.float64).cpu()
+    plan = {"plan_dataset": plan_dataset} if plan_dataset is not None and takes_plan(role.score) else {}
+    values = torch.as_tensor(role.score(model, dataset, **plan), dtype=torch.float64).cpu()
     if values.shape == shape:
         return values, (torch.full(shape, math.nan, dtype=torch.float64),) * 2
     if values.dim() == 3 and values.shape[1:] == shape and values.shape[0] == len(dataset):
