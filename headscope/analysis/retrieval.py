@@ -203,5 +203,6 @@ def retrieval_role_score(model: HookedTransformer, dataset=None) -> torch.Tensor
 
 
 RETRIEVAL_ROLE = Role("retrieval", score=retrieval_role_score, threshold=THRESHOLD, encoder=False,
+                      null_reason="its own needle prompts; Wu et al.'s threshold alone",
                       evidence="top-1 attention on the needle token being copied, needle-in-a-haystack copy "
                                f"prompts of {DEFAULT_CONTEXT_LEN} tokens", citation="Wu et al. (2024)")

@@ -18,7 +18,9 @@ positions, for a score role its score on the shuffled prompts: at the probe's ow
 function takes a `plan_dataset` keyword, which is then the probe), or None (the threshold alone decides).
 `classify_heads`, the role table's JSON and CSV, its figure and the docs all read the roles registered
 here; `register_role` adds one, `unregister_role` takes it away. Adding a built-in role is one more entry
-in `BUILT_IN_ROLES`.
+in `BUILT_IN_ROLES`. `OPTIONAL_ROLES` are built-in roles known by name (`get_role`) but scored only when
+chosen (`choose_roles`, `classify_heads(roles=...)`), because each costs work that every classification
+should not pay.
 
 References
 ----------
@@ -35,7 +37,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -56,7 +58,8 @@ class Role:
     `copying` (check its candidates' direct effect on the copied token's logit, as induction does) and
     `requires` (a function of the model, False when the role cannot be scored on it: no single-token names,
     say; classify then leaves the role out, or refuses it when it was chosen by name) with `requirement`,
-    what that check asks for in words (the refusal's reason)."""
+    what that check asks for in words (the refusal's reason); `null_reason`: for a role without a null, why
+    none fits (the definition and the docs say it beside "no null")."""
 
     name: str
     statistic: str | Statistic | None = None
@@ -71,6 +74,7 @@ class Role:
     copying: bool = False
     requires: Callable | None = None
     requirement: str = ""
+    null_reason: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.isidentifier():
@@ -90,6 +94,8 @@ class Role:
         if self.null == "uniform" and (stat is None or stat.row is not None):
             raise InputError(f"role {self.name!r}: a uniform null exists only for an attention mass (pairs of "
                              "positions), not for a score function or a whole-row statistic")
+        if self.null_reason and self.null is not None:
+            raise InputError(f"role {self.name!r}: null_reason says why a role has no null, and this one has one")
         if self.threshold is None:
             raise InputError(f"role {self.name!r} has no threshold: give the minimum score a head needs")
         check_threshold(self, self.threshold)
@@ -137,7 +143,8 @@ class Role:
         """The definition as JSON: what scores it, null, threshold, evidence, citation, models it applies to."""
         source = ("statistic " + self.capture_statistic.name if self.statistic is not None
                   else "detection pattern" if self.entries is not None else "score function")
-        return {"scored_by": source, "null": self.null_text, "threshold": self.threshold,
+        null = self.null_text + (f" ({self.null_reason})" if self.null is None and self.null_reason else "")
+        return {"scored_by": source, "null": null, "threshold": self.threshold,
                 "applies_to": [kind for kind, ok in (("causal", self.causal), ("encoder", self.encoder)) if ok],
                 "evidence": self.evidence, "citation": self.citation}
 
@@ -232,23 +239,32 @@ def registered_roles(causal: bool | None = None) -> tuple[Role, ...]:
 from headscope.analysis import sink_roles  # noqa: E402  (it builds on Role, defined above)
 from headscope.analysis.circuit_roles import CIRCUIT_ROLES  # noqa: E402 (it builds Role objects, defined above)
 
+# Why the sink module's roles have no null (set here: sink_roles.py is another's work). A positional
+# norm-weighted score scores the same on a shuffled control, and uniform attention has no norm-weighted
+# level that does not depend on the head's own values. induction_norm's null is the shuffled control at
+# the probe's positions, as induction's, once its score function takes `plan_dataset`: scored at the
+# control's own repeats it would measure the induction mechanism again and refuse every induction head.
+_POSITIONAL_NORM = "positional: a shuffled control scores the same; uniform attention has no norm-weighted level"
+_NEEDS_PLAN = "the shuffled control must be scored at the probe's positions, which its score function does not take yet"
+
 # Fractions of attention. 0.4 is "the largest single thing the head does" for a one-position role; the
 # sink and local roles gather mass over more keys (or from uniform heads early in a row), so they ask more.
 BUILT_IN_ROLES = (
     Role("previous_token", statistic="previous_token", threshold=0.4,
          evidence="attention on the previous real token", citation="Olsson et al. (2022)"),
-    sink_roles.PREVIOUS_TOKEN_NORM,
+    replace(sink_roles.PREVIOUS_TOKEN_NORM, null_reason=_POSITIONAL_NORM),
     Role("induction", statistic="induction", threshold=0.4, null="shuffled", copying=True,
          evidence="attention on the token after an earlier occurrence of the current one",
          citation="Olsson et al. (2022)"),
-    sink_roles.INDUCTION_NORM,
+    replace(sink_roles.INDUCTION_NORM, null_reason=_NEEDS_PLAN),
     Role("duplicate_token", statistic="duplicate_token", threshold=0.4, null="shuffled",
          evidence="attention on earlier occurrences of the current token", citation="Wang et al. (2022)"),
     Role("attention_sink", statistic="attention_sink", threshold=0.6,
          evidence="attention on position 0 (BOS / [CLS])", citation="Xiao et al. (2024)"),
-    sink_roles.ATTENTION_SINK_NORM,
-    sink_roles.ATTENTION_SINK_GU,
-    sink_roles.DORMANT,
+    replace(sink_roles.ATTENTION_SINK_NORM, null_reason=_POSITIONAL_NORM),
+    replace(sink_roles.ATTENTION_SINK_GU, null_reason="Gu et al.'s definition is the threshold alone"),
+    replace(sink_roles.DORMANT, null_reason="first-token mass and output norms, which a shuffled control, BOS "
+                                              "first, leaves as they are"),
     Role("self", statistic="current_token", threshold=0.4, evidence="attention on the query's own position",
          citation="Clark et al. (2019)"),
     Role("local", statistic="local", threshold=0.6, evidence="attention on the 3 previous real positions",

@@ -137,7 +137,8 @@ def classify_heads(
     return RoleTable(model.name, model.cfg.n_layers, model.cfg.n_heads, heads, meta)
 
 
-def _check_options(thresholds, margin, n_bootstrap, roles: tuple[Role, ...], chosen: bool) -> dict[str, float]:
+def _check_options(thresholds, margin, n_bootstrap, roles: tuple[Role, ...], chosen: bool = False
+                   ) -> dict[str, float]:
     """The thresholds of `roles`, the given ones checked; with roles chosen by the caller, a threshold for
     another role is refused (it could not be honoured)."""
     limits = {r.name: r.threshold for r in roles}

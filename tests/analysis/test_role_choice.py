@@ -139,3 +139,15 @@ def test_a_length_sweep_scores_the_chosen_roles_and_follows_one_of_them():
     assert err.value.parameter == "role"
     with pytest.raises(InputError, match="unknown role 'nope'"):
         classify_across_lengths(model, [6, 10], roles=["nope"], num_prompts=3)
+
+
+def test_every_built_in_role_without_a_null_says_why():
+    from headscope.analysis.role_registry import BUILT_IN_ROLES
+
+    for role in BUILT_IN_ROLES + OPTIONAL_ROLES:
+        if role.score is not None or role.null is None:
+            assert role.null is not None or role.null_reason, role.name
+    assert get_role("copying").describe()["null"] == "no null (weights only: no prompt to control)"
+    assert get_role("copy_suppression").describe()["null"] == "the same score on the shuffled control, same positions"
+    with pytest.raises(InputError, match="null_reason says why a role has no null"):
+        Role("both", statistic="induction", threshold=0.4, null="shuffled", null_reason="none fits")
