@@ -350,3 +350,25 @@ def test_flow_routes_and_contributions_in_every_format(tmp_path):
     assert_one_line_error(run(*args, "--top-k", "2", "--out", str(tmp_path / "x.json")), "top")
     assert_one_line_error(run("flow", "--text", "t3 t9", "--method", "routes", "--threshold", "0",
                               "--out", str(tmp_path / "y.json")), "threshold")
+
+
+def test_classify_roles_scores_and_writes_only_the_chosen_roles(tiny_checkpoint, tmp_path):
+    result = run("classify", str(tiny_checkpoint), "--seq-len", "12", "--num-prompts", "4", "--roles",
+                 "induction,self", "--json", str(tmp_path / "roles.json"), "--csv", str(tmp_path / "roles.csv"))
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "roles.json").read_text())
+    assert all(list(row["scores"]) == ["induction", "self"] for row in report["results"])
+    header = (tmp_path / "roles.csv").read_text().splitlines()[0].split(",")
+    assert [c for c in header if not c.startswith(("induction", "self"))] == [
+        "layer", "head", "name", "kv_group", "roles", "copying"]
+    assert_one_line_error(run("classify", str(tiny_checkpoint), "--roles", "induction,nope"),
+                          "unknown role 'nope'; roles: previous_token", "retrieval", "(--roles)")
+    assert_one_line_error(run("classify", str(tiny_checkpoint), "--roles", "sep"),
+                          "role sep cannot be scored", "encoder models only", "(--roles)")
+    empty = run("classify", str(tiny_checkpoint), "--roles", "induction,,self")
+    assert empty.exit_code == 2 and "'induction,,self' has an empty entry" in empty.stderr
+    sweep = run("classify", str(tiny_checkpoint), "--seq-len", "8,12", "--num-prompts", "3", "--roles", "self",
+                "--json", str(tmp_path / "sweep.json"))
+    assert sweep.exit_code == 0, sweep.output
+    data = json.loads((tmp_path / "sweep.json").read_text())
+    assert data["role"] == "self" and all(list(t["results"][0]["scores"]) == ["self"] for t in data["tables"].values())

@@ -10,8 +10,8 @@ check fails and classify leaves the role out.
   frequent tokens is positive. Elhage et al. give no cut-off; 0.9 keeps the near-pure copiers (their
   figure of a 2-layer model's heads bunches them just below +1).
 - **negative_copying**: minus that score at least 0.9. It is only the weight half of McDougall et al.'s
-  (2023) copy suppression; the other half, attention to earlier copies of the token being predicted, is not
-  measured, so the role is not named copy suppression.
+  (2023) copy suppression; `copy_suppression` (`copy_suppression.py`, an optional role) adds the other
+  half, attention to earlier copies of the token being predicted.
 - **successor**: Gould et al.'s (2024) succession score (`ov_scores.successor_scores`) at least
   `SUCCESSOR_THRESHOLD` = 0.5: the successor is the top-1 logit for most items, against a chance of 1 /
   len(sequence) (0.072 pooled over the default sequences on SmolLM2), seven times chance. Gould et al. report
@@ -24,6 +24,11 @@ check fails and classify leaves the role out.
   prompts, in [0, 1]. Threshold `NAME_MOVER_THRESHOLD` = 0.3: Wang et al.'s name movers put most of the
   final position's attention on the IO and copy it in 80-100% of prompts; a head scoring 0.3 does so on
   average for a third of the attention.
+
+None of the four has a null, and the threshold alone decides: copying, negative_copying and successor
+are read from the weights (no prompt, so no prompt control), and name_mover scores its own generated IOI
+prompts, which a shuffled probe leaves as they are (the probe is not used). The attention half of copy
+suppression, which is scored on the probe, is `copy_suppression.py`, with the shuffled control as its null.
 
 References
 ----------
@@ -56,6 +61,7 @@ SUCCESSOR_THRESHOLD = 0.5
 NAME_MOVER_THRESHOLD = 0.3
 TOP_K = 5  # Wang et al.'s copy score: the name among the head's top-5 logits
 N_IOI_PROMPTS = 16
+WEIGHTS_ONLY = "weights only: no prompt to control"
 
 
 def has_unembedding(model: HookedTransformer) -> bool:
@@ -169,17 +175,21 @@ def name_mover_role_scores(model: HookedTransformer, dataset=None) -> torch.Tens
 CIRCUIT_ROLES = (
     Role("copying", score=copying_role_scores, threshold=COPYING_THRESHOLD, encoder=False, requires=has_unembedding,
          evidence="OV copying score sum(lambda) / sum(abs(lambda)) of W_E W_OV W_U on 1000 frequent tokens; 0.9: "
-                  "nearly all eigenvalue mass positive", citation="Elhage et al. (2021)"),
+                  "nearly all eigenvalue mass positive", citation="Elhage et al. (2021)", requirement="an unembedding",
+         null_reason=WEIGHTS_ONLY),
     Role("negative_copying", score=negative_copying_role_scores, threshold=COPYING_THRESHOLD, encoder=False,
-         requires=has_unembedding,
-         evidence="minus the OV copying score; the weight half of copy suppression only (attention to earlier "
-                  "copies of the predicted token not measured)", citation="McDougall et al. (2023)"),
+         requires=has_unembedding, requirement="an unembedding", null_reason=WEIGHTS_ONLY,
+         evidence="minus the OV copying score; the weight half of copy suppression (copy_suppression adds the "
+                  "attention half)", citation="McDougall et al. (2023)"),
     Role("successor", score=successor_role_scores, threshold=SUCCESSOR_THRESHOLD, encoder=False,
-         requires=has_ordinal_items,
+         requires=has_ordinal_items, requirement="an unembedding and a tokenizer with two neighbouring ordinal items "
+                                               "(numbers, letters, days, months) that are single tokens",
+         null_reason=WEIGHTS_ONLY,
          evidence="succession score: share of ordinal items whose top-1 OV logit is the successor; 0.5 is about "
                   "7x chance", citation="Gould et al. (2024)"),
     Role("name_mover", score=name_mover_role_scores, threshold=NAME_MOVER_THRESHOLD, encoder=False,
-         requires=has_ioi_names,
+         requires=has_ioi_names, requirement="an unembedding and a tokenizer with three single-token IOI names",
+         null_reason="it scores its own IOI prompts, which a shuffled probe leaves as they are",
          evidence="attention from the final position to the IO name times its OV top-5 copy score, mean over "
                   "16 IOI prompts (single-token names only)", citation="Wang et al. (2022)"),
 )

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from headscope.analysis.role_registry import get_role
+from headscope.analysis.role_registry import choose_roles
 from headscope.analysis.role_table import RoleTable
 from headscope.analysis.roles import MIN_SEQ_LEN, classify_heads
 from headscope.capture.datasets import check_request, dataset_for_model
@@ -117,7 +117,8 @@ def classify_across_lengths(
     seq_lens: list[int] | tuple[int, ...],
     dataset: str = "repeated-random",
     *,
-    role: str = "induction",
+    role: str | None = None,
+    roles=None,
     num_prompts: int = 16,
     seed: int = 0,
     mode: str = "pad",
@@ -126,20 +127,22 @@ def classify_across_lengths(
 ) -> LengthSweep:
     """`classify_heads` at each of `seq_lens` (content tokens per prompt, on prompts of `dataset`, a spec
     such as `repeated-random[:period=P]` or a text file, made for each length), as a `LengthSweep` that
-    follows `role`. Every length is checked against the model's context before anything runs.
+    follows `role` (None: induction, or the first of `roles` when induction is not among them). roles: the
+    roles each length scores, as `classify_heads` takes them (None: every registered role that applies).
+    Every length, and the roles, are checked before anything runs.
     resume: a folder; each length keeps its progress in `len-<n>` under it. Other keyword arguments go to
     `classify_heads` (n_bootstrap, thresholds, margin, device, progress, distributed, max_memory).
     meta["per_length"]: per length, seconds, peak memory in bytes above the start and what was measured
     (the CUDA allocator's peak, or the process' resident memory sampled every 20 ms).
     """
-    lengths = _check_lengths(model, seq_lens, dataset, num_prompts, role)
+    lengths, role = _check_lengths(model, seq_lens, dataset, num_prompts, role, roles)
     tables, per_length = [], []
     for n in lengths:
         folder = None if resume is None else Path(resume) / f"len-{n}"
         with _PeakMemory(model.device) as peak:
             began = time.perf_counter()
             data = dataset_for_model(model, dataset, seq_len=n, num_prompts=num_prompts, seed=seed, mode=mode)
-            tables.append(classify_heads(model, data, seed=seed, resume=folder, **options))
+            tables.append(classify_heads(model, data, seed=seed, resume=folder, roles=roles, **options))
             seconds = time.perf_counter() - began
         per_length.append({"seq_len": n, "seconds": round(seconds, 3), "peak_memory_bytes": peak.bytes,
                            "memory": peak.kind})
@@ -150,9 +153,10 @@ def classify_across_lengths(
     return LengthSweep(model.name, role, lengths, tuple(tables), meta)
 
 
-def _check_lengths(model, seq_lens, dataset: str, num_prompts: int, role: str) -> tuple[int, ...]:
-    """The lengths, after refusing (in one line, before any work) a bad list, role or dataset, and any
-    length beyond the model's context."""
+def _check_lengths(model, seq_lens, dataset: str, num_prompts: int, role: str | None, roles
+                   ) -> tuple[tuple[int, ...], str]:
+    """The lengths and the role followed, after refusing (in one line, before any work) a bad list, roles,
+    role or dataset, and any length beyond the model's context."""
     if not isinstance(model, HookedTransformer):
         raise InputError(f"classify_across_lengths needs a headscope HookedTransformer, got {type(model).__name__}")
     if not isinstance(dataset, (str, Path)):
@@ -164,11 +168,19 @@ def _check_lengths(model, seq_lens, dataset: str, num_prompts: int, role: str) -
                          parameter="seq_len")
     if len(set(lengths)) != len(lengths):
         raise InputError(f"seq_lens has a length twice: {list(lengths)}", parameter="seq_len")
-    if not get_role(role).applies(model.cfg.causal):
-        raise InputError(f"role {role} does not apply to this {'causal' if model.cfg.causal else 'encoder'} model")
+    names = [r.name for r in choose_roles(model, roles)]
+    if role is None:
+        role = "induction" if "induction" in names else names[0]
+    if role not in names:
+        try:
+            choose_roles(model, [role])  # an unknown role, or one this model cannot score, says so
+        except InputError as err:
+            raise InputError(str(err), parameter="role") from err
+        raise InputError(f"role {role} is followed across lengths but not among the roles scored "
+                         f"({', '.join(names)})", parameter="role")
     for n in lengths:
         check_request(model, str(dataset), n, num_prompts)
-    return lengths
+    return lengths, role
 
 
 class _PeakMemory:

@@ -22,9 +22,11 @@ model's own soft-capping, causal and window masks and sink logit (`Attention.cap
 takes the fused path, which never forms the n x n pattern.
 
 The role is not scored by every `classify_heads`: it needs its own long prompts (up to the model's
-context) rather than the probe dataset. `RETRIEVAL_ROLE` is registered on demand,
-`register_role(RETRIEVAL_ROLE)`, and then `classify_heads` reports it like any other role (its score
-function ignores the probe and uses `retrieval_scores`' defaults).
+context) rather than the probe dataset. `RETRIEVAL_ROLE` is an optional built-in role
+(`role_registry.OPTIONAL_ROLES`): chosen by name, `classify_heads(model, roles=["retrieval"])` or
+from the command line, or registered, `register_role(RETRIEVAL_ROLE)`, and then
+`classify_heads` reports it like any other role (its score function ignores the probe and uses
+`retrieval_scores`' defaults).
 
 References
 ----------
@@ -201,5 +203,6 @@ def retrieval_role_score(model: HookedTransformer, dataset=None) -> torch.Tensor
 
 
 RETRIEVAL_ROLE = Role("retrieval", score=retrieval_role_score, threshold=THRESHOLD, encoder=False,
+                      null_reason="its own needle prompts; Wu et al.'s threshold alone",
                       evidence="top-1 attention on the needle token being copied, needle-in-a-haystack copy "
                                f"prompts of {DEFAULT_CONTEXT_LEN} tokens", citation="Wu et al. (2024)")

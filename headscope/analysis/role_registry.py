@@ -15,10 +15,13 @@ A `Role` names how a head is scored, in exactly one of three ways:
 Its `null` says what the score is judged against: "uniform" (a head attending uniformly over the keys it
 can see, computed exactly on the same queries; attention-mass roles only), "shuffled" (the same head on
 the probe prompts with their tokens shuffled within each prompt: for a captured role at the probe's own
-positions, for a score role its score on the shuffled prompts), or None (the threshold alone decides).
+positions, for a score role its score on the shuffled prompts: at the probe's own positions when its
+function takes a `plan_dataset` keyword, which is then the probe), or None (the threshold alone decides).
 `classify_heads`, the role table's JSON and CSV, its figure and the docs all read the roles registered
 here; `register_role` adds one, `unregister_role` takes it away. Adding a built-in role is one more entry
-in `BUILT_IN_ROLES`.
+in `BUILT_IN_ROLES`. `OPTIONAL_ROLES` are built-in roles known by name (`get_role`) but scored only when
+chosen (`choose_roles`, `classify_heads(roles=...)`), because each costs work that every classification
+should not pay.
 
 References
 ----------
@@ -32,9 +35,10 @@ Kovaleva et al. (2019), "Revealing the Dark Secrets of BERT", EMNLP.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -54,7 +58,9 @@ class Role:
     `evidence` (what the score measures, in words), `citation` (where the definition comes from) and
     `copying` (check its candidates' direct effect on the copied token's logit, as induction does) and
     `requires` (a function of the model, False when the role cannot be scored on it: no single-token names,
-    say; classify then leaves the role out)."""
+    say; classify then leaves the role out, or refuses it when it was chosen by name) with `requirement`,
+    what that check asks for in words (the refusal's reason); `null_reason`: for a role without a null, why
+    none fits (the definition and the docs say it beside "no null")."""
 
     name: str
     statistic: str | Statistic | None = None
@@ -68,6 +74,8 @@ class Role:
     citation: str = ""
     copying: bool = False
     requires: Callable | None = None
+    requirement: str = ""
+    null_reason: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.isidentifier():
@@ -87,6 +95,8 @@ class Role:
         if self.null == "uniform" and (stat is None or stat.row is not None):
             raise InputError(f"role {self.name!r}: a uniform null exists only for an attention mass (pairs of "
                              "positions), not for a score function or a whole-row statistic")
+        if self.null_reason and self.null is not None:
+            raise InputError(f"role {self.name!r}: null_reason says why a role has no null, and this one has one")
         if self.threshold is None:
             raise InputError(f"role {self.name!r} has no threshold: give the minimum score a head needs")
         check_threshold(self, self.threshold)
@@ -110,7 +120,7 @@ class Role:
     def null_text(self) -> str:
         """The null in words, as reasons and the JSON's meta say it."""
         if self.null == "shuffled" and self.score is not None:
-            return "the same score on the shuffled control"
+            return "the same score on the shuffled control" + (", same positions" if takes_plan(self.score) else "")
         return NULL_TEXT[self.null]
 
     def applies(self, causal: bool) -> bool:
@@ -121,11 +131,21 @@ class Role:
         """Whether the role applies to `model`: its kind (causal or encoder) and its `requires` check."""
         return self.applies(model.cfg.causal) and (self.requires is None or bool(self.requires(model)))
 
+    def unavailable_reason(self, model) -> str | None:
+        """Why the role cannot be scored on `model` (one clause), or None when it can."""
+        kind = "causal" if model.cfg.causal else "bidirectional (encoder)"
+        if not self.applies(model.cfg.causal):
+            return f"it applies to {'encoder' if self.encoder else 'causal'} models only and this model is {kind}"
+        if self.requires is not None and not self.requires(model):
+            return f"it needs {self.requirement or 'what ' + getattr(self.requires, '__name__', 'its check') + ' checks'}"
+        return None
+
     def describe(self) -> dict:
         """The definition as JSON: what scores it, null, threshold, evidence, citation, models it applies to."""
         source = ("statistic " + self.capture_statistic.name if self.statistic is not None
                   else "detection pattern" if self.entries is not None else "score function")
-        return {"scored_by": source, "null": self.null_text, "threshold": self.threshold,
+        null = self.null_text + (f" ({self.null_reason})" if self.null is None and self.null_reason else "")
+        return {"scored_by": source, "null": null, "threshold": self.threshold,
                 "applies_to": [kind for kind, ok in (("causal", self.causal), ("encoder", self.encoder)) if ok],
                 "evidence": self.evidence, "citation": self.citation}
 
@@ -143,6 +163,14 @@ class SharedScore:
         return self.joint(model, dataset)[self.part]
 
 
+def takes_plan(score) -> bool:
+    """Whether a score function takes `plan_dataset` (then it scores the control at the probe's positions)."""
+    try:
+        return "plan_dataset" in inspect.signature(score).parameters
+    except (TypeError, ValueError):  # a callable without a signature
+        return False
+
+
 def check_threshold(role: Role, value) -> float:
     """`value` as the role's threshold: a number, in [0, 1] for an attention mass; else one-line InputError."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -153,6 +181,7 @@ def check_threshold(role: Role, value) -> float:
 
 
 _REGISTRY: dict[str, Role] = {}
+_OPTIONAL: dict[str, Role] = {}  # built-in roles known by name, scored only when chosen (OPTIONAL_ROLES)
 
 
 def register_role(role: Role, *, replace: bool = False) -> Role:
@@ -169,14 +198,50 @@ def register_role(role: Role, *, replace: bool = False) -> Role:
 
 def unregister_role(name: str) -> Role:
     """Remove the role `name` from the registry; returns it."""
-    return _REGISTRY.pop(get_role(name).name)
+    if name not in _REGISTRY:
+        raise InputError(f"unknown role {name!r}; registered roles: {', '.join(_REGISTRY)}")
+    return _REGISTRY.pop(name)
+
+
+def known_role_names() -> tuple[str, ...]:
+    """Every name `get_role` knows: the registered roles, then the optional built-in ones not registered."""
+    return (*_REGISTRY, *(name for name in _OPTIONAL if name not in _REGISTRY))
 
 
 def get_role(name: str) -> Role:
-    """The registered role `name`; an unknown name is an InputError listing the known ones."""
-    if name not in _REGISTRY:
-        raise InputError(f"unknown role {name!r}; roles: {', '.join(_REGISTRY)}")
-    return _REGISTRY[name]
+    """The registered role `name`, else the optional built-in role of that name (`OPTIONAL_ROLES`); an
+    unknown name is an InputError listing the known ones."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name in _OPTIONAL:
+        return _OPTIONAL[name]
+    raise InputError(f"unknown role {name!r}; roles: {', '.join(known_role_names())}", parameter="roles")
+
+
+def choose_roles(model, roles=None) -> tuple[Role, ...]:
+    """The roles to score on `model`: None, every registered role that applies to it (its kind and its
+    `requires` check; the others are left out); else `roles`, names (registered or optional built-in
+    roles) or `Role` objects, in that order. A chosen role that is unknown, named twice or cannot be
+    scored on the model is refused in one line, with the reason."""
+    if roles is None:
+        return tuple(role for role in registered_roles(model.cfg.causal) if role.available(model))
+    if isinstance(roles, (str, Role)):
+        roles = [roles]
+    chosen = []
+    for item in roles:
+        if not isinstance(item, (str, Role)):
+            raise InputError(f"roles are chosen by name or as Role objects, got {type(item).__name__}",
+                             parameter="roles")
+        role = get_role(item.strip()) if isinstance(item, str) else item
+        if role.name in (r.name for r in chosen):
+            raise InputError(f"role {role.name} is chosen twice", parameter="roles")
+        reason = role.unavailable_reason(model)
+        if reason is not None:
+            raise InputError(f"role {role.name} cannot be scored on {model.name}: {reason}", parameter="roles")
+        chosen.append(role)
+    if not chosen:
+        raise InputError(f"no role chosen; roles: {', '.join(known_role_names())}", parameter="roles")
+    return tuple(chosen)
 
 
 def registered_roles(causal: bool | None = None) -> tuple[Role, ...]:
@@ -188,23 +253,32 @@ def registered_roles(causal: bool | None = None) -> tuple[Role, ...]:
 from headscope.analysis import sink_roles  # noqa: E402  (it builds on Role, defined above)
 from headscope.analysis.circuit_roles import CIRCUIT_ROLES  # noqa: E402 (it builds Role objects, defined above)
 
+# Why the sink module's roles have no null (set here: sink_roles.py is another's work). A positional
+# norm-weighted score scores the same on a shuffled control, and uniform attention has no norm-weighted
+# level that does not depend on the head's own values. induction_norm's null is the shuffled control at
+# the probe's positions, as induction's, once its score function takes `plan_dataset`: scored at the
+# control's own repeats it would measure the induction mechanism again and refuse every induction head.
+_POSITIONAL_NORM = "positional: a shuffled control scores the same; uniform attention has no norm-weighted level"
+_NEEDS_PLAN = "the shuffled control must be scored at the probe's positions, which its score function does not take yet"
+
 # Fractions of attention. 0.4 is "the largest single thing the head does" for a one-position role; the
 # sink and local roles gather mass over more keys (or from uniform heads early in a row), so they ask more.
 BUILT_IN_ROLES = (
     Role("previous_token", statistic="previous_token", threshold=0.4,
          evidence="attention on the previous real token", citation="Olsson et al. (2022)"),
-    sink_roles.PREVIOUS_TOKEN_NORM,
+    replace(sink_roles.PREVIOUS_TOKEN_NORM, null_reason=_POSITIONAL_NORM),
     Role("induction", statistic="induction", threshold=0.4, null="shuffled", copying=True,
          evidence="attention on the token after an earlier occurrence of the current one",
          citation="Olsson et al. (2022)"),
-    sink_roles.INDUCTION_NORM,
+    replace(sink_roles.INDUCTION_NORM, null_reason=_NEEDS_PLAN),
     Role("duplicate_token", statistic="duplicate_token", threshold=0.4, null="shuffled",
          evidence="attention on earlier occurrences of the current token", citation="Wang et al. (2022)"),
     Role("attention_sink", statistic="attention_sink", threshold=0.6,
          evidence="attention on position 0 (BOS / [CLS])", citation="Xiao et al. (2024)"),
-    sink_roles.ATTENTION_SINK_NORM,
-    sink_roles.ATTENTION_SINK_GU,
-    sink_roles.DORMANT,
+    replace(sink_roles.ATTENTION_SINK_NORM, null_reason=_POSITIONAL_NORM),
+    replace(sink_roles.ATTENTION_SINK_GU, null_reason="Gu et al.'s definition is the threshold alone"),
+    replace(sink_roles.DORMANT, null_reason="first-token mass and output norms, which a shuffled control, BOS "
+                                              "first, leaves as they are"),
     Role("self", statistic="current_token", threshold=0.4, evidence="attention on the query's own position",
          citation="Clark et al. (2019)"),
     Role("local", statistic="local", threshold=0.6, evidence="attention on the 3 previous real positions",
@@ -217,6 +291,15 @@ BUILT_IN_ROLES = (
 )
 for _role in BUILT_IN_ROLES:
     register_role(_role)
+
+from headscope.analysis.copy_suppression import COPY_SUPPRESSION_ROLE  # noqa: E402 (builds a Role)
+from headscope.analysis.retrieval import RETRIEVAL_ROLE  # noqa: E402 (it builds a Role, defined above)
+
+# Built-in roles that classify scores only when they are chosen (`classify_heads(roles=...)`): each brings
+# its own prompts or forward passes, which every classification should not pay for (see their modules).
+OPTIONAL_ROLES = (RETRIEVAL_ROLE, COPY_SUPPRESSION_ROLE)
+for _role in OPTIONAL_ROLES:
+    _OPTIONAL[_role.name] = _role
 
 
 def role_catalogue(roles: tuple[Role, ...] | None = None) -> str:

@@ -41,7 +41,7 @@ import torch
 
 from headscope import distributed as distributed_run
 from headscope.analysis import intervals
-from headscope.analysis.role_registry import Role, SharedScore, check_threshold, get_role, registered_roles
+from headscope.analysis.role_registry import Role, SharedScore, check_threshold, choose_roles, get_role, takes_plan
 from headscope.analysis.role_table import HeadRoles, RoleTable
 from headscope.capture.datasets import TokenDataset, dataset_for_model, fit_seq_len
 from headscope.capture.engine import capture
@@ -76,6 +76,7 @@ def classify_heads(
     distributed: bool | None = None,
     resume: str | Path | None = None,
     max_memory: int | None = None,
+    roles=None,
 ) -> RoleTable:
     """Give every head of `model` the roles its attention supports (see the module docstring).
 
@@ -94,6 +95,10 @@ def classify_heads(
     continues where the last stopped, a finished capture included; they are removed at the end.
     max_memory: bytes for each forward pass's activations (default: a share of the free memory, see
     `headscope.capture.capture`); the bootstrap draws its resamples in bounded chunks whatever the prompts.
+    roles: the roles to score, names or `Role` objects (`role_registry.choose_roles`; the optional built-in
+    ones, such as "retrieval", by name too); None: every registered role that applies to the model. Only
+    the captures and score functions the chosen roles need are run, and the table holds only them; a
+    chosen role the model cannot be scored on is refused with the reason.
 
     References
     ----------
@@ -102,8 +107,9 @@ def classify_heads(
     if not isinstance(model, HookedTransformer):
         raise InputError(f"classify_heads needs a headscope HookedTransformer, got {type(model).__name__}: "
                          "load it with headscope.load_model")
-    roles = tuple(role for role in registered_roles(model.cfg.causal) if role.available(model))
-    limits = _check_options(thresholds, margin, n_bootstrap, roles)
+    chosen = roles is not None
+    roles = choose_roles(model, roles)
+    limits = _check_options(thresholds, margin, n_bootstrap, roles, chosen)
     dataset = _resolve_dataset(model, dataset, seq_len, num_prompts, seed)
     stages = {name: None if resume is None else Path(resume) / f"{name}.progress.safetensors"
               for name in ("probe", "control")}
@@ -131,14 +137,21 @@ def classify_heads(
     return RoleTable(model.name, model.cfg.n_layers, model.cfg.n_heads, heads, meta)
 
 
-def _check_options(thresholds, margin, n_bootstrap, roles: tuple[Role, ...]) -> dict[str, float]:
+def _check_options(thresholds, margin, n_bootstrap, roles: tuple[Role, ...], chosen: bool = False
+                   ) -> dict[str, float]:
+    """The thresholds of `roles`, the given ones checked; with roles chosen by the caller, a threshold for
+    another role is refused (it could not be honoured)."""
     limits = {r.name: r.threshold for r in roles}
+    by_name = {r.name: r for r in roles}
     for name, value in (thresholds or {}).items():
-        role = get_role(name)
         if name in limits:
-            limits[name] = check_threshold(role, value)
-        else:
-            check_threshold(role, value)
+            limits[name] = check_threshold(by_name[name], value)
+            continue
+        role = get_role(name)
+        if chosen:
+            raise InputError(f"a threshold is given for {name}, which is not among the chosen roles "
+                             f"({', '.join(limits)})")
+        check_threshold(role, value)
     if not isinstance(margin, (int, float)) or not 0 <= margin < 1:
         raise InputError(f"margin must be in [0, 1), got {margin!r}")
     if not isinstance(n_bootstrap, int) or n_bootstrap < 10:
@@ -166,7 +179,7 @@ def _evidence(model, dataset: TokenDataset, roles: tuple[Role, ...], stages: dic
             null = control.mean(stat) if role.null == "shuffled" else None
         else:
             scores[role.name], intervals[role.name] = _scored(role, model, dataset, n_bootstrap, seed, joint["probe"])
-            null = (_scored(role, model, control_data, n_bootstrap, seed, joint["control"])[0]
+            null = (_scored(role, model, control_data, n_bootstrap, seed, joint["control"], plan_dataset=dataset)[0]
                     if role.null == "shuffled" else None)
         if role.null == "uniform":
             null = torch.full(shape, uniform_null(dataset, role.capture_statistic, model.cfg.causal), dtype=torch.float64)
@@ -182,9 +195,10 @@ def _capture_for(model, dataset, stats: list, resume, options: dict, plan_datase
 
 
 def _scored(role: Role, model, dataset: TokenDataset, n_bootstrap: int, seed: int,
-            joint: dict) -> tuple[torch.Tensor, tuple]:
+            joint: dict, plan_dataset: TokenDataset | None = None) -> tuple[torch.Tensor, tuple]:
     """A score role's (n_layers, n_heads) scores and interval ends (NaN unless it scores each prompt). A
-    `SharedScore`'s joint computation runs once per `joint` dict (one dataset of one call) and is kept there."""
+    `SharedScore`'s joint computation runs once per `joint` dict (one dataset of one call) and is kept there.
+    plan_dataset (the probe, when `dataset` is its control) goes to a score function that takes it."""
     shape = (model.cfg.n_layers, model.cfg.n_heads)
     score = role.score
     if isinstance(score, SharedScore):
@@ -192,7 +206,8 @@ def _scored(role: Role, model, dataset: TokenDataset, n_bootstrap: int, seed: in
             joint[score.joint] = score.joint(model, dataset)
         values = joint[score.joint][score.part]
     else:
-        values = score(model, dataset)
+        plan = {"plan_dataset": plan_dataset} if plan_dataset is not None and takes_plan(score) else {}
+        values = score(model, dataset, **plan)
     values = torch.as_tensor(values, dtype=torch.float64).cpu()
     if values.shape == shape:
         return values, (torch.full(shape, math.nan, dtype=torch.float64),) * 2

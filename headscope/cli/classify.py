@@ -13,6 +13,16 @@ from headscope.io import run_lock, write_text_atomically
 from headscope.reports import role_lines
 
 
+def name_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+    """A callback for `"induction,retrieval"` -> ["induction", "retrieval"]; an empty entry is refused."""
+    if value is None:
+        return None
+    names = [part.strip() for part in value.split(",")]
+    if not all(names):
+        raise click.BadParameter(f"{value!r} has an empty entry: give names separated by commas")
+    return names
+
+
 @click.command()
 @click.argument("model_source", metavar="[MODEL]", default=DEFAULT_MODEL, required=False)
 @dataset_options(seq_len=64, several_lengths=True)
@@ -21,21 +31,25 @@ from headscope.reports import role_lines
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write role heatmaps as a standalone page.")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
               help="Keep progress in this folder; rerun with the same options to continue after an interruption.")
+@click.option("--roles", "roles", callback=name_list,
+              help="Comma-separated roles to score, e.g. induction,retrieval (optional built-in roles such as "
+                   "retrieval and copy_suppression only this way).  [default: every role that applies]")
 @click.option("--role", help="With several --seq-len values: the role whose score by length the table and figure "
-                             "follow.  [default: induction]")
+                             "follow.  [default: induction, or the first of --roles]")
 def classify(model_source: str, dataset: str, seq_len: list[int] | None, num_prompts: int, device: str, seed: int,
              pack: bool, json_path: str | None, csv_path: str | None, html_path: str | None, resume_dir: str | None,
-             role: str | None) -> None:
+             roles: list[str] | None, role: str | None) -> None:
     """Which heads are previous-token, induction, duplicate-token, sink, self, local heads, with evidence.
 
     A head gets a role when its score passes the role's threshold and the lower end of its 95% bootstrap
     interval over prompts clears the role's null (uniform attention, or for induction and duplicate-token
     the same positions in a shuffled-token control). Several --seq-len values (e.g. 128,1024) classify once
     per length and report each head's --role score by length; --json, --csv and --html then hold the sweep.
+    --roles scores only the roles named (and only their captures run); the outputs hold only those.
     """
     if seq_len is not None and len(seq_len) > 1:
         return _across_lengths(model_source, dataset, seq_len, num_prompts, device, seed, pack, json_path,
-                               csv_path, html_path, resume_dir, role or "induction")
+                               csv_path, html_path, resume_dir, roles, role)
     if role is not None:
         raise InputError("--role follows a role across lengths: give several --seq-len values, e.g. 128,1024")
     seq_len = seq_len[0] if seq_len else None
@@ -48,7 +62,7 @@ def classify(model_source: str, dataset: str, seq_len: list[int] | None, num_pro
         model = load_model(model_source, device=device)
         data = dataset_for_model(model, dataset, seq_len=seq_len, num_prompts=num_prompts, seed=seed,
                                  mode="pack" if pack else "pad")
-        table = classify_heads(model, data, seed=seed, progress=True, resume=resume_dir)
+        table = classify_heads(model, data, seed=seed, progress=True, resume=resume_dir, roles=roles)
     if not distributed.is_writer():  # under torchrun, rank 0 writes and prints
         return
     click.echo("\n".join(role_lines(table)))
@@ -64,7 +78,7 @@ def classify(model_source: str, dataset: str, seq_len: list[int] | None, num_pro
 
 
 def _across_lengths(model_source, dataset, seq_lens, num_prompts, device, seed, pack, json_path, csv_path,
-                    html_path, resume_dir, role) -> None:
+                    html_path, resume_dir, roles, role) -> None:
     from headscope.analysis.lengths import classify_across_lengths
     from headscope.loading.load import load_model
     from headscope.reports import length_lines
@@ -72,7 +86,7 @@ def _across_lengths(model_source, dataset, seq_lens, num_prompts, device, seed, 
     check_outputs(json_path, csv_path, html_path)
     with run_lock(output_folder(resume_dir)) if resume_dir and distributed.is_writer() else contextlib.nullcontext():
         model = load_model(model_source, device=device)
-        sweep = classify_across_lengths(model, seq_lens, dataset, role=role, num_prompts=num_prompts, seed=seed,
+        sweep = classify_across_lengths(model, seq_lens, dataset, role=role, roles=roles, num_prompts=num_prompts, seed=seed,
                                         mode="pack" if pack else "pad", progress=True, resume=resume_dir)
     if not distributed.is_writer():
         return

@@ -75,7 +75,7 @@ def test_bad_lengths_are_refused_before_any_work(toy):
             classify_across_lengths(toy, [8, 8])
         with pytest.raises(InputError, match="integers of at least 4"):
             classify_across_lengths(toy, [2, 8])
-        with pytest.raises(InputError, match="role sep does not apply"):
+        with pytest.raises(InputError, match="role sep cannot be scored on .*: it applies to encoder models only"):
             classify_across_lengths(toy, [8, 16], role="sep")
         with pytest.raises(InputError, match="unknown role 'inductoin'"):
             classify_across_lengths(toy, [8, 16], role="inductoin")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from headscope.analysis import Role, classify_heads, get_role, register_role, registered_roles, unregister_role
-from headscope.analysis.role_registry import BUILT_IN_ROLES, role_catalogue
+from headscope.analysis.role_registry import BUILT_IN_ROLES, OPTIONAL_ROLES, role_catalogue
 from headscope.errors import InputError
 from tests.analysis.test_roles import EXPECTED, forced_hooks, forced_model, forced_target, probe  # noqa: F401
 
@@ -160,6 +160,7 @@ def test_the_built_in_roles_are_the_registry_and_the_docs_list_them():
 
     design = (Path(__file__).parents[2] / "docs" / "design.md").read_text()
     assert role_catalogue(BUILT_IN_ROLES) in design
+    assert role_catalogue(OPTIONAL_ROLES) in design
 
 
 def test_the_printed_table_leaves_out_what_a_score_role_does_not_have(forced_model, user_roles):
