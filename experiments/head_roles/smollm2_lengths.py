@@ -1,10 +1,11 @@
 """SmolLM2-135M's head roles across context lengths, up to its 8192-token context, with time and peak memory.
 
-    python experiments/head_roles/smollm2_lengths.py                      # 128, 512, 2048, 8192 tokens
+    python experiments/head_roles/smollm2_lengths.py                      # 128, 512, 2048, 8190 tokens
     python experiments/head_roles/smollm2_lengths.py --lengths 128,1024 --num-prompts 4
 
 Each length is classified in a process of its own (`classify_heads` on repeated random tokens, two periods
-of length / 2), so its peak resident memory (the process' maximum, weights included) is that length's
+of length / 2; 8190 is the longest even length whose
+prompt, BOS included, fits SmolLM2's 8192 positions), so its peak resident memory (the process' maximum, weights included) is that length's
 alone; the time is `classify_heads`' own, without loading the model. A length already done (its
 `lengths/len-N.json` exists) is read back, so an interrupted run continues. Then the lengths are put
 together as one `LengthSweep` (the shape `headscope classify --seq-len a,b,... --json` writes):
@@ -117,7 +118,7 @@ def markdown(result, records: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lengths", default="128,512,2048,8192")
+    parser.add_argument("--lengths", default="128,512,2048,8190")
     parser.add_argument("--num-prompts", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
