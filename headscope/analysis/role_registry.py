@@ -154,13 +154,14 @@ class Role:
 class SharedScore:
     """A role's score function that is one part of a joint computation: `joint(model, dataset)` returns a dict
     of scores by part, all from one pass over the prompts, and calling the SharedScore returns its `part`.
-    `classify_heads` runs each joint function once per dataset and call, and hands every role its part."""
+    `classify_heads` runs each joint function once per dataset and call, and hands every role its part; a
+    joint function taking `plan_dataset` gets the probe when the dataset is its shuffled control."""
 
     joint: Callable
     part: str
 
-    def __call__(self, model, dataset) -> torch.Tensor:
-        return self.joint(model, dataset)[self.part]
+    def __call__(self, model, dataset, **plan) -> torch.Tensor:
+        return self.joint(model, dataset, **plan)[self.part]
 
 
 def takes_plan(score) -> bool:
@@ -259,7 +260,6 @@ from headscope.analysis.circuit_roles import CIRCUIT_ROLES  # noqa: E402 (it bui
 # the probe's positions, as induction's, once its score function takes `plan_dataset`: scored at the
 # control's own repeats it would measure the induction mechanism again and refuse every induction head.
 _POSITIONAL_NORM = "positional: a shuffled control scores the same; uniform attention has no norm-weighted level"
-_NEEDS_PLAN = "the shuffled control must be scored at the probe's positions, which its score function does not take yet"
 
 # Fractions of attention. 0.4 is "the largest single thing the head does" for a one-position role; the
 # sink and local roles gather mass over more keys (or from uniform heads early in a row), so they ask more.
@@ -270,7 +270,7 @@ BUILT_IN_ROLES = (
     Role("induction", statistic="induction", threshold=0.4, null="shuffled", copying=True,
          evidence="attention on the token after an earlier occurrence of the current one",
          citation="Olsson et al. (2022)"),
-    replace(sink_roles.INDUCTION_NORM, null_reason=_NEEDS_PLAN),
+    sink_roles.INDUCTION_NORM,
     Role("duplicate_token", statistic="duplicate_token", threshold=0.4, null="shuffled",
          evidence="attention on earlier occurrences of the current token", citation="Wang et al. (2022)"),
     Role("attention_sink", statistic="attention_sink", threshold=0.6,

@@ -203,7 +203,8 @@ def _scored(role: Role, model, dataset: TokenDataset, n_bootstrap: int, seed: in
     score = role.score
     if isinstance(score, SharedScore):
         if score.joint not in joint:
-            joint[score.joint] = score.joint(model, dataset)
+            plan = {"plan_dataset": plan_dataset} if plan_dataset is not None and takes_plan(score.joint) else {}
+            joint[score.joint] = score.joint(model, dataset, **plan)
         values = joint[score.joint][score.part]
     else:
         plan = {"plan_dataset": plan_dataset} if plan_dataset is not None and takes_plan(score) else {}

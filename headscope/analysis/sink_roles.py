@@ -72,19 +72,26 @@ def gu_sink_entries(batch: Batch) -> EntryPlan:
 
 
 @torch.no_grad()
-def sink_scores(model, dataset: TokenDataset, memory: int = PATTERN_MEMORY) -> dict[str, torch.Tensor]:
+def sink_scores(model, dataset: TokenDataset, memory: int = PATTERN_MEMORY,
+                plan_dataset: TokenDataset | None = None) -> dict[str, torch.Tensor]:
     """Every per-prompt score of this module's roles, from one forward pass per `PROMPTS_AT_ONCE` prompts.
 
     By name, (prompts, layers, heads) float64 each: "dormant" (1 or 0), what it is judged on,
     "first_token_mass" (Gu's alpha on the prompt) and "relative_output_norm" (the head's mean output norm
     over the layer's mean head's), and "previous_token_norm", "attention_sink_norm", "induction_norm" (these
     three (layers, heads), the mean over the prompts that have counted queries, where some prompt has none).
-    `memory`: bytes for one chunk of pattern rows' float32 temporaries; a chunk has one row at least."""
+    `memory`: bytes for one chunk of pattern rows' float32 temporaries; a chunk has one row at least.
+    `plan_dataset`: the prompts whose tokens say which entries the norm-weighted statistics count (the probe,
+    when `dataset` is its shuffled control, so the control is scored at the probe's induction targets);
+    default `dataset` itself. It must have `dataset`'s shape and real positions."""
     cfg = model.cfg
+    plan = dataset if plan_dataset is None else plan_dataset
+    if plan.tokens.shape != dataset.tokens.shape or not torch.equal(plan.real, dataset.real):
+        raise InputError("plan_dataset must have the scored prompts' shape and real positions")
     sums: dict[str, list] = {}
     counts: dict[str, list] = {}
     for rows, tokens, mask in dataset.batches(PROMPTS_AT_ONCE):
-        one = _Pass(model, Batch(dataset.tokens[rows], dataset.real[rows], dataset.has_bos, cfg.causal), memory)
+        one = _Pass(model, Batch(plan.tokens[rows], dataset.real[rows], dataset.has_bos, cfg.causal), memory)
         with model.hooks(one.hooks()):
             model(tokens.to(model.device), attention_mask=None if mask is None else mask.to(model.device),
                   return_type=None)
@@ -227,5 +234,5 @@ ATTENTION_SINK_NORM = Role(
     "attention_sink_norm", score=norm_score("attention_sink"), threshold=0.6,
     evidence="attention_sink on the norm of A_ij f(x_j), normalised per row, instead of A_ij", citation=_NORM)
 INDUCTION_NORM = Role(
-    "induction_norm", score=norm_score("induction"), threshold=0.4,
+    "induction_norm", score=norm_score("induction"), threshold=0.4, null="shuffled",
     evidence="induction on the norm of A_ij f(x_j), normalised per row, instead of A_ij", citation=_NORM)

@@ -277,6 +277,9 @@ def test_a_fixed_offset_head_is_not_an_induction_head(forced_model):
     assert head.scores["induction"] > 0.95  # the attention is all on the targets...
     assert "induction" not in head.roles  # ...but the control, same positions, scores as high
     assert head.nulls["induction"] > 0.95 and "induction" in head.rejected
+    # The norm-weighted score is judged against the same control, scored at the probe's targets.
+    assert head.scores["induction_norm"] > 0.95 and head.nulls["induction_norm"] > 0.95
+    assert "induction_norm" not in head.roles and "induction_norm" in head.rejected
 
 
 class Interrupt(Exception):

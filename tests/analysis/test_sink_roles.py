@@ -177,13 +177,15 @@ def padded_prompts(vocab: int) -> TokenDataset:
     return TokenDataset(tokens.masked_fill(mask == 0, 0), mask)
 
 
-def scores_from_full_patterns(model, dataset) -> dict[str, torch.Tensor]:
+def scores_from_full_patterns(model, dataset, plan_dataset=None) -> dict[str, torch.Tensor]:
     """The scores of `sink_scores` written out from each layer's full pattern at hook_pattern (the explicit
     path) and its values, in float64: o_h(i) = ||sum_j A_ij v_h(j) W_O^h||, N_ij = A_ij ||v_h(j) W_O^h||
-    normalised over row i, means over each statistic's counted queries."""
+    normalised over row i, means over each statistic's counted queries (those of `plan_dataset`'s tokens
+    when given)."""
     cfg, real = model.cfg, dataset.real
     _, cache = model.run_with_cache(dataset.tokens, attention_mask=dataset.attention_mask)
-    plans = make_plans(NORM_STATISTICS, Batch(dataset.tokens, real, dataset.has_bos, cfg.causal))
+    plan_tokens = dataset.tokens if plan_dataset is None else plan_dataset.tokens
+    plans = make_plans(NORM_STATISTICS, Batch(plan_tokens, real, dataset.has_bos, cfg.causal))
     names = ["first_token_mass", "relative_output_norm", *(f"{s}_norm" for s in NORM_STATISTICS)]
     result = {name: torch.zeros(len(dataset), cfg.n_layers, cfg.n_heads, dtype=torch.float64) for name in names}
     n_real = real.sum(1, keepdim=True).double()
@@ -215,6 +217,23 @@ def test_one_pass_scores_equal_the_definitions_on_full_patterns(tiny_model, memo
     assert torch.equal(scores["dormant"], dormant.double())
     assert torch.equal(dormant_scores(tiny_model, dataset), scores["dormant"])  # the roles' parts, default chunks
     assert torch.allclose(norm_score("induction")(tiny_model, dataset), scores["induction_norm"], atol=1e-6)
+
+
+def test_a_shuffled_control_is_scored_at_the_probe_s_positions(tiny_model):
+    """With plan_dataset (the probe), the control's norm-weighted induction score counts the probe's induction
+    targets on the control's patterns, as induction's null does; without it, the control's own."""
+    from headscope.analysis.roles import shuffled_control
+
+    probe_data = padded_prompts(tiny_model.cfg.d_vocab)
+    control = shuffled_control(probe_data, seed=3)
+    at_probe = sink_scores(tiny_model, control, plan_dataset=probe_data)
+    expected = scores_from_full_patterns(tiny_model, control, plan_dataset=probe_data)
+    own = scores_from_full_patterns(tiny_model, control)
+    for name in ("induction_norm", "previous_token_norm", "first_token_mass"):
+        assert torch.allclose(at_probe[name], expected[name], rtol=1e-4, atol=1e-5), name
+    assert not torch.allclose(expected["induction_norm"], own["induction_norm"], atol=1e-3)  # the plan matters
+    with pytest.raises(InputError, match="plan_dataset must have the scored prompts' shape"):
+        sink_scores(tiny_model, control, plan_dataset=probe_data.subset([0, 1]))
 
 
 def test_a_planted_dormant_head_is_found_by_the_one_pass(tiny_model):
@@ -274,7 +293,7 @@ def test_classify_scores_every_sink_role_in_one_pass_per_batch():
     with_all = forward_passes(model, classify)
     with without_roles(["dormant", "previous_token_norm", "attention_sink_norm", "induction_norm"]):
         without = forward_passes(model, classify)
-    assert with_all - without == 2
+    assert with_all - without == 2 + 2  # one pass per batch on the probe, and on the control (induction_norm's null)
     assert [r.name for r in registered_roles()][:3] == ["previous_token", "previous_token_norm", "induction"]
 
 
