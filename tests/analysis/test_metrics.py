@@ -144,3 +144,50 @@ def test_metrics_by_name():
         resolve_metric("acc", data)
     with pytest.raises(InputError, match="^logit-diff needs the answer and wrong token of every prompt"):
         resolve_metric("logit-diff", data)
+
+
+@torch.no_grad()
+def test_losses_from_hidden_states_are_the_hand_computed_next_token_losses():
+    """The loss metrics read from the final hidden states: softmax of hidden @ W_U + b_U (and Gemma's cap) at the
+    counted positions, computed here one position at a time; the chunked unembedding gives the same."""
+    from headscope.analysis.metrics import _token_losses_from_hidden
+
+    for arch in ("neox", "gemma"):
+        torch.manual_seed(4)
+        model = HookedTransformer(TINY_CONFIGS[arch]).eval()
+        tokens = torch.tensor([[7, 3, 9, 3, 9, 4], [5, 3, 9, 5, 3, 9]])
+        real = torch.tensor([[True] * 6, [True] * 5 + [False]])
+        hidden = model(tokens, return_type="hidden")
+
+        def loss_at(b, i):  # -log p(token i + 1) at position i, by hand
+            logits = hidden[b, i] @ model.W_U + (model.unembed.b_U if model.cfg.unembed_bias else 0)
+            if model.cfg.final_softcap:
+                logits = model.cfg.final_softcap * torch.tanh(logits / model.cfg.final_softcap)
+            return float(torch.logsumexp(logits, 0) - logits[tokens[b, i + 1]])
+
+        loss = METRICS["loss"].of(model, hidden, tokens, real, None)
+        assert loss.tolist() == pytest.approx([sum(loss_at(0, i) for i in range(5)) / 5,
+                                               sum(loss_at(1, i) for i in range(4)) / 4], rel=1e-5)
+        keep = real[:, 1:].clone()
+        keep[0, 0] = False
+        for chunk_bytes in (1 << 26, 4 * 99 * 2, 1):  # one chunk, two rows at a time, one row at a time
+            losses = _token_losses_from_hidden(model, hidden, tokens, keep, chunk_bytes)
+            expected = [[loss_at(b, i) if keep[b, i] else 0.0 for i in range(5)] for b in range(2)]
+            assert losses.tolist() == [pytest.approx(row, rel=1e-5, abs=1e-6) for row in expected]
+        # the repeated-random loss reads the second period only: BOS, period 2 -> predictions of positions 4 and 5
+        # (prompt 1: 4 only, 5 is padding)
+        data = TokenDataset(tokens, has_bos=True, name="repeated-random", meta={"period": 2})
+        induction = induction_loss_metric(data).of(model, hidden, tokens, real, None)
+        assert induction.tolist() == pytest.approx([(loss_at(0, 3) + loss_at(0, 4)) / 2, loss_at(1, 3)], rel=1e-5)
+
+
+def test_induction_loss_needs_both_the_dataset_name_and_its_period():
+    tokens = torch.tensor([[9, 1, 2, 1, 2]])
+    for data in (TokenDataset(tokens, name="repeated-random", meta={}),
+                 TokenDataset(tokens, name="repeated-random", meta={"period": 0}),
+                 TokenDataset(tokens, name="tensor", meta={"period": 2})):
+        with pytest.raises(InputError, match=r"^induction-loss needs the repeated-random dataset \(its period says "
+                                             r"what repeats\)$"):
+            induction_loss_metric(data)
+    assert induction_loss_metric(TokenDataset(tokens, name="repeated-random", meta={"period": 2})).name == \
+        "induction-loss"
