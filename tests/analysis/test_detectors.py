@@ -9,6 +9,7 @@ import torch
 
 from headscope.analysis.detectors import copying_scores
 from headscope.capture.datasets import from_tensor
+from headscope.distributed import DistributedError
 from headscope.errors import InputError
 from tests.conftest import build_tiny_model
 
@@ -25,6 +26,17 @@ MASK = torch.tensor([[1] * 12, [1] * 8 + [0] * 4])
 #   i=7 (9 at 5 followed by 11, and the next column holds 11 -- but it is padding): no.
 COPY_QUERIES = [(0, 4, 6), (0, 7, 6), (0, 8, 8), (1, 3, 10), (1, 4, 9)]
 HEADS = [(0, 0), (0, 3), (1, 2)]
+
+
+def _model(arch: str):
+    """A tiny seeded model with weights of standard deviation 0.2 (not 0.02), so the effects are of order one
+    and a query counted wrongly moves a score far beyond the tolerance."""
+    model = build_tiny_model(arch)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.rsplit(".", 1)[-1].startswith("W_"):
+                param.mul_(10)
+    return model
 
 
 def _rms(x: torch.Tensor, eps: float) -> float:
@@ -58,39 +70,58 @@ def _by_hand(model, layer: int, head: int) -> float:
 
 @pytest.mark.parametrize("arch", ["attn-only", "gpt2", "llama-gqa", "neox", "gemma", "olmo2"])
 def test_copying_score_is_the_mean_direct_logit_effect_over_the_copy_queries(arch):
-    model = build_tiny_model(arch)
+    model = _model(arch)
     dataset = from_tensor(TOKENS, MASK, has_bos=True)
     scores = copying_scores(model, dataset, HEADS)
     assert list(scores) == HEADS
     for layer, head in HEADS:
         expected = _by_hand(model, layer, head)
-        assert scores[(layer, head)] == pytest.approx(expected, rel=1e-4, abs=1e-6)
+        assert scores[(layer, head)] == pytest.approx(expected, rel=1e-4)
     assert len({round(v, 6) for v in scores.values()}) == len(HEADS)  # the heads are told apart
     # One prompt at a time: the same mean over the same five queries.
-    assert copying_scores(model, dataset, HEADS, batch_size=1) == pytest.approx(scores, rel=1e-5, abs=1e-7)
+    assert copying_scores(model, dataset, HEADS, batch_size=1) == pytest.approx(scores, rel=1e-5)
 
 
 @torch.no_grad()
 def test_without_bos_position_zero_is_an_occurrence_like_any_other():
     """has_bos=False: i=10 (token 1, at 0 followed by 5, and 5 follows i) is a copy query too."""
-    model = build_tiny_model("attn-only")
+    model = _model("attn-only")
     scores = copying_scores(model, from_tensor(TOKENS, MASK, has_bos=False), [(1, 1)])
     _, cache = model.run_with_cache(TOKENS, names_filter=["blocks.1.attn.hook_result"], attention_mask=MASK)
     W_U = model.W_U
     effects = [float(cache["blocks.1.attn.hook_result"][b, i, 1] @ (W_U[:, t] - W_U.mean(1)))
                for b, i, t in COPY_QUERIES + [(0, 10, 5)]]
-    assert scores[(1, 1)] == pytest.approx(sum(effects) / 6, rel=1e-4, abs=1e-6)
+    assert scores[(1, 1)] == pytest.approx(sum(effects) / 6, rel=1e-4)
+
+
+@torch.no_grad()
+def test_a_batch_of_more_prompts_than_positions_counts_every_query_once():
+    """Six copies of BOS 5 5 5 5 in one batch: the copy queries are positions 2 and 3 of every prompt (5 follows
+    the earlier 5s), twelve queries; each query is counted once however many prompts the batch holds."""
+    model = _model("llama-gqa")
+    tokens = torch.tensor([[BOS, 5, 5, 5, 5]] * 6)
+    scores = copying_scores(model, from_tensor(tokens, has_bos=True), [(1, 0)])
+    _, cache = model.run_with_cache(tokens[:1], names_filter=["blocks.1.attn.hook_result", "blocks.1.hook_resid_post"])
+    W_U, effects = model.W_U, []
+    for i in (2, 3):
+        x, stream = cache["blocks.1.attn.hook_result"][0, i, 0], cache["blocks.1.hook_resid_post"][0, i]
+        x = x / _rms(stream, model.cfg.norm_eps) * model.ln_final.w
+        effects.append(float(x @ (W_U[:, 5] - W_U.mean(1))))
+    assert scores[(1, 0)] == pytest.approx(sum(effects) / 2, rel=1e-4) and abs(effects[0] - effects[1]) > 1e-3
 
 
 def test_refusals_name_the_problem():
     model = build_tiny_model("attn-only")
     dataset = from_tensor(TOKENS, MASK, has_bos=True)
     for head, name in [((2, 0), "L2H0"), ((0, 4), "L0H4"), ((-1, 0), "L-1H0"), ((0, -1), "L0H-1")]:
-        with pytest.raises(InputError, match=f"head {name} does not exist in a model of 2 layers x 4 heads"):
+        with pytest.raises(InputError, match=f"^head {name} does not exist in a model of 2 layers x 4 heads$"):
             copying_scores(model, dataset, [(0, 0), head])
     assert set(copying_scores(model, dataset, [(0, 0), (1, 3)])) == {(0, 0), (1, 3)}  # the corners exist
     no_repeat = from_tensor(torch.tensor([[BOS, 5, 6, 7, 8, 5, 9]]), has_bos=True)  # 5 repeats, its bigram not
-    with pytest.raises(InputError, match="no query in this dataset repeats an earlier bigram"):
+    with pytest.raises(InputError, match=r"^no query in this dataset repeats an earlier bigram: copying needs repeated "
+                                         r"tokens \(e\.g\. the repeated-random dataset\)$"):
         copying_scores(model, no_repeat, [(0, 0)])
-    with pytest.raises(InputError, match=r"copying scores need an unembedding; this model \(an encoder\) has none"):
+    with pytest.raises(InputError, match=r"^copying scores need an unembedding; this model \(an encoder\) has none$"):
         copying_scores(build_tiny_model("bert"), dataset, [(0, 0)])
+    with pytest.raises(DistributedError, match="^distributed=True needs an initialised process group"):
+        copying_scores(model, dataset, [(0, 0)], distributed=True)  # asked for, and no group: refused, not ignored
