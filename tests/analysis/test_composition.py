@@ -151,8 +151,13 @@ def test_composition_graph_nodes_edges_and_attributes():
     assert graph.edges["L0H3", "L2H1"] == {"weight": edge, "composition": "q"}
     every = composition_graph(model, "v")  # neither threshold nor top_k: every earlier head into each reader
     assert every.number_of_edges() == 4 * 4 + 8 * 4 and every.graph["weights_sha256"] == model.weights_digest()
+    assert all(roles == "" for _, roles in every.nodes(data="roles"))  # no role table: no roles
+    default = composition_graph(model)  # K-composition unless told otherwise
+    assert default.graph["composition"] == "k" and default.graph["weight"] == "K-composition score"
+    assert composition_scores(model).shape == (3, 3, 4, 3, 4)  # q, k, v; writer layer, head; reader layer, head
     for bad in (float("nan"), float("inf")):
-        with pytest.raises(InputError, match="threshold must be a finite number"):
+        with pytest.raises(InputError, match="^threshold must be a finite number, got ") as refused:
             composition_graph(model, "k", threshold=bad)
+        assert refused.value.parameter == "threshold"  # the command line names its own option for it
     with pytest.raises(InputError, match="unknown composition 'x': use q, k or v"):
         composition_graph(model, "x")
