@@ -96,7 +96,8 @@ def test_logit_difference_and_pair_metrics_read_each_prompts_last_real_position(
     assert normalized(logits, tokens, real, None).tolist() == pytest.approx([0.0, 0.5])
     assert pair_metric("logit-diff", answers, wrongs)(logits, tokens, real, None).tolist() == pytest.approx([2.0, 3.0])
     assert PAIR_METRICS == ("logit-diff", "normalized-logit-diff", "answer-prob", "loss", "kl")
-    with pytest.raises(InputError, match=r"^the clean and corrupted runs have the same logit difference \(2\): "):
+    with pytest.raises(InputError, match=r"^the clean and corrupted runs have the same logit difference \(2\): "
+                                         r"nothing to normalise by$"):
         normalized_logit_diff_metric(answers, wrongs, 2.0, 2.0)
     with pytest.raises(InputError, match="^unknown metric 'accuracy' for prompt pairs: use logit-diff, "):
         pair_metric("accuracy", answers, wrongs)
@@ -117,6 +118,10 @@ def test_pair_metrics_from_hidden_states_equal_them_from_logits():
         assert metric.reads == "hidden"
         torch.testing.assert_close(metric.of(model, hidden, tokens, real, clean_hidden),
                                    metric(logits, tokens, real, clean_logits), atol=1e-5, rtol=1e-5, msg=name)
+        assert metric.name == name
+        if name != "kl":  # the metrics that do not compare with the clean run need none
+            torch.testing.assert_close(metric.of(model, hidden, tokens, real, None),
+                                       metric(logits, tokens, real, clean_logits), atol=1e-5, rtol=1e-5, msg=name)
 
 
 def test_cosine_compares_mean_pooled_real_positions():
