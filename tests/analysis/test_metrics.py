@@ -3,6 +3,7 @@ test: which positions count, and what is averaged."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -145,6 +146,8 @@ def test_metrics_by_name():
     assert custom.name == "my_metric" and custom.reads == "logits"
     assert custom.of(None, torch.ones(2, 3, 4), TOKENS, REAL, None).tolist() == [1.0, 1.0]
     assert resolve_metric(METRICS["kl"], data) is METRICS["kl"]
+    unnamed = resolve_metric(functools.partial(my_metric), data)  # a callable without a __name__
+    assert unnamed.name == "custom" and unnamed(torch.ones(2, 3, 4), TOKENS, REAL, None).tolist() == [1.0, 1.0]
     with pytest.raises(InputError, match="^unknown metric 'acc': use loss, induction-loss, kl, cosine, logit-diff"):
         resolve_metric("acc", data)
     with pytest.raises(InputError, match="^logit-diff needs the answer and wrong token of every prompt"):
