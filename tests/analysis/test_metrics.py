@@ -150,7 +150,9 @@ def test_metrics_by_name():
     assert unnamed.name == "custom" and unnamed(torch.ones(2, 3, 4), TOKENS, REAL, None).tolist() == [1.0, 1.0]
     with pytest.raises(InputError, match="^unknown metric 'acc': use loss, induction-loss, kl, cosine, logit-diff"):
         resolve_metric("acc", data)
-    with pytest.raises(InputError, match="^logit-diff needs the answer and wrong token of every prompt"):
+    with pytest.raises(InputError, match=r"^logit-diff needs the answer and wrong token of every prompt: pass "
+                                         r"logit_diff_metric\(answers, wrongs\) \(or a prompt-pairs file on the command "
+                                         r"line\)$"):
         resolve_metric("logit-diff", data)
 
 
