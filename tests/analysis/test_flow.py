@@ -147,3 +147,47 @@ def test_token_flow_routes_and_refusals(tiny_model):
         token_flow(tiny_model, tokens, method="routes", top_k=2)
     with pytest.raises(InputError, match="gradient weighting"):
         token_flow(tiny_model, tokens, method="routes", gradient=True)
+
+
+@torch.no_grad()
+def test_top_k_keeps_the_k_strongest_edges_into_every_node():
+    from headscope.analysis.flow import token_flow
+
+    torch.manual_seed(0)
+    model = HookedTransformer(TINY_CONFIGS["gpt2"]).eval()
+    tokens = torch.randint(0, 99, (1, 6))
+    mixed = with_residual(layer_attention(model, tokens))
+    for k in (1, 2):
+        graph = token_flow(model, tokens, "rollout", top_k=k).graph
+        for layer in (1, 2):
+            for i in range(6):  # edges into (layer, i) come from (layer - 1, j), weight mixed[layer - 1, i, j]
+                row = mixed[layer - 1, i]
+                strongest = sorted((float(w), j) for j, w in enumerate(row.tolist()) if w > 0)[::-1][:k]
+                kept = sorted((w, graph.nodes[u]["position"]) for u, _, w in
+                              graph.in_edges(node_name(layer, i), data="weight"))[::-1]
+                assert kept == [pytest.approx(e) for e in strongest]
+    with pytest.raises(InputError, match="^top_k must be at least 1, got 0$") as refused:
+        token_flow(model, tokens, "rollout", top_k=0)
+    assert refused.value.parameter == "top_k"
+
+
+def test_gradient_weighting_of_chosen_heads_and_its_refusal_for_an_encoder():
+    from headscope.analysis.flow import gradient_weighted_attention
+
+    torch.manual_seed(5)
+    model = HookedTransformer(TINY_CONFIGS["gpt2"]).eval()
+    tokens = torch.randint(0, 99, (1, 6))
+    every = gradient_weighted_attention(model, tokens)
+    patterns = {}
+    with torch.enable_grad(), model.hooks([(lambda n: n.endswith("hook_pattern"),
+                                            lambda p, hook: patterns.__setitem__(hook.name, p))]):
+        logits = model(tokens)
+        grad = torch.autograd.grad(logits[0, -1, logits[0, -1].argmax()], [patterns["blocks.1.attn.hook_pattern"]])[0]
+    head_3 = (patterns["blocks.1.attn.hook_pattern"].detach() * grad)[0, 3].clamp(min=0).double()
+    chosen = gradient_weighted_attention(model, tokens, heads=[(1, 3)])
+    torch.testing.assert_close(chosen[1], head_3)  # only head 3 of layer 1
+    torch.testing.assert_close(chosen[0], torch.eye(6, dtype=torch.float64))  # no head chosen: the residual
+    assert not torch.allclose(every[1], head_3)
+    with pytest.raises(InputError, match=r"^gradient weighting needs an output logit; this model \(an encoder\) "
+                                         r"has none$"):
+        gradient_weighted_attention(HookedTransformer(TINY_CONFIGS["bert"]).eval(), tokens)

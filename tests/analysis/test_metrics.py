@@ -3,6 +3,7 @@ test: which positions count, and what is averaged."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -96,7 +97,8 @@ def test_logit_difference_and_pair_metrics_read_each_prompts_last_real_position(
     assert normalized(logits, tokens, real, None).tolist() == pytest.approx([0.0, 0.5])
     assert pair_metric("logit-diff", answers, wrongs)(logits, tokens, real, None).tolist() == pytest.approx([2.0, 3.0])
     assert PAIR_METRICS == ("logit-diff", "normalized-logit-diff", "answer-prob", "loss", "kl")
-    with pytest.raises(InputError, match=r"^the clean and corrupted runs have the same logit difference \(2\): "):
+    with pytest.raises(InputError, match=r"^the clean and corrupted runs have the same logit difference \(2\): "
+                                         r"nothing to normalise by$"):
         normalized_logit_diff_metric(answers, wrongs, 2.0, 2.0)
     with pytest.raises(InputError, match="^unknown metric 'accuracy' for prompt pairs: use logit-diff, "):
         pair_metric("accuracy", answers, wrongs)
@@ -117,6 +119,10 @@ def test_pair_metrics_from_hidden_states_equal_them_from_logits():
         assert metric.reads == "hidden"
         torch.testing.assert_close(metric.of(model, hidden, tokens, real, clean_hidden),
                                    metric(logits, tokens, real, clean_logits), atol=1e-5, rtol=1e-5, msg=name)
+        assert metric.name == name
+        if name != "kl":  # the metrics that do not compare with the clean run need none
+            torch.testing.assert_close(metric.of(model, hidden, tokens, real, None),
+                                       metric(logits, tokens, real, clean_logits), atol=1e-5, rtol=1e-5, msg=name)
 
 
 def test_cosine_compares_mean_pooled_real_positions():
@@ -140,7 +146,58 @@ def test_metrics_by_name():
     assert custom.name == "my_metric" and custom.reads == "logits"
     assert custom.of(None, torch.ones(2, 3, 4), TOKENS, REAL, None).tolist() == [1.0, 1.0]
     assert resolve_metric(METRICS["kl"], data) is METRICS["kl"]
+    unnamed = resolve_metric(functools.partial(my_metric), data)  # a callable without a __name__
+    assert unnamed.name == "custom" and unnamed(torch.ones(2, 3, 4), TOKENS, REAL, None).tolist() == [1.0, 1.0]
     with pytest.raises(InputError, match="^unknown metric 'acc': use loss, induction-loss, kl, cosine, logit-diff"):
         resolve_metric("acc", data)
-    with pytest.raises(InputError, match="^logit-diff needs the answer and wrong token of every prompt"):
+    with pytest.raises(InputError, match=r"^logit-diff needs the answer and wrong token of every prompt: pass "
+                                         r"logit_diff_metric\(answers, wrongs\) \(or a prompt-pairs file on the command "
+                                         r"line\)$"):
         resolve_metric("logit-diff", data)
+
+
+@torch.no_grad()
+def test_losses_from_hidden_states_are_the_hand_computed_next_token_losses():
+    """The loss metrics read from the final hidden states: softmax of hidden @ W_U + b_U (and Gemma's cap) at the
+    counted positions, computed here one position at a time; the chunked unembedding gives the same."""
+    from headscope.analysis.metrics import _token_losses_from_hidden
+
+    for arch in ("neox", "gemma"):
+        torch.manual_seed(4)
+        model = HookedTransformer(TINY_CONFIGS[arch]).eval()
+        tokens = torch.tensor([[7, 3, 9, 3, 9, 4], [5, 3, 9, 5, 3, 9]])
+        real = torch.tensor([[True] * 6, [True] * 5 + [False]])
+        hidden = model(tokens, return_type="hidden")
+
+        def loss_at(b, i):  # -log p(token i + 1) at position i, by hand
+            logits = hidden[b, i] @ model.W_U + (model.unembed.b_U if model.cfg.unembed_bias else 0)
+            if model.cfg.final_softcap:
+                logits = model.cfg.final_softcap * torch.tanh(logits / model.cfg.final_softcap)
+            return float(torch.logsumexp(logits, 0) - logits[tokens[b, i + 1]])
+
+        loss = METRICS["loss"].of(model, hidden, tokens, real, None)
+        assert loss.tolist() == pytest.approx([sum(loss_at(0, i) for i in range(5)) / 5,
+                                               sum(loss_at(1, i) for i in range(4)) / 4], rel=1e-5)
+        keep = real[:, 1:].clone()
+        keep[0, 0] = False
+        for chunk_bytes in (1 << 26, 4 * 99 * 2, 1):  # one chunk, two rows at a time, one row at a time
+            losses = _token_losses_from_hidden(model, hidden, tokens, keep, chunk_bytes)
+            expected = [[loss_at(b, i) if keep[b, i] else 0.0 for i in range(5)] for b in range(2)]
+            assert losses.tolist() == [pytest.approx(row, rel=1e-5, abs=1e-6) for row in expected]
+        # the repeated-random loss reads the second period only: BOS, period 2 -> predictions of positions 4 and 5
+        # (prompt 1: 4 only, 5 is padding)
+        data = TokenDataset(tokens, has_bos=True, name="repeated-random", meta={"period": 2})
+        induction = induction_loss_metric(data).of(model, hidden, tokens, real, None)
+        assert induction.tolist() == pytest.approx([(loss_at(0, 3) + loss_at(0, 4)) / 2, loss_at(1, 3)], rel=1e-5)
+
+
+def test_induction_loss_needs_both_the_dataset_name_and_its_period():
+    tokens = torch.tensor([[9, 1, 2, 1, 2]])
+    for data in (TokenDataset(tokens, name="repeated-random", meta={}),
+                 TokenDataset(tokens, name="repeated-random", meta={"period": 0}),
+                 TokenDataset(tokens, name="tensor", meta={"period": 2})):
+        with pytest.raises(InputError, match=r"^induction-loss needs the repeated-random dataset \(its period says "
+                                             r"what repeats\)$"):
+            induction_loss_metric(data)
+    assert induction_loss_metric(TokenDataset(tokens, name="repeated-random", meta={"period": 2})).name == \
+        "induction-loss"
