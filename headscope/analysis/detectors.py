@@ -36,8 +36,9 @@ def copying_scores(model: HookedTransformer, dataset: TokenDataset, heads: list[
                    batch_size: int = 8, distributed: bool | None = None) -> dict[tuple[int, int], float]:
     """Each head's mean direct logit effect (in logits) on the token its induction target holds.
 
-    heads: (layer, head) pairs. Queries are those whose latest earlier occurrence's next token is also
-    the query's own next token (every query of a repeated period of repeated random tokens); a dataset
+    heads: (layer, head) pairs. Queries are those with an earlier occurrence of their token whose next token
+    is also the query's own next token (every query of a repeated period of repeated random tokens), each
+    counted once, with the latest such occurrence's next token as the copied token; a dataset
     with none is an InputError. Models without an unembedding (encoders) have no such effect.
     """
     if not model.cfg.has_unembed:
@@ -73,8 +74,8 @@ def _copying_totals(model, dataset: TokenDataset, rows: range, heads, batch_size
 
 
 def _copy_queries(tokens: torch.Tensor, mask: torch.Tensor | None, has_bos: bool):
-    """(batch, query i, copied token) for queries whose latest earlier occurrence is followed by the
-    token that really follows i."""
+    """(batch, query i, copied token) for queries with an earlier occurrence followed by the token that
+    really follows i (any such occurrence; the latest one gives the entry)."""
     b, i, target = induction_target_pairs(tokens, mask, has_bos)
     n_pos = tokens.shape[1]
     real = real_mask(tokens, mask)
