@@ -39,6 +39,7 @@ def classify(short: str) -> None:
     began = time.perf_counter()
     table = classify_heads(model, data, seed=0, roles=roles, progress=True)
     table.meta["catalogue_seconds"] = round(time.perf_counter() - began, 1)
+    table.meta["catalogue_prompts"] = int(table.meta.get("num_prompts") or len(data))
     table.meta["catalogue_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     write_text_atomically(HERE / f"catalogue_{short}.json", table.to_json())
 
@@ -59,7 +60,7 @@ def write_markdown(done: list[str]) -> None:
         table = RoleTable.from_json((HERE / f"catalogue_{short}.json").read_text())
         meta = table.meta
         lines += [f"## {table.model}", "",
-                  f"Probe: {meta.get('dataset')}, {meta.get('n_prompts')} prompts of {meta.get('seq_len')} tokens, "
+                  f"Probe: {meta.get('dataset')}, {meta.get('catalogue_prompts')} prompts of {meta.get('seq_len')} tokens, "
                   f"seed 0; {meta.get('catalogue_seconds')} s, peak RSS {meta.get('catalogue_peak_rss_mib')} MiB "
                   "(2 CPU cores shared with other jobs).", "",
                   "| role | heads holding it | best score (head) | threshold | null |", "|---|---|---|---|---|"]

@@ -74,15 +74,16 @@ def write_results(lengths: list[int]) -> None:
 
     records = [json.loads((OUT / f"len-{n}.json").read_text()) for n in lengths]
     tables = tuple(RoleTable.from_json(json.dumps(r["table"])) for r in records)
-    per_length = [{"seq_len": r["seq_len"], "seconds": r["seconds"], "peak_memory_bytes": r["peak_rss_bytes"],
+    per_length = [{"seq_len": r["seq_len"], "num_prompts": r["num_prompts"], "seconds": r["seconds"],
+                   "peak_memory_bytes": r["peak_rss_bytes"],
                    "memory": "process peak resident memory (ru_maxrss), weights included"} for r in records]
     meta = {"dataset": "repeated-random", "num_prompts": records[0]["num_prompts"],
             "threshold": tables[0].meta["thresholds"].get("induction"), "per_length": per_length,
             "load_seconds": [r["load_seconds"] for r in records], "threads": records[0]["threads"]}
     result = LengthSweep(MODEL, "induction", tuple(lengths), tables, meta)
-    (HERE / "smollm2_lengths.json").write_text(result.to_json())
+    (HERE / "smollm2_lengths.json").write_text(result.to_json(indent=None))
     (HERE / "smollm2_lengths.csv").write_text(result.to_csv())
-    figure = length_figure(result, style="paper")
+    figure = length_figure(result, style="single")
     for ext in ("svg", "pdf", "png"):
         write_figure(figure, HERE / f"smollm2_lengths.{ext}")
     (HERE / "smollm2_lengths.md").write_text(markdown(result, records))

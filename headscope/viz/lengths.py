@@ -46,9 +46,12 @@ def length_figure(sweep: LengthSweep, top: int = 8, style: str | Style | None = 
     caption = (f"The {min(top, len(rows))} heads with the highest {sweep.role} score at any length in colour, the "
                "others grey. Filled: the head holds the role at that length")
     caption += "; dashed: the role's threshold." if threshold is not None else "."
-    seconds = [entry["seconds"] for entry in sweep.meta.get("per_length", [])]
-    if seconds:
-        caption += f" {sweep.meta.get('num_prompts')} prompts per length; {sum(seconds):.1f} s in all."
+    per_length = sweep.meta.get("per_length", [])
+    if per_length:
+        counts = [entry.get("num_prompts", sweep.meta.get("num_prompts")) for entry in per_length]
+        prompts = (f"{counts[0]} prompts per length" if len(set(counts)) == 1
+                   else f"{', '.join(str(c) for c in counts)} prompts at these lengths")
+        caption += f" {prompts}; {sum(entry['seconds'] for entry in per_length):.1f} s in all."
     name = sweep.model.rstrip("/").rsplit("/", 1)[-1] if sweep.model else "model"
     return apply_style(fig, style, 0.5 * style.width_in + 0.5,
                        title if title is not None else f"{name}: {sweep.role} score by sequence length", caption,

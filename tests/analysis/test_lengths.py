@@ -1,6 +1,7 @@
 """Roles across context lengths on the shipped toy model: one classification per length, equal to a
 classification at that length alone; the length figure and page; refusals before any work."""
 
+import dataclasses
 import csv
 import io
 import json
@@ -94,3 +95,18 @@ def test_the_length_figure_and_page(sweep, tmp_path):
     dom = rendered_dom(tmp_path / "lengths.html")
     assert dom.count('class="main-svg"') >= 1 + len(LENGTHS), "the page did not draw its figures"
     assert "cdn.plot.ly" not in (tmp_path / "lengths.html").read_text()[:2000]
+
+
+def test_the_caption_says_how_many_prompts_each_length_had(sweep):
+    """One count when every length had the same prompts; each length's count when they differ (a long length
+    run on fewer prompts must not be captioned with the others' count)."""
+    def caption(meta):
+        figure = length_figure(dataclasses.replace(sweep, meta=meta))
+        return " ".join(a.text for a in figure.layout.annotations)
+
+    same = [{"seq_len": n, "seconds": 1.0} for n in LENGTHS]
+    assert "3 prompts per length; " in caption({**sweep.meta, "num_prompts": 3, "per_length": same})
+    mixed = [{**entry, "num_prompts": 1 if n == len(same) - 1 else 4} for n, entry in enumerate(same)]
+    text = caption({**sweep.meta, "num_prompts": 4, "per_length": mixed})
+    assert ", ".join(["4"] * (len(same) - 1) + ["1"]) + " prompts at these lengths" in text
+    assert "prompts per length" not in text
