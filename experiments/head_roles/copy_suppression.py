@@ -10,8 +10,6 @@ with their OV copying score (the `copy_suppression` role also asks <= -0.9 of it
 
 import time
 
-import torch
-
 from headscope import load_model
 from headscope.analysis.copy_suppression import copy_suppression_masses
 from headscope.analysis.ov_scores import ov_copying_scores
