@@ -191,3 +191,52 @@ def test_gradient_weighting_of_chosen_heads_and_its_refusal_for_an_encoder():
     with pytest.raises(InputError, match=r"^gradient weighting needs an output logit; this model \(an encoder\) "
                                          r"has none$"):
         gradient_weighted_attention(HookedTransformer(TINY_CONFIGS["bert"]).eval(), tokens)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("method", ["rollout", "maxflow"])
+def test_token_flow_of_chosen_heads_to_a_middle_target_by_hand(method):
+    """Everything token_flow writes, computed here from the model's patterns without flow.py: the chosen heads'
+    mean pattern (a layer without one is the identity), mixed half with the identity, every positive edge,
+    the tokens on the nodes, the chained relevance to a target that is not the last position, networkx's
+    max-flow into it, and the graph's description of what was run."""
+    import networkx as nx
+
+    from headscope import load_model
+    from headscope.analysis.flow import token_flow
+
+    model = load_model("toy-induction-2l")
+    tokens = model.to_tokens("t3 t17 t5 t3 t17 t8")
+    n_pos, target, heads = tokens.shape[1], 3, [(1, 2), (1, 0)]
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+    layer1 = cache["blocks.1.attn.hook_pattern"][0, [2, 0]].double().mean(0)
+    attention = torch.stack([torch.eye(n_pos, dtype=torch.float64), layer1])  # layer 0 has no chosen head
+    mixed = [(0.5 * a + 0.5 * torch.eye(n_pos, dtype=torch.float64)) for a in attention]
+    mixed = [m / m.sum(-1, keepdim=True) for m in mixed]
+
+    graph = token_flow(model, tokens, method=method, target=target, heads=heads).graph
+    words = model.to_str_tokens(tokens[0])
+    assert [graph.nodes[node_name(0, p)]["token"] for p in range(n_pos)] == words
+    edges = {(node_name(l, j), node_name(l + 1, i)): float(mixed[l][i, j])
+             for l in range(2) for i in range(n_pos) for j in range(n_pos) if mixed[l][i, j] > 0}
+    assert {(u, v): weight for u, v, weight in graph.edges(data="weight")} == pytest.approx(edges)
+    downstream = torch.eye(n_pos, dtype=torch.float64)[target]  # node (l, p): share of the target it feeds
+    for layer in (2, 1, 0):
+        assert [graph.nodes[node_name(layer, p)]["relevance"] for p in range(n_pos)] == pytest.approx(downstream.tolist())
+        if layer:
+            downstream = downstream @ mixed[layer - 1]
+    assert downstream[target + 1:].abs().max() == 0  # causal: nothing after the target feeds it
+    meta = graph.graph
+    assert (meta["n_layers"], meta["target"], meta["heads"], meta["method"]) == (2, target, "L1H2,L1H0", method)
+    assert meta["weight"] == "attention with the residual" and meta["weighting"] == "attention"
+    if method == "maxflow":
+        flows = [nx.maximum_flow_value(graph, node_name(0, j), node_name(2, target), capacity="capacity")
+                 for j in range(n_pos)]
+        assert [graph.nodes[node_name(0, p)]["flow"] for p in range(n_pos)] == pytest.approx(flows, abs=1e-6)
+        assert flows[target] > 0 and flows[-1] == 0
+        assert (meta["node_value"], meta["node_value_label"]) == ("flow", f"max-flow to position {target}")
+    else:
+        assert (meta["node_value"], meta["node_value_label"]) == ("relevance", f"rollout relevance to position {target}")
+    with pytest.raises(InputError, match="^prune with a threshold or with top_k, not both$") as refused:
+        token_flow(model, tokens, threshold=0.1, top_k=2)
+    assert refused.value.parameter == "top_k"
