@@ -124,7 +124,8 @@ def role_lines(table) -> list[str]:
              f"({table.meta['num_prompts']} prompts x {table.meta['seq_len']} tokens, {table.meta['dataset']})"]
     if not held:
         return lines + ["  no head's attention clears its null: no roles assigned"]
-    lines.append(f"  {'head':<7}{'role':<17}{'score':>7}  {'95% interval':<15}{'null':>6}  copying")
+    width = max(17, 2 + max(len(role) for row in held for role in row.roles))  # roles' names line up
+    lines.append(f"  {'head':<7}{'role':<{width}}{'score':>7}  {'95% interval':<15}{'null':>6}  copying")
     for row in held:
         for n, role in enumerate(row.roles):
             lo, hi = row.intervals[role]
@@ -133,7 +134,7 @@ def role_lines(table) -> list[str]:
             interval = " " * 14 if math.isnan(lo) else f"[{lo:.3f}, {hi:.3f}]"  # a score role may have none
             null = float(row.nulls[role])
             null_text = "" if math.isnan(null) else f"{null:.3f}"  # nor a null
-            lines.append(f"  {name:<7}{role:<17}{row.scores[role]:>7.3f}  {interval}  {null_text:>6}  {copying}")
+            lines.append(f"  {name:<7}{role:<{width}}{row.scores[role]:>7.3f}  {interval}  {null_text:>6}  {copying}")
     return lines
 
 

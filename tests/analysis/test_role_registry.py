@@ -172,6 +172,12 @@ def test_the_printed_table_leaves_out_what_a_score_role_does_not_have(forced_mod
     assert planted.split() == ["L1H2", "planted_score", "1.000"]
     previous = next(line for line in lines if line.split()[:2] == ["L0H0", "previous_token"])
     assert "[" in previous and "nan" not in "\n".join(lines)
+    # Every score ends under the header's "score", however long the role names (previous_token_norm is 19).
+    end = lines[1].index("score") + len("score")
+    for line in lines[2:]:
+        float(line[:end].split()[-1])  # the text ending there is the score
+        assert line[end : end + 2] == "  ", line
+    assert any("previous_token_norm" in line for line in lines)  # a role longer than the narrowest column
 
 
 def test_weight_scores_register_as_roles():
