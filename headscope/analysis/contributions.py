@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from headscope.errors import InputError
-from headscope.model.attention import allowed_keys, attention_bias
+from headscope.model.attention import attention_bias
 from headscope.model.transformer import HookedTransformer
 
 CONTRIBUTION_MEMORY = 256 * 2**20  # bytes for one chunk's terms; a few rows of a 2048-token prompt
@@ -119,12 +119,9 @@ class LayerDecomposition:
     def pattern(self, rows: range) -> torch.Tensor:
         """(head, rows, keys) attention of the query rows `rows`, as the model's softmax made it; keys stop
         after the last row when causal."""
-        attn, keys = self.block.attn, self._keys(rows)
-        k = self.k[:keys].repeat_interleave(self.q.shape[1] // self.k.shape[1], dim=1)  # (keys, head, d_head)
-        scores = attn.cap(torch.einsum("qhd,khd->hqk", self.q[rows.start : rows.stop], k) * self.cfg.scale)
-        queries = torch.arange(rows.start, rows.stop, device=scores.device)
-        allowed = allowed_keys(queries, keys, self.cfg.causal, attn.window)
-        return attn.softmax(scores.masked_fill(~allowed, torch.finfo(scores.dtype).min))[0]
+        queries = torch.arange(rows.start, rows.stop, device=self.q.device)
+        return self.block.attn.pattern_rows(self.q[None, rows.start : rows.stop], self.k[None, : self._keys(rows)],
+                                            queries)[0]
 
     def head_terms(self, rows: range) -> torch.Tensor:
         """(head, rows, keys, d_model): A_h[i, j] f_h(x_j) as it reaches the residual sum (through the

@@ -51,7 +51,7 @@ import torch
 
 from headscope.analysis.circuit_roles import COPYING_THRESHOLD, has_unembedding
 from headscope.analysis.ov_scores import ov_copying_scores
-from headscope.analysis.role_registry import Role
+from headscope.analysis.role_registry import Role, pool_prompts
 from headscope.capture.datasets import TokenDataset
 from headscope.capture.statistics import EntryPlan
 from headscope.errors import InputError
@@ -161,10 +161,7 @@ def copy_suppression_scores(model: HookedTransformer, dataset: TokenDataset,
     gate = negative_heads(model)
     layers = [layer for layer in range(model.cfg.n_layers) if bool(gate[layer].any())]
     masses = copy_suppression_masses(model, dataset, layers, plan_dataset)
-    scores = masses * gate.double()
-    if scores.isnan().any():  # a prompt with no counted query in some layer: pool the prompts that have one
-        return scores.nan_to_num(0.0).sum(0) / (~scores.isnan()).sum(0).clamp(min=1)
-    return scores
+    return pool_prompts(masses * gate.double())  # a prompt may have no counted query in some layer
 
 
 COPY_SUPPRESSION_ROLE = Role(

@@ -17,8 +17,7 @@ correctly; teacher forcing scores every step, whatever the model predicts.
 
 Only the copy-step rows of each pattern are computed: a hook keeps each layer's queries at the k copy
 positions and, when the layer's keys arrive, scores them against every key, (k, n) per head, with the
-model's own soft-capping, causal and window masks and sink logit (`Attention.cap`, `allowed_keys`,
-`Attention.softmax`). Memory stays O(n) per layer however long the context; the forward pass itself
+model's own soft-capping, causal and window masks and sink logit (`Attention.pattern_rows`). Memory stays O(n) per layer however long the context; the forward pass itself
 takes the fused path, which never forms the n x n pattern.
 
 The role is not scored by every `classify_heads`: it needs its own long prompts (up to the model's
@@ -43,7 +42,6 @@ import torch
 from headscope.analysis.ov_scores import HeadScores
 from headscope.analysis.role_registry import Role
 from headscope.errors import InputError
-from headscope.model.attention import allowed_keys
 from headscope.model.transformer import HookedTransformer
 from headscope.provenance import provenance
 
@@ -113,17 +111,6 @@ def _qk_hooks(model: HookedTransformer, layer: int) -> tuple[str, str]:
     return prefix + "hook_q", prefix + "hook_k"
 
 
-def copy_step_patterns(attn, q: torch.Tensor, k: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-    """The pattern rows (batch, head, len(queries), key) of the queries `q` (batch, len(queries), head,
-    d_head) standing at positions `queries`, against all keys `k` (batch, key, kv_head, d_head), as the
-    layer's explicit path computes them (soft-capping, causal and window masks, sink logit)."""
-    k = k.repeat_interleave(attn.group_size, dim=2)
-    scores = attn.cap(torch.einsum("bqhd,bkhd->bhqk", q, k) * attn.cfg.scale)
-    allowed = allowed_keys(queries.to(q.device), k.shape[1], attn.cfg.causal, attn.window)
-    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-    return attn.softmax(scores)[0]
-
-
 @torch.no_grad()
 def retrieval_hits(model: HookedTransformer, prompts: NeedlePrompts) -> torch.Tensor:
     """(prompts, n_layers, n_heads): each head's retrieval score on each prompt, the fraction of copy steps
@@ -139,7 +126,7 @@ def retrieval_hits(model: HookedTransformer, prompts: NeedlePrompts) -> torch.Te
     def score_k(k, hook):
         layer = int(hook.name.split(".")[1])
         q = kept_q.pop(_qk_hooks(model, layer)[0])
-        top = copy_step_patterns(model.blocks[layer].attn, q, k, queries)[0].argmax(-1).cpu()  # (head, step)
+        top = model.blocks[layer].attn.pattern_rows(q, k, queries.to(q.device))[0].argmax(-1).cpu()  # (head, step)
         prompt = current["prompt"]
         hits[prompt, layer] = (top == targets[prompt][None, :]).double().mean(-1)
 

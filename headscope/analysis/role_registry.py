@@ -164,6 +164,15 @@ class SharedScore:
         return self.joint(model, dataset, **plan)[self.part]
 
 
+def pool_prompts(values: torch.Tensor) -> torch.Tensor:
+    """Per-prompt scores (prompts, n_layers, n_heads) as a score function returns them: unchanged, unless a
+    prompt has no value for some head (NaN: no counted query there); then the (n_layers, n_heads) mean
+    over the prompts that have one, as a capture pools its queries (and without an interval)."""
+    if not values.isnan().any():
+        return values
+    return values.nan_to_num(0.0).sum(0) / (~values.isnan()).sum(0).clamp(min=1)
+
+
 def takes_plan(score) -> bool:
     """Whether a score function takes `plan_dataset` (then it scores the control at the probe's positions)."""
     try:

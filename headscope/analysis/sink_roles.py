@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import torch
 
-from headscope.analysis.role_registry import Role, SharedScore
+from headscope.analysis.role_registry import Role, SharedScore, pool_prompts
 from headscope.capture.datasets import TokenDataset
 from headscope.capture.statistics import Batch, EntryPlan, make_plans
 from headscope.errors import InputError
@@ -104,10 +104,7 @@ def sink_scores(model, dataset: TokenDataset, memory: int = PATTERN_MEMORY,
     scores = {"first_token_mass": mass, "relative_output_norm": relative,
               "dormant": ((mass > DORMANT_SINK_MASS) & (relative < DORMANT_RELATIVE_NORM)).double()}
     for stat in NORM_STATISTICS:
-        values = means[stat]
-        if values.isnan().any():  # a prompt with no counted query: the mean over those that have some
-            values = values.nan_to_num(0.0).sum(0) / (~values.isnan()).sum(0).clamp(min=1)
-        scores[f"{stat}_norm"] = values
+        scores[f"{stat}_norm"] = pool_prompts(means[stat])  # a prompt may have no counted query
     return scores
 
 

@@ -7,20 +7,11 @@ import contextlib
 import click
 
 from headscope import distributed
-from headscope.cli.options import DEFAULT_MODEL, check_outputs, dataset_options, output_folder, report_written
+from headscope.cli.options import (DEFAULT_MODEL, check_outputs, dataset_options, name_list, output_folder,
+                                   report_written)
 from headscope.errors import InputError
 from headscope.io import run_lock, write_text_atomically
 from headscope.reports import role_lines
-
-
-def name_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
-    """A callback for `"induction,retrieval"` -> ["induction", "retrieval"]; an empty entry is refused."""
-    if value is None:
-        return None
-    names = [part.strip() for part in value.split(",")]
-    if not all(names):
-        raise click.BadParameter(f"{value!r} has an empty entry: give names separated by commas")
-    return names
 
 
 @click.command()

@@ -39,7 +39,7 @@ def name_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         return None
     parts = [part.strip() for part in value.split(",")]
     if not all(parts):
-        raise click.BadParameter(f"{value!r} has an empty entry: give comma-separated names, e.g. L1H0,L0H3")
+        raise click.BadParameter(f"{value!r} has an empty entry: give names separated by commas")
     return parts
 
 
